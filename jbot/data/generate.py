@@ -185,7 +185,8 @@ def generate_chunk(cfg: GenerateConfig, chunk: Chunk) -> tuple[np.ndarray, np.nd
 
     pythia = _make_pythia(cfg, chunk)
     jet_def = fastjet.JetDefinition(fastjet.antikt_algorithm, cfg.jet_radius)
-    particles, jets = [], []
+    particles: list[np.ndarray] = []
+    jets: list[np.ndarray] = []
     max_events = MAX_EVENTS_PER_JET * chunk.n_jets + 1000
     for _ in range(max_events):
         if len(jets) >= chunk.n_jets:

@@ -17,7 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from jbot.data.jetnet import CLASS_INDEX, CLASS_LABELS, DataError, JetSet, class_file, file_digest, load_classes
+from jbot.data.jetnet import (
+    CLASS_INDEX,
+    CLASS_LABELS,
+    DataError,
+    JetSet,
+    class_file,
+    file_digest,
+    load_classes,
+)
 
 PRESET_CLASSES: dict[str, tuple[str, ...]] = {
     "5class": ("q", "g", "w", "z", "t"),
@@ -122,7 +130,7 @@ def class_names(preset: str) -> tuple[str, ...]:
 def split_indices(sizes: dict[str, int], plan: Plan, seed: int) -> dict[str, tuple[np.ndarray, ...]]:
     """Per class: (train, val, test) index arrays into that class's file; disjoint by construction."""
     rng = np.random.default_rng(seed)
-    out = {}
+    out: dict[str, tuple[np.ndarray, ...]] = {}
     for c in sorted(plan, key=lambda name: CLASS_INDEX[name]):
         tr, va, te = plan[c]
         if min(tr, va, te) < 0 or tr + va + te > sizes[c]:

@@ -1,0 +1,35 @@
+# Two commands for a fresh clone: `make demo` (the main job end to end) and `make test`.
+# Each creates the virtual environment on first use: CPU torch 2.13.0, then jbot with its extras.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.jbot-installed
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
+DEMO_DIR ?= data/demo
+DEMO_JETS ?= 1000
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.13.0" $(TORCH_PIP_ARGS)
+	$(BIN)/python -m pip install --quiet -e ".[generate,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/jbot data generate --out $(DEMO_DIR) --jets-per-class $(DEMO_JETS) --workers 2
+	$(BIN)/jbot data info $(DEMO_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not gpu and not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check jbot tests benchmarks
+	$(BIN)/mypy jbot
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,43 @@
+"""Shared fixtures: synthetic JetNet-layout folders (valid by construction, class-dependent shapes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jbot.data.jetnet import CLASSES, class_file, write_jetnet
+
+
+def fake_jets(n: int, cls_index: int, rng: np.random.Generator, n_particles: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Jets whose multiplicity and angular spread depend on the class, so classes are (weakly) separable."""
+    mult = rng.integers(5 + 3 * cls_index, min(n_particles, 12 + 4 * cls_index) + 1, size=n)
+    particles = np.zeros((n, n_particles, 4), dtype=np.float32)
+    spread = 0.05 + 0.04 * cls_index
+    for i, m in enumerate(mult):
+        pt = np.sort(rng.exponential(1.0, size=m))[::-1] + 1e-3
+        particles[i, :m, 0] = rng.normal(0, spread, m)
+        particles[i, :m, 1] = rng.normal(0, spread, m)
+        particles[i, :m, 2] = pt / pt.sum()
+        particles[i, :m, 3] = 1.0
+    jets = np.stack([rng.normal(1000, 50, n), rng.normal(0, 1, n), rng.normal(30 + 40 * cls_index, 10, n),
+                     mult.astype(float)], axis=1).astype(np.float32)
+    return particles, jets
+
+
+def write_fake_folder(path: Path, n_per_class: int | dict[str, int], seed: int = 0,
+                      classes: tuple[str, ...] = CLASSES) -> Path:
+    rng = np.random.default_rng(seed)
+    for i, c in enumerate(CLASSES):
+        if c not in classes:
+            continue
+        n = n_per_class[c] if isinstance(n_per_class, dict) else n_per_class
+        write_jetnet(class_file(path, c), *fake_jets(n, i, rng))
+    return path
+
+
+@pytest.fixture(scope="session")
+def fake_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small 5-class folder (400 jets per class) shared by tests that only read it."""
+    return write_fake_folder(tmp_path_factory.mktemp("jets"), 400)
