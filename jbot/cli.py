@@ -6,7 +6,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -40,7 +40,10 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from jbot.data.generate import GeneratorUnavailable
     from jbot.data.jetnet import DataError
 
-    return (ConfigError, DataError, GeneratorUnavailable, FileNotFoundError)
+    from jbot.train.checkpoint import CheckpointError
+    from jbot.train.pretrain import TrainingDiverged
+
+    return (ConfigError, DataError, GeneratorUnavailable, FileNotFoundError, CheckpointError, TrainingDiverged)
 
 
 @contextlib.contextmanager
@@ -136,6 +139,64 @@ def data_info(
                       f"{s['mass']['q16']:.0f}-{s['mass']['q84']:.0f}", f"{s['pt']['median']:.0f}")
     console.print(table)
     console.print(f"distributions: {report}")
+
+
+# -------------------------------------------------------------------------------------------- pretrain
+
+
+@app.command("pretrain")
+def pretrain_cmd(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")] = None,
+    preset: Annotated[str | None, typer.Option(help="5class | tqg | qg (overrides data.preset)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda (overrides pretrain.device)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (overrides pretrain.out_dir)")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint (its own config is used)")] = None,
+) -> None:
+    """Pre-train a jBOT encoder by self-distillation (SPEC §2-6)."""
+    from jbot.config import build_config
+    from jbot.data.splits import make_split
+    from jbot.train.checkpoint import load_checkpoint
+    from jbot.train.pretrain import pretrain
+
+    with user_errors():
+        overrides = list(set_ or [])
+        overrides += [f"data.dir={data}"] if data else []
+        overrides += [f"data.preset={preset}"] if preset else []
+        overrides += [f"pretrain.device={device}"] if device else []
+        overrides += [f"pretrain.out_dir={out}"] if out else []
+        cfg = resolve(config, overrides)
+        if resume is not None:
+            cfg = build_config(load_checkpoint(resume)["config"])
+        split = make_split(cfg.data.dir, cfg.data.preset, cfg.data.n_train, cfg.data.n_val, cfg.data.n_test,
+                           cfg.data.seed)
+        console.print(f"pre-training jBOT (D={cfg.model.d_model}, L={cfg.model.n_layers}, H={cfg.model.n_heads}) "
+                      f"on {len(split.train):,} {cfg.data.preset} jets for {cfg.pretrain.epochs} epochs")
+        with progress_bar() as bar:
+            task = bar.add_task("epoch 1", total=None)
+
+            def on_step(i: int) -> None:
+                bar.advance(task)
+
+            def on_epoch(report: Any) -> None:
+                m = report.metrics
+                knn = f", k-NN {m['val/knn_acc']:.3f}" if "val/knn_acc" in m else ""
+                bar.console.print(f"epoch {report.epoch}/{report.epochs}: loss {m['train/loss']:.4f}"
+                                  f" ({m['train/jets_per_s']:.0f} jets/s{knn})")
+                bar.update(task, description=f"epoch {report.epoch + 1}", completed=0)
+
+            result = pretrain(cfg, split, cfg.pretrain.out_dir, resume=resume, on_step=on_step, on_epoch=on_epoch)
+    table = Table(title="jBOT pre-training")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("train/loss", "train/loss_part", "train/loss_cls", "train/loss_koleo", "train/teacher_entropy",
+                "train/jets_per_s"):
+        table.add_row(key, f"{result.history[key][-1]:.4g}")
+    table.add_row("val/knn_acc", f"{result.knn_acc:.4f}" if result.knn_acc is not None else "-")
+    table.add_row("wall time [s]", f"{result.seconds:.1f}")
+    table.add_row("checkpoint", str(result.checkpoint))
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover
