@@ -39,11 +39,12 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a fiel
 def user_error_types() -> tuple[type[BaseException], ...]:
     from jbot.data.generate import GeneratorUnavailable
     from jbot.data.jetnet import DataError
-
+    from jbot.model.keras_import import KerasImportError
     from jbot.train.checkpoint import CheckpointError
     from jbot.train.pretrain import TrainingDiverged
 
-    return (ConfigError, DataError, GeneratorUnavailable, FileNotFoundError, CheckpointError, TrainingDiverged)
+    return (ConfigError, DataError, GeneratorUnavailable, FileNotFoundError, CheckpointError, TrainingDiverged,
+            KerasImportError)
 
 
 @contextlib.contextmanager
@@ -197,6 +198,145 @@ def pretrain_cmd(
     table.add_row("wall time [s]", f"{result.seconds:.1f}")
     table.add_row("checkpoint", str(result.checkpoint))
     console.print(table)
+
+
+# ---------------------------------------------------------------------------------- probe / finetune
+
+
+CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="A jbot checkpoint (pre-trained or fine-tuned)")]
+
+
+def _split_for(cfg: JbotConfig, preset: str) -> Any:
+    from jbot.data.splits import make_split
+
+    return make_split(cfg.data.dir, preset, cfg.data.n_train, cfg.data.n_val, cfg.data.n_test, cfg.data.seed)
+
+
+def _overrides(set_: list[str] | None, **fields: object) -> list[str]:
+    """``--set`` items plus dedicated options (``data_dir="data.dir"`` style, None = not given)."""
+    out = list(set_ or [])
+    out += [f"{key}={value}" for key, value in fields.items() if value is not None]
+    return out
+
+
+@app.command("probe")
+def probe_cmd(
+    checkpoint: CheckpointOpt,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")] = None,
+    preset: Annotated[str, typer.Option(help="5class | tqg")] = "5class",
+    out: Annotated[Path | None, typer.Option(help="Folder for probe.json and plots")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """k-NN and linear probes and clustering metrics of a frozen encoder (SPEC §7)."""
+    from jbot.evaluate.probe import run_probe
+    from jbot.evaluate.table import results_table, write_json
+    from jbot.train.checkpoint import load_encoder
+    from jbot.train.device import pick_device
+
+    with user_errors():
+        if preset not in ("5class", "tqg"):
+            raise ConfigError(f"probe presets are 5class and tqg, not {preset!r}")
+        cfg = resolve(config, _overrides(set_, **{"data.dir": data}))
+        encoder = load_encoder(checkpoint)
+        split = _split_for(cfg, preset)
+        result = run_probe(encoder, split, cfg.probe, pick_device(device))
+    m = result.metrics
+    rows = {"k-NN": {k.replace("test/knn_", "test/"): v for k, v in m.items() if k.startswith("test/knn_")},
+            "linear": {k.replace("test/linear_", "test/"): v for k, v in m.items() if k.startswith("test/linear_")}}
+    console.print(results_table(f"frozen-encoder probes ({preset}, {len(split.test):,} test jets)", rows,
+                                split.class_names))
+    console.print(f"clustering (k-means, {split.n_classes} clusters): purity {m['test/purity']:.4f}, "
+                  f"ARI {m['test/ari']:.4f}, silhouette {m['test/silhouette']:.4f}")
+    if out is not None:
+        console.print(f"metrics: {write_json(out / 'probe.json', m)}")
+
+
+@app.command("finetune")
+def finetune_cmd(
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Pre-trained jbot checkpoint")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")] = None,
+    task: Annotated[str | None, typer.Option(help="5class | tqg (overrides finetune.task)")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Class-balanced share of the training split")] = None,
+    from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Supervised baseline: random init")] = False,
+    out: Annotated[Path, typer.Option(help="Folder for the classifier checkpoint and metrics")] = Path("runs/finetune"),
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+) -> None:
+    """Fine-tune a pre-trained encoder with layer-wise LR decay, or train the supervised baseline."""
+    from jbot.evaluate.metrics import classification_metrics
+    from jbot.evaluate.table import results_table, write_json
+    from jbot.train.checkpoint import load_encoder, save_checkpoint
+    from jbot.train.device import pick_device
+    from jbot.train.finetune import classifier_state, finetune, predict_proba
+
+    with user_errors():
+        cfg = resolve(config, _overrides(set_, **{"data.dir": data, "finetune.task": task,
+                                                  "finetune.fraction": fraction, "pretrain.device": device}))
+        if checkpoint is None and not from_scratch:
+            raise ConfigError("pass --checkpoint (a pre-trained encoder) or --from-scratch")
+        encoder = None if from_scratch else load_encoder(checkpoint)  # type: ignore[arg-type]
+        if encoder is not None:
+            cfg = cfg.model_copy(update={"model": encoder.cfg})
+        split = _split_for(cfg, cfg.finetune.task)
+        label = "from scratch" if from_scratch else "fine-tuned"
+        with progress_bar() as bar:
+            task_id = bar.add_task(f"{label} ({cfg.finetune.fraction:.0%} labels)", total=cfg.finetune.epochs)
+            result = finetune(cfg, split, encoder, on_epoch=lambda e, m: bar.advance(task_id))
+        probs = predict_proba(result.model, split.test.x, pick_device(cfg.pretrain.device))
+        metrics = {f"test/{k}": v for k, v in classification_metrics(
+            split.test.y, probs, split.class_names, cfg.probe.n_folds).items()}
+        metrics["val/best_acc"] = result.best_val_acc
+        save_checkpoint(out / "classifier.pt", classifier_state(result, cfg, split.class_names, metrics))
+        write_json(out / "metrics.json", metrics)
+    console.print(results_table(f"{label}, {result.n_train:,} training jets, best epoch {result.best_epoch}",
+                                {label: metrics}, split.class_names))
+    console.print(f"classifier: {out / 'classifier.pt'}")
+
+
+# ------------------------------------------------------------------------------ import-keras / embed
+
+
+@app.command("import-keras")
+def import_keras_cmd(
+    backbone: Annotated[Path, typer.Argument(help="Published backbone .weights.h5")],
+    out: Annotated[Path, typer.Option(help="Where to write the jbot checkpoint")],
+    classifier: Annotated[Path | None, typer.Option(help="Published classifier (mlp) .weights.h5")] = None,
+) -> None:
+    """Import the authors' Keras 3 weights (no TensorFlow needed) as a jbot checkpoint."""
+    from jbot.model.keras_import import import_keras
+    from jbot.train.checkpoint import save_checkpoint
+
+    with user_errors():
+        state = import_keras(backbone, classifier)
+        save_checkpoint(out, state)
+    m = state["config"]["model"]
+    extra = f" + classifier ({len(state['class_names'])} classes)" if classifier else ""
+    console.print(f"imported D={m['d_model']}, H={m['n_heads']}, L={m['n_layers']}{extra} -> {out}")
+
+
+@app.command("embed")
+def embed_cmd(
+    model: Annotated[str, typer.Option("--model", help="A jbot checkpoint path")],
+    input_: Annotated[Path, typer.Option("--input", help="JetNet-layout HDF5 file or .npz holding x (N, 30, 4)")],
+    out: Annotated[Path, typer.Option(help="Output .npz: cls, particles and (classifiers) probs")],
+    batch_size: Annotated[int, typer.Option(help="Jets per batch")] = 4096,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Embeddings of jets: [CLS] (N, D), particle tokens (N, P, D), class probabilities for classifiers."""
+    from jbot.evaluate.embed import embed_to_file
+    from jbot.train.checkpoint import load_model
+    from jbot.train.device import pick_device
+
+    with user_errors():
+        loaded = load_model(model)
+        with progress_bar() as bar:
+            task = bar.add_task("embedding", total=None)
+            shapes = embed_to_file(loaded, input_, out, batch_size, pick_device(device),
+                                   on_batch=lambda n: bar.advance(task, n))
+    console.print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
 
 
 def main() -> None:  # pragma: no cover

@@ -86,6 +86,10 @@ class ModelConfig(Section):
     n_particles: int = Field(default=30, gt=0)
     n_jet_features: int = Field(default=4, ge=0)
     mask_padding: bool = True  # published models attend to pads: false for imported weights
+    # Fixed per-feature scale of (eta_rel, phi_rel, pt_rel, valid) before the token embedding. Raw JetNet features
+    # differ between jets by ~0.1 while `valid` is 1, so a freshly initialised encoder maps all jets to almost the
+    # same [CLS] and self-distillation collapses to the uniform distribution; (1, 1, 1, 1) = published models.
+    feature_scale: tuple[float, float, float, float] = (10.0, 10.0, 10.0, 1.0)
     jet_conditioning: bool = False
     ln_eps: float = Field(default=1e-6, gt=0.0)
 

@@ -104,25 +104,37 @@ def _bad(path: Path, key: str, what: str, bad_jets: np.ndarray) -> None:
 def validate_jets(path: str | Path, particles: np.ndarray, jets: np.ndarray, n_particles: int = 30) -> None:
     """Shapes, finiteness, the valid flag, empty padded slots and positive pT_rel (SPEC §1)."""
     path = Path(path)
-    expected = f"(N, {n_particles}, {N_FEATURES})"
-    if particles.ndim != 3 or particles.shape[1:] != (n_particles, N_FEATURES):
-        raise DataError(f"{path}: dataset '{PARTICLE_KEY}' has shape {particles.shape}, expected {expected}")
+    _check_particle_shape(path, particles, n_particles)
     if jets.ndim != 2 or jets.shape[1] != len(JET_FEATURE_NAMES):
         raise DataError(f"{path}: dataset '{JET_KEY}' has shape {jets.shape}, expected (N, 4)")
     if jets.shape[0] != particles.shape[0]:
         raise DataError(
             f"{path}: '{JET_KEY}' has {jets.shape[0]} jets but '{PARTICLE_KEY}' has {particles.shape[0]}"
         )
-    if particles.shape[0] == 0:
-        raise DataError(f"{path}: dataset '{PARTICLE_KEY}' is empty (0 jets)")
-    _bad(path, PARTICLE_KEY, "NaN or inf values", ~np.isfinite(particles).all(axis=(1, 2)))
     _bad(path, JET_KEY, "NaN or inf values", ~np.isfinite(jets).all(axis=1))
+    validate_particles(path, particles, n_particles)
+
+
+def _check_particle_shape(path: Path, particles: np.ndarray, n_particles: int, key: str = PARTICLE_KEY) -> None:
+    expected = f"(N, {n_particles}, {N_FEATURES})"
+    if particles.ndim != 3 or particles.shape[1:] != (n_particles, N_FEATURES):
+        raise DataError(f"{path}: dataset '{key}' has shape {particles.shape}, expected {expected}")
+
+
+def validate_particles(path: str | Path, particles: np.ndarray, n_particles: int = 30,
+                       key: str = PARTICLE_KEY) -> None:
+    """The particle-level checks alone (inputs given as arrays, e.g. ``x`` of an .npz file)."""
+    path = Path(path)
+    _check_particle_shape(path, particles, n_particles, key)
+    if particles.shape[0] == 0:
+        raise DataError(f"{path}: dataset '{key}' is empty (0 jets)")
+    _bad(path, key, "NaN or inf values", ~np.isfinite(particles).all(axis=(1, 2)))
     flag = particles[..., 3]
-    _bad(path, PARTICLE_KEY, "'valid' flag not 0 or 1", ((flag != 0) & (flag != 1)).any(axis=1))
+    _bad(path, key, "'valid' flag not 0 or 1", ((flag != 0) & (flag != 1)).any(axis=1))
     valid = flag == 1
     pads_filled = (~valid[..., None] & (particles != 0)).any(axis=(1, 2))
-    _bad(path, PARTICLE_KEY, "non-zero features in padded slots (valid = 0)", pads_filled)
-    _bad(path, PARTICLE_KEY, "pT_rel <= 0 on valid slots", (valid & (particles[..., 2] <= 0)).any(axis=1))
+    _bad(path, key, "non-zero features in padded slots (valid = 0)", pads_filled)
+    _bad(path, key, "pT_rel <= 0 on valid slots", (valid & (particles[..., 2] <= 0)).any(axis=1))
 
 
 def load_classes(data_dir: str | Path, classes: tuple[str, ...], n_particles: int = 30) -> dict[str, JetSet]:

@@ -36,7 +36,8 @@ def mask_from_order(pt: torch.Tensor, valid: torch.Tensor, ratio: torch.Tensor, 
     take_more = (above - target <= target - below) & (k < n_valid)
     count = k + take_more.long()
     positive = ratio > 0
-    count = torch.where(positive, torch.minimum(count.clamp_min(1), (n_valid - 1).clamp_min(0)), torch.zeros_like(count))
+    clamped = torch.minimum(count.clamp_min(1), (n_valid - 1).clamp_min(0))
+    count = torch.where(positive, clamped, torch.zeros_like(count))
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(P, device=pt.device).expand(B, P))
     return valid & (rank < count[:, None])
 

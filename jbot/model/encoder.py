@@ -34,10 +34,13 @@ class JetEncoder(nn.Module):
     embeddings with the learnable [MASK] vector (student views in pre-training).
     """
 
+    feature_scale: torch.Tensor
+
     def __init__(self, cfg: ModelConfig, dropout: float = 0.0) -> None:
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
+        self.register_buffer("feature_scale", torch.tensor(cfg.feature_scale[: cfg.n_features]), persistent=False)
         self.embed = nn.Linear(cfg.n_features, d)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.mask_token = nn.Parameter(torch.randn(d) * 0.02)
@@ -53,7 +56,7 @@ class JetEncoder(nn.Module):
         self, x: torch.Tensor, masked: torch.Tensor | None = None, jet: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         B, P, _ = x.shape
-        tokens = self.embed(x)  # (B, P, F) -> (B, P, D)
+        tokens = self.embed(x * self.feature_scale)  # (B, P, F) -> (B, P, D)
         if masked is not None:
             tokens = torch.where(masked[..., None], self.mask_token.to(tokens.dtype), tokens)
         cls = self.cls_token.expand(B, 1, -1)

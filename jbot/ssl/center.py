@@ -6,6 +6,9 @@ import torch
 
 
 class Centers(torch.nn.Module):
+    cls: torch.Tensor
+    part: torch.Tensor
+
     def __init__(self, d_proj: int, momentum: float = 0.9) -> None:
         super().__init__()
         self.momentum = momentum

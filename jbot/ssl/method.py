@@ -55,9 +55,10 @@ class Distillation(nn.Module):
         t_cls, t_part, s_cls, s_part = t_cls.float(), t_part.float(), s_cls.float(), s_part.float()
         tt, ts = cfg.teacher_temp, cfg.student_temp
         l_cls = cls_loss((t_cls[:B], t_cls[B:]), (s_cls[:B], s_cls[B:]), self.centers.cls, tt, ts)
-        l_part = 0.5 * sum(
-            part_loss_view(t_part[sl], s_part[sl], masked[sl], self.centers.part, tt, ts, cfg.part_norm)
-            for sl in (slice(0, B), slice(B, 2 * B))
+        u, v = slice(0, B), slice(B, 2 * B)
+        l_part = 0.5 * (
+            part_loss_view(t_part[u], s_part[u], masked[u], self.centers.part, tt, ts, cfg.part_norm)
+            + part_loss_view(t_part[v], s_part[v], masked[v], self.centers.part, tt, ts, cfg.part_norm)
         )
         l_koleo = koleo(s_back[:B].float())
         zero = torch.zeros((), device=views.device)

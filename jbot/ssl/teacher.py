@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 import torch
 from torch import nn
 
+M = TypeVar("M", bound=nn.Module)
 
-def make_teacher(student: nn.Module) -> nn.Module:
+
+def make_teacher(student: M) -> M:
     teacher = copy.deepcopy(student)
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -16,8 +19,8 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float | torch.Tensor) -> None:
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """theta_t <- tau theta_t + (1 - tau) theta_s, after every optimizer step."""
-    t_params = [p for p in teacher.parameters()]
-    s_params = [p.detach() for p in student.parameters()]
-    torch._foreach_lerp_(t_params, s_params, 1.0 - momentum)
+    t_params: list[torch.Tensor] = list(teacher.parameters())
+    s_params: list[torch.Tensor] = [p.detach() for p in student.parameters()]
+    torch._foreach_lerp_(t_params, s_params, 1.0 - float(momentum))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 
 from jbot.config import ModelConfig
 from jbot.model.encoder import JetEncoder
+from jbot.model.heads import ClassifierHead
 
 FORMAT = "jbot-checkpoint"
 VERSION = 1
@@ -66,6 +68,42 @@ def encoder_from_state(state: dict[str, Any], which: str = "student") -> JetEnco
 
 
 def load_encoder(path: str | Path, which: str = "student") -> JetEncoder:
+    """The encoder of any jbot checkpoint: pre-training (student by default), fine-tuned or imported."""
     state = load_checkpoint(path)
     key = which if which in state else "encoder"
     return encoder_from_state(state, key)
+
+
+@dataclass
+class LoadedModel:
+    """An encoder and, for fine-tuned or imported classifier checkpoints, its classifier head."""
+
+    encoder: JetEncoder
+    classifier: ClassifierHead | None
+    class_names: tuple[str, ...]
+    state: dict[str, Any]
+
+    @torch.no_grad()
+    def probabilities(self, cls: torch.Tensor) -> torch.Tensor:
+        if self.classifier is None:
+            raise CheckpointError("this model has no classifier head")
+        return torch.softmax(self.classifier(cls).float(), dim=-1)
+
+
+def model_from_state(state: dict[str, Any]) -> LoadedModel:
+    encoder = encoder_from_state(state, "student" if "student" in state else "encoder")
+    head = None
+    names: tuple[str, ...] = ()
+    if "classifier" in state:
+        weights = state["classifier"]
+        last = max(int(k.split(".")[1]) for k in weights if k.endswith(".weight"))
+        n_classes = weights[f"net.{last}.weight"].shape[0]
+        head = ClassifierHead(encoder.cfg.d_model, n_classes)
+        head.load_state_dict(weights)
+        head.eval()
+        names = tuple(state.get("class_names") or (f"class{i}" for i in range(n_classes)))
+    return LoadedModel(encoder, head, names, state)
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    return model_from_state(load_checkpoint(path))

@@ -60,7 +60,8 @@ def build_networks(cfg: JbotConfig) -> tuple[JBOTNetwork, JBOTNetwork]:
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on biases, LayerNorm gains and the [CLS] / [MASK] tokens (DINO convention)."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -175,7 +176,7 @@ class Pretrainer:
         })
         return metrics
 
-    def knn_accuracy(self) -> float:
+    def knn_accuracy(self) -> float | None:
         """k-NN probe (k from config) on frozen student [CLS]: train subset -> validation subset."""
         tc, split = self.cfg.pretrain, self.split
         classes = np.unique(split.train.y)
@@ -184,7 +185,7 @@ class Pretrainer:
         val_idx = np.flatnonzero(np.isin(split.val.y, classes))
         val_idx = rng.permutation(val_idx)[:tc.knn_val_size]
         if len(val_idx) == 0:
-            return float("nan")
+            return None  # no validation split (data.n_val = 0): nothing to monitor
         encoder = self.student.encoder
         ref_emb, _ = embed(encoder, split.train.x[ref], device=self.device)
         val_emb, _ = embed(encoder, split.val.x[val_idx], device=self.device)
@@ -202,7 +203,8 @@ class Pretrainer:
             last = self.epoch == tc.epochs
             if (tc.knn_every and self.epoch % tc.knn_every == 0) or last:
                 knn = self.knn_accuracy()
-                metrics["val/knn_acc"] = knn
+                if knn is not None:
+                    metrics["val/knn_acc"] = knn
             for k, v in metrics.items():
                 self.history.setdefault(k, []).append(v)
             self.tracker.log_metrics(metrics, step=self.epoch)
