@@ -26,8 +26,11 @@ app = typer.Typer(help="jBOT: self-distilled jet representations, MLflow-native.
                   pretty_exceptions_show_locals=False)
 config_app = typer.Typer(help="Inspect configurations.", no_args_is_help=True)
 data_app = typer.Typer(help="Jets: generate with Pythia8, fetch JetNet, summarise a folder.", no_args_is_help=True)
+register_app = typer.Typer(help="The MLflow Model Registry: register the best run, list versions.",
+                            no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
+app.add_typer(register_app, name="register")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -40,11 +43,12 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from jbot.data.generate import GeneratorUnavailable
     from jbot.data.jetnet import DataError
     from jbot.model.keras_import import KerasImportError
+    from jbot.tracking.mlflow import TrackingError
     from jbot.train.checkpoint import CheckpointError
     from jbot.train.pretrain import TrainingDiverged
 
     return (ConfigError, DataError, GeneratorUnavailable, FileNotFoundError, CheckpointError, TrainingDiverged,
-            KerasImportError)
+            KerasImportError, TrackingError)
 
 
 @contextlib.contextmanager
@@ -144,6 +148,18 @@ def data_info(
 
 # -------------------------------------------------------------------------------------------- pretrain
 
+TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default: embedded)")]
+ExperimentOpt = Annotated[str | None, typer.Option("--experiment", help="MLflow experiment (default jbot-<command>)")]
+ModelOpt = Annotated[str, typer.Option("--model", "--checkpoint", "--run-id",
+                                       help="Checkpoint path, run id, runs:/ or models:/ URI (alias included)")]
+
+
+def _overrides(set_: list[str] | None, **fields: object) -> list[str]:
+    """``--set`` items plus dedicated options (None = not given)."""
+    out = list(set_ or [])
+    out += [f"{key}={value}" for key, value in fields.items() if value is not None]
+    return out
+
 
 @app.command("pretrain")
 def pretrain_cmd(
@@ -154,31 +170,23 @@ def pretrain_cmd(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda (overrides pretrain.device)")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (overrides pretrain.out_dir)")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint (its own config is used)")] = None,
+    tracking_uri: TrackingOpt = None,
+    experiment: ExperimentOpt = None,
 ) -> None:
-    """Pre-train a jBOT encoder by self-distillation (SPEC §2-6)."""
+    """Pre-train a jBOT encoder by self-distillation (SPEC §2-6), tracked in MLflow."""
     from jbot.config import build_config
-    from jbot.data.splits import make_split
+    from jbot.runs import tracked_pretrain
     from jbot.train.checkpoint import load_checkpoint
-    from jbot.train.pretrain import pretrain
 
     with user_errors():
-        overrides = list(set_ or [])
-        overrides += [f"data.dir={data}"] if data else []
-        overrides += [f"data.preset={preset}"] if preset else []
-        overrides += [f"pretrain.device={device}"] if device else []
-        overrides += [f"pretrain.out_dir={out}"] if out else []
-        cfg = resolve(config, overrides)
+        cfg = resolve(config, _overrides(set_, **{"data.dir": data, "data.preset": preset, "pretrain.device": device,
+                                                  "pretrain.out_dir": out}))
         if resume is not None:
             cfg = build_config(load_checkpoint(resume)["config"])
-        split = make_split(cfg.data.dir, cfg.data.preset, cfg.data.n_train, cfg.data.n_val, cfg.data.n_test,
-                           cfg.data.seed)
         console.print(f"pre-training jBOT (D={cfg.model.d_model}, L={cfg.model.n_layers}, H={cfg.model.n_heads}) "
-                      f"on {len(split.train):,} {cfg.data.preset} jets for {cfg.pretrain.epochs} epochs")
+                      f"on {cfg.data.preset} jets from {cfg.data.dir} for {cfg.pretrain.epochs} epochs")
         with progress_bar() as bar:
             task = bar.add_task("epoch 1", total=None)
-
-            def on_step(i: int) -> None:
-                bar.advance(task)
 
             def on_epoch(report: Any) -> None:
                 m = report.metrics
@@ -187,7 +195,9 @@ def pretrain_cmd(
                                   f" ({m['train/jets_per_s']:.0f} jets/s{knn})")
                 bar.update(task, description=f"epoch {report.epoch + 1}", completed=0)
 
-            result = pretrain(cfg, split, cfg.pretrain.out_dir, resume=resume, on_step=on_step, on_epoch=on_epoch)
+            tracked = tracked_pretrain(cfg, resume=resume, tracking_uri=tracking_uri, experiment=experiment,
+                                       on_step=lambda i: bar.advance(task), on_epoch=on_epoch)
+    result = tracked.payload
     table = Table(title="jBOT pre-training")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -197,65 +207,49 @@ def pretrain_cmd(
     table.add_row("val/knn_acc", f"{result.knn_acc:.4f}" if result.knn_acc is not None else "-")
     table.add_row("wall time [s]", f"{result.seconds:.1f}")
     table.add_row("checkpoint", str(result.checkpoint))
+    table.add_row("MLflow run", tracked.run_id)
+    table.add_row("model URI", str(tracked.model_uri))
     console.print(table)
 
 
 # ---------------------------------------------------------------------------------- probe / finetune
 
 
-CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="A jbot checkpoint (pre-trained or fine-tuned)")]
-
-
-def _split_for(cfg: JbotConfig, preset: str) -> Any:
-    from jbot.data.splits import make_split
-
-    return make_split(cfg.data.dir, preset, cfg.data.n_train, cfg.data.n_val, cfg.data.n_test, cfg.data.seed)
-
-
-def _overrides(set_: list[str] | None, **fields: object) -> list[str]:
-    """``--set`` items plus dedicated options (``data_dir="data.dir"`` style, None = not given)."""
-    out = list(set_ or [])
-    out += [f"{key}={value}" for key, value in fields.items() if value is not None]
-    return out
-
-
 @app.command("probe")
 def probe_cmd(
-    checkpoint: CheckpointOpt,
+    model: ModelOpt,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data: Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")] = None,
     preset: Annotated[str, typer.Option(help="5class | tqg")] = "5class",
     out: Annotated[Path | None, typer.Option(help="Folder for probe.json and plots")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    tracking_uri: TrackingOpt = None,
+    experiment: ExperimentOpt = None,
 ) -> None:
     """k-NN and linear probes and clustering metrics of a frozen encoder (SPEC §7)."""
-    from jbot.evaluate.probe import run_probe
-    from jbot.evaluate.table import results_table, write_json
-    from jbot.train.checkpoint import load_encoder
-    from jbot.train.device import pick_device
+    from jbot.evaluate.table import results_table
+    from jbot.runs import tracked_probe
 
     with user_errors():
         if preset not in ("5class", "tqg"):
             raise ConfigError(f"probe presets are 5class and tqg, not {preset!r}")
-        cfg = resolve(config, _overrides(set_, **{"data.dir": data}))
-        encoder = load_encoder(checkpoint)
-        split = _split_for(cfg, preset)
-        result = run_probe(encoder, split, cfg.probe, pick_device(device))
+        cfg = resolve(config, _overrides(set_, **{"data.dir": data, "pretrain.device": device}))
+        tracked = tracked_probe(cfg, model, preset, out_dir=out, tracking_uri=tracking_uri, experiment=experiment)
+    result = tracked.payload
     m = result.metrics
     rows = {"k-NN": {k.replace("test/knn_", "test/"): v for k, v in m.items() if k.startswith("test/knn_")},
             "linear": {k.replace("test/linear_", "test/"): v for k, v in m.items() if k.startswith("test/linear_")}}
-    console.print(results_table(f"frozen-encoder probes ({preset}, {len(split.test):,} test jets)", rows,
-                                split.class_names))
-    console.print(f"clustering (k-means, {split.n_classes} clusters): purity {m['test/purity']:.4f}, "
+    console.print(results_table(f"frozen-encoder probes ({preset})", rows, result.class_names))
+    console.print(f"clustering (k-means, {len(result.class_names)} clusters): purity {m['test/purity']:.4f}, "
                   f"ARI {m['test/ari']:.4f}, silhouette {m['test/silhouette']:.4f}")
-    if out is not None:
-        console.print(f"metrics: {write_json(out / 'probe.json', m)}")
+    console.print(f"MLflow run {tracked.run_id}" + (f"; metrics in {out / 'probe.json'}" if out else ""))
 
 
 @app.command("finetune")
 def finetune_cmd(
-    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Pre-trained jbot checkpoint")] = None,
+    model: Annotated[str | None, typer.Option("--model", "--checkpoint", "--run-id",
+                                              help="Pre-trained encoder: path, run id, runs:/ or models:/ URI")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data: Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")] = None,
@@ -264,36 +258,28 @@ def finetune_cmd(
     from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Supervised baseline: random init")] = False,
     out: Annotated[Path, typer.Option(help="Folder for the classifier checkpoint and metrics")] = Path("runs/finetune"),
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    tracking_uri: TrackingOpt = None,
+    experiment: ExperimentOpt = None,
 ) -> None:
     """Fine-tune a pre-trained encoder with layer-wise LR decay, or train the supervised baseline."""
-    from jbot.evaluate.metrics import classification_metrics
-    from jbot.evaluate.table import results_table, write_json
-    from jbot.train.checkpoint import load_encoder, save_checkpoint
-    from jbot.train.device import pick_device
-    from jbot.train.finetune import classifier_state, finetune, predict_proba
+    from jbot.evaluate.table import results_table
+    from jbot.runs import tracked_finetune
 
     with user_errors():
         cfg = resolve(config, _overrides(set_, **{"data.dir": data, "finetune.task": task,
                                                   "finetune.fraction": fraction, "pretrain.device": device}))
-        if checkpoint is None and not from_scratch:
-            raise ConfigError("pass --checkpoint (a pre-trained encoder) or --from-scratch")
-        encoder = None if from_scratch else load_encoder(checkpoint)  # type: ignore[arg-type]
-        if encoder is not None:
-            cfg = cfg.model_copy(update={"model": encoder.cfg})
-        split = _split_for(cfg, cfg.finetune.task)
+        if model is None and not from_scratch:
+            raise ConfigError("pass --model (a pre-trained encoder) or --from-scratch")
         label = "from scratch" if from_scratch else "fine-tuned"
         with progress_bar() as bar:
             task_id = bar.add_task(f"{label} ({cfg.finetune.fraction:.0%} labels)", total=cfg.finetune.epochs)
-            result = finetune(cfg, split, encoder, on_epoch=lambda e, m: bar.advance(task_id))
-        probs = predict_proba(result.model, split.test.x, pick_device(cfg.pretrain.device))
-        metrics = {f"test/{k}": v for k, v in classification_metrics(
-            split.test.y, probs, split.class_names, cfg.probe.n_folds).items()}
-        metrics["val/best_acc"] = result.best_val_acc
-        save_checkpoint(out / "classifier.pt", classifier_state(result, cfg, split.class_names, metrics))
-        write_json(out / "metrics.json", metrics)
+            tracked = tracked_finetune(cfg, None if from_scratch else model, out_dir=out, tracking_uri=tracking_uri,
+                                       experiment=experiment, on_epoch=lambda e, m: bar.advance(task_id))
+    payload = tracked.payload
+    result = payload["result"]
     console.print(results_table(f"{label}, {result.n_train:,} training jets, best epoch {result.best_epoch}",
-                                {label: metrics}, split.class_names))
-    console.print(f"classifier: {out / 'classifier.pt'}")
+                                {label: payload["metrics"]}, payload["class_names"]))
+    console.print(f"classifier: {out / 'classifier.pt'}; MLflow run {tracked.run_id}; model {tracked.model_uri}")
 
 
 # ------------------------------------------------------------------------------ import-keras / embed
@@ -304,22 +290,28 @@ def import_keras_cmd(
     backbone: Annotated[Path, typer.Argument(help="Published backbone .weights.h5")],
     out: Annotated[Path, typer.Option(help="Where to write the jbot checkpoint")],
     classifier: Annotated[Path | None, typer.Option(help="Published classifier (mlp) .weights.h5")] = None,
+    register: Annotated[str | None, typer.Option(help="Also register the model under this name")] = None,
+    tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Import the authors' Keras 3 weights (no TensorFlow needed) as a jbot checkpoint."""
+    """Import the authors' Keras 3 weights (no TensorFlow needed) as a jbot checkpoint, logged to MLflow."""
     from jbot.model.keras_import import import_keras
+    from jbot.runs import tracked_import
     from jbot.train.checkpoint import save_checkpoint
 
     with user_errors():
         state = import_keras(backbone, classifier)
         save_checkpoint(out, state)
+        tracked = tracked_import(out, state, register, tracking_uri)
     m = state["config"]["model"]
     extra = f" + classifier ({len(state['class_names'])} classes)" if classifier else ""
     console.print(f"imported D={m['d_model']}, H={m['n_heads']}, L={m['n_layers']}{extra} -> {out}")
+    console.print(f"MLflow run {tracked.run_id}, model {tracked.model_uri}"
+                  + (f", registered as {register} version {tracked.payload}" if register else ""))
 
 
 @app.command("embed")
 def embed_cmd(
-    model: Annotated[str, typer.Option("--model", help="A jbot checkpoint path")],
+    model: ModelOpt,
     input_: Annotated[Path, typer.Option("--input", help="JetNet-layout HDF5 file or .npz holding x (N, 30, 4)")],
     out: Annotated[Path, typer.Option(help="Output .npz: cls, particles and (classifiers) probs")],
     batch_size: Annotated[int, typer.Option(help="Jets per batch")] = 4096,
@@ -327,16 +319,84 @@ def embed_cmd(
 ) -> None:
     """Embeddings of jets: [CLS] (N, D), particle tokens (N, P, D), class probabilities for classifiers."""
     from jbot.evaluate.embed import embed_to_file
-    from jbot.train.checkpoint import load_model
+    from jbot.tracking.models import load_from_uri
     from jbot.train.device import pick_device
 
     with user_errors():
-        loaded = load_model(model)
+        loaded = load_from_uri(model)
         with progress_bar() as bar:
             task = bar.add_task("embedding", total=None)
             shapes = embed_to_file(loaded, input_, out, batch_size, pick_device(device),
                                    on_batch=lambda n: bar.advance(task, n))
     console.print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
+
+
+# ------------------------------------------------------------------------------------ registry / ui
+
+
+@register_app.command("best")
+def register_best_cmd(
+    experiment: Annotated[str, typer.Option(help="Experiment to search")] = "jbot-finetune",
+    metric: Annotated[str, typer.Option(help="Metric to rank runs by")] = "test/acc",
+    mode: Annotated[str, typer.Option(help="max | min")] = "max",
+    filter_: Annotated[str | None, typer.Option("--filter", help="MLflow run filter, e.g. \"params.`model.d_model` = '64'\"")] = None,
+    parent: Annotated[str | None, typer.Option(help="Only children of this (sweep) run")] = None,
+    name: Annotated[str, typer.Option(help="Registered model name")] = "jbot-encoder",
+    alias: Annotated[str | None, typer.Option(help="Alias to point at the version")] = "champion",
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Register the best finished run's model, tag the version, set the alias (idempotent per run)."""
+    from jbot.tracking.mlflow import connect, resolve_uri
+    from jbot.tracking.registry import register_best
+
+    with user_errors():
+        client = connect(resolve_uri(tracking_uri))
+        reg = register_best(client, experiment, metric, name, mode, alias, filter_, parent)
+    verb = "registered" if reg.created else "already registered"
+    console.print(f"{verb}: {reg.name} version {reg.version} from run {reg.run_id} ({reg.metric} = {reg.value:.4f})"
+                  + (f"; alias @{reg.alias} -> version {reg.version} (models:/{reg.name}@{reg.alias})"
+                     if reg.alias else ""))
+
+
+@register_app.command("list")
+def register_list_cmd(
+    name: Annotated[str, typer.Option(help="Registered model name")] = "jbot-encoder",
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Versions of a registered model with their aliases, runs and metrics."""
+    from jbot.tracking.mlflow import connect, resolve_uri
+    from jbot.tracking.registry import list_versions
+
+    with user_errors():
+        rows = list_versions(connect(resolve_uri(tracking_uri)), name)
+    table = Table(title=f"registered model {name}")
+    for col in ("version", "aliases", "run_id", "metric", "value"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(row[c] for c in ("version", "aliases", "run_id", "metric", "value")))
+    console.print(table)
+
+
+@app.command("ui")
+def ui_cmd(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 5000,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Start the MLflow UI on the configured store and print its URL."""
+    import subprocess
+    import sys
+
+    from jbot.tracking.mlflow import resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        console.print(f"the tracking store is a server: open {uri}")
+        return
+    console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    with contextlib.suppress(KeyboardInterrupt):
+        subprocess.run(cmd, check=False)
 
 
 def main() -> None:  # pragma: no cover

@@ -41,3 +41,11 @@ def write_fake_folder(path: Path, n_per_class: int | dict[str, int], seed: int =
 def fake_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small 5-class folder (400 jets per class) shared by tests that only read it."""
     return write_fake_folder(tmp_path_factory.mktemp("jets"), 400)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test logs to its own session-wide SQLite store, never to the project's mlruns/."""
+    root = tmp_path_factory.getbasetemp() / "mlflow-store"
+    root.mkdir(exist_ok=True)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")

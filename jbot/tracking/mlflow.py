@@ -1,0 +1,153 @@
+"""MLflow runs: the tracking target, one run per command, params/tags/metrics/artifacts, failure states.
+
+Tracking target, first found: ``--tracking-uri``, config ``tracking.uri``, env ``MLFLOW_TRACKING_URI``, else the
+embedded store: a SQLite database and an artifact folder inside ``mlruns/`` at the project root, as absolute paths
+(never relative to the current directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+import time
+import traceback
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+import jbot
+from jbot.config import PROJECT_ROOT, JbotConfig, flatten, to_yaml
+
+EMBEDDED_DIR = PROJECT_ROOT / "mlruns"
+MAX_PARAM_LENGTH = 6000
+
+
+class TrackingError(RuntimeError):
+    """The tracking server or store cannot be used; raised before any training starts."""
+
+
+def embedded_uri() -> str:
+    return f"sqlite:///{EMBEDDED_DIR / 'mlflow.db'}"
+
+
+def resolve_uri(cli_uri: str | None = None, cfg_uri: str | None = None) -> str:
+    return cli_uri or cfg_uri or os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri()
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Artifact folder beside a SQLite database (absolute); a server decides its own."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        return (db.parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def connect(uri: str, timeout: float = 5.0) -> MlflowClient:
+    """Point MLflow at ``uri``; an http(s) server must answer its health check within ``timeout`` seconds."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+                resp.read()
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server at {uri} ({reason}). Start it, fix --tracking-uri / "
+                "tracking.uri / MLFLOW_TRACKING_URI, or unset them to use the embedded store under mlruns/."
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    root = _artifact_root(uri)
+    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=5, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class MlflowRun:
+    """The Tracker of one MLflow run (params, metrics with steps, artifacts, tags)."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start:start + 100], synchronous=True)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[start:start + 500], synchronous=True)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+
+@contextlib.contextmanager
+def tracked_run(cfg: JbotConfig, command: str, *, tracking_uri: str | None = None, experiment: str | None = None,
+                run_name: str | None = None, tags: dict[str, str] | None = None,
+                parent_run_id: str | None = None) -> Iterator[MlflowRun]:
+    """One MLflow run in experiment ``jbot-{command}`` (or ``experiment`` / ``tracking.experiment``).
+
+    Logs the flattened resolved config as params and ``config.yaml``. An exception ends the run FAILED with the
+    traceback as the artifact ``error/traceback.txt``; Ctrl-C ends it KILLED (the caller saved its checkpoint).
+    """
+    uri = resolve_uri(tracking_uri, cfg.tracking.uri)
+    client = connect(uri)
+    exp_id = experiment_id(client, experiment or cfg.tracking.experiment or f"jbot-{command}", uri)
+    all_tags = {"jbot.version": jbot.__version__, "jbot.git_commit": git_commit(), "jbot.command": command,
+                **(tags or {})}
+    active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags,
+                              parent_run_id=parent_run_id, nested=parent_run_id is not None,
+                              log_system_metrics=cfg.tracking.log_system_metrics)
+    run = MlflowRun(client, active.info.run_id)
+    try:
+        run.log_params(flatten(cfg))
+        run.log_text(to_yaml(cfg), "config.yaml")
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            run.log_text("".join(traceback.format_exception(exc)), "error/traceback.txt")
+            run.set_tags({"jbot.error": f"{type(exc).__name__}: {exc}"[:5000]})
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def download_run_artifact(client: MlflowClient, run_id: str, path: str) -> Path:
+    dest = Path(tempfile.mkdtemp(prefix="jbot-"))
+    return Path(client.download_artifacts(run_id, path, str(dest)))

@@ -1,0 +1,192 @@
+"""MLflow tracking and the Model Registry against real stores: SQLite in a temp folder and a real
+`mlflow server` subprocess. No mocks of MLflow."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from jbot.cli import app
+from jbot.config import load_config
+from jbot.evaluate.embed import embed
+from jbot.model.encoder import JetEncoder
+from jbot.tracking.mlflow import TrackingError, connect, tracked_run
+from jbot.tracking.models import load_from_uri, log_jbot_model
+from jbot.tracking.registry import register_best
+from jbot.train.checkpoint import load_model, save_checkpoint
+from tests.test_pretrain import TINY
+
+runner = CliRunner()
+SIZES = ["data.n_train=400", "data.n_val=100", "data.n_test=200"]
+
+
+def _sets(items: list[str]) -> list[str]:
+    return [a for item in items for a in ("--set", item)]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+
+
+def test_pretrain_and_finetune_are_readable_back(fake_data: Path, tmp_path: Path, store: str) -> None:
+    result = runner.invoke(app, ["pretrain", "--data", str(fake_data), "--out", str(tmp_path / "pt"),
+                                 "--tracking-uri", store, *_sets(TINY + SIZES)])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(store)
+    (pre,) = client.search_runs([client.get_experiment_by_name("jbot-pretrain").experiment_id])
+    assert pre.info.status == "FINISHED"
+    assert pre.data.params["model.d_model"] == "16" and pre.data.params["pretrain.epochs"] == "3"
+    assert [m.step for m in client.get_metric_history(pre.info.run_id, "train/loss")] == [1, 2, 3]
+    assert {"val/knn_acc", "final/loss", "train/jets_per_s"} <= set(pre.data.metrics)
+    for tag in ("jbot.version", "jbot.git_commit", "jbot.data_fingerprint", "jbot.device", "jbot.model_uri"):
+        assert tag in pre.data.tags
+    artifacts = {a.path for a in client.list_artifacts(pre.info.run_id)}
+    assert {"config.yaml", "checkpoints", "metrics", "plots"} <= artifacts
+    html = Path(client.download_artifacts(pre.info.run_id, "plots/learning_curves.html", str(tmp_path)))
+    assert "plotly" in html.read_text()[:5_000_000].lower()
+
+    ft = runner.invoke(app, ["finetune", "--run-id", pre.info.run_id, "--data", str(fake_data), "--out",
+                             str(tmp_path / "ft"), "--tracking-uri", store, "--fraction", "0.5",
+                             *_sets(SIZES + ["finetune.epochs=2", "finetune.batch_size=64"])])
+    assert ft.exit_code == 0, ft.output
+    (fine,) = client.search_runs([client.get_experiment_by_name("jbot-finetune").experiment_id])
+    assert fine.data.tags["jbot.upstream_run"] == pre.info.run_id
+    assert fine.data.params["model.d_model"] == "16"  # the encoder's architecture, same param names
+    assert {"test/acc", "test/auc_t", "test/acc_std", "val/acc", "val/best_acc"} <= set(fine.data.metrics)
+    assert [m.step for m in client.get_metric_history(fine.info.run_id, "val/acc")] == [1, 2]
+
+
+def _tiny_checkpoint(path: Path, seed: int) -> Path:
+    cfg = load_config(None, TINY)
+    torch.manual_seed(seed)
+    enc = JetEncoder(cfg.model)
+    return save_checkpoint(path, {"kind": "encoder", "config": cfg.model_dump(mode="json"),
+                                  "encoder": enc.state_dict()})
+
+
+def _jets(n: int = 16) -> np.ndarray:
+    from tests.conftest import fake_jets
+
+    return fake_jets(n, 2, np.random.default_rng(0))[0]
+
+
+def test_register_best_mode_idempotent_and_alias(tmp_path: Path, store: str) -> None:
+    client = connect(store)
+    cfg = load_config(None, TINY)
+    run_ids = []
+    for i, acc in enumerate([0.61, 0.74, 0.52]):
+        with tracked_run(cfg, "finetune", tracking_uri=store, experiment="reg-test") as run:
+            run.log_metrics({"test/acc": acc})
+            log_jbot_model(_tiny_checkpoint(tmp_path / f"c{i}.pt", i), _jets(4))
+            run_ids.append(run.run_id)
+    best = register_best(client, "reg-test", "test/acc", "jbot-encoder", "max", "champion")
+    assert best.run_id == run_ids[1] and best.version == "1" and best.created
+    again = register_best(client, "reg-test", "test/acc", "jbot-encoder", "max", "champion")
+    assert again.version == "1" and not again.created
+    assert len(client.search_model_versions("name = 'jbot-encoder'")) == 1
+    worst = register_best(client, "reg-test", "test/acc", "jbot-encoder", "min", "worst")
+    assert worst.run_id == run_ids[2] and worst.version == "2"
+    mv = client.get_model_version_by_alias("jbot-encoder", "champion")
+    assert str(mv.version) == "1" and mv.tags["jbot.metric"] == "test/acc" and mv.tags["jbot.run_id"] == run_ids[1]
+    with pytest.raises(TrackingError, match=r"no run matches: experiment 'reg-test'.*'test/auc'"):
+        register_best(client, "reg-test", "test/auc", "jbot-encoder")
+    filtered = register_best(client, "reg-test", "test/acc", "jbot-encoder", "max", None,
+                             f"attributes.run_id != '{run_ids[1]}'")
+    assert filtered.run_id == run_ids[0]
+
+    # the registered model by alias gives embeddings identical to the run's checkpoint
+    x = _jets(32)
+    via_alias = load_from_uri("models:/jbot-encoder@champion", store)
+    local = load_model(tmp_path / "c1.pt")
+    assert np.array_equal(embed(via_alias.encoder, x)[0], embed(local.encoder, x)[0])
+    # and MLflow's own pyfunc loader predicts a batch of [CLS] embeddings
+    pyfunc = mlflow.pyfunc.load_model("models:/jbot-encoder@champion")
+    np.testing.assert_allclose(pyfunc.predict(x), embed(local.encoder, x)[0], rtol=1e-5, atol=1e-6)
+
+    listed = runner.invoke(app, ["register", "list", "--tracking-uri", store])
+    assert listed.exit_code == 0 and "champion" in listed.output and "worst" in listed.output
+    none = runner.invoke(app, ["register", "best", "--experiment", "nope", "--tracking-uri", store])
+    assert none.exit_code == 2 and "no experiment named 'nope'" in none.output
+
+
+def test_run_that_raises_ends_failed(store: str) -> None:
+    cfg = load_config(None, TINY)
+    with pytest.raises(RuntimeError, match="boom"), tracked_run(cfg, "pretrain", tracking_uri=store,
+                                                               experiment="fail-test") as run:
+        run.log_metrics({"train/loss": 1.0}, step=1)
+        raise RuntimeError("boom")
+    client = MlflowClient(store)
+    (failed,) = client.search_runs([client.get_experiment_by_name("fail-test").experiment_id])
+    assert failed.info.status == "FAILED" and "boom" in failed.data.tags["jbot.error"]
+    text = Path(client.download_artifacts(failed.info.run_id, "error/traceback.txt")).read_text()
+    assert "RuntimeError: boom" in text
+
+
+def test_unreachable_server_fails_fast(fake_data: Path, tmp_path: Path) -> None:
+    start = time.monotonic()
+    result = runner.invoke(app, ["pretrain", "--data", str(fake_data), "--out", str(tmp_path),
+                                 "--tracking-uri", "http://127.0.0.1:9", *_sets(TINY + SIZES)])
+    assert time.monotonic() - start < 15
+    assert result.exit_code == 2 and "cannot reach the MLflow tracking server" in result.output
+    assert not (tmp_path / "checkpoint.pt").exists(), "no training started"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
+           "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("mlflow server did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_rest_api_of_a_real_server_lists_runs_with_documented_metrics(fake_data: Path, tmp_path: Path,
+                                                                      mlflow_server: str) -> None:
+    result = runner.invoke(app, ["pretrain", "--data", str(fake_data), "--out", str(tmp_path / "pt"),
+                                 "--tracking-uri", mlflow_server, *_sets(TINY + SIZES)])
+    assert result.exit_code == 0, result.output
+    exps = json.load(urllib.request.urlopen(urllib.request.Request(
+        f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=jbot-pretrain")))
+    body = json.dumps({"experiment_ids": [exps["experiment"]["experiment_id"]]}).encode()
+    req = urllib.request.Request(f"{mlflow_server}/api/2.0/mlflow/runs/search", data=body,
+                                 headers={"Content-Type": "application/json"})
+    runs = json.load(urllib.request.urlopen(req))["runs"]
+    assert len(runs) == 1
+    metric_names = {m["key"] for m in runs[0]["data"]["metrics"]}
+    assert {"train/loss", "train/loss_part", "train/loss_cls", "train/loss_koleo", "val/knn_acc",
+            "final/loss"} <= metric_names
+    assert runs[0]["info"]["status"] == "FINISHED"
