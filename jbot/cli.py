@@ -339,7 +339,8 @@ def register_best_cmd(
     experiment: Annotated[str, typer.Option(help="Experiment to search")] = "jbot-finetune",
     metric: Annotated[str, typer.Option(help="Metric to rank runs by")] = "test/acc",
     mode: Annotated[str, typer.Option(help="max | min")] = "max",
-    filter_: Annotated[str | None, typer.Option("--filter", help="MLflow run filter, e.g. \"params.`model.d_model` = '64'\"")] = None,
+    filter_: Annotated[str | None, typer.Option(
+        "--filter", help="MLflow run filter, e.g. \"params.`model.d_model` = '64'\"")] = None,
     parent: Annotated[str | None, typer.Option(help="Only children of this (sweep) run")] = None,
     name: Annotated[str, typer.Option(help="Registered model name")] = "jbot-encoder",
     alias: Annotated[str | None, typer.Option(help="Alias to point at the version")] = "champion",

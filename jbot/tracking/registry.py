@@ -60,7 +60,7 @@ def register_best(client: MlflowClient, experiment: str, metric: str, name: str,
     run = best_run(client, experiment, metric, mode, filter_string, parent_run_id)
     run_id = run.info.run_id
     value = run.data.metrics[metric]
-    existing = []
+    existing: list[mlflow.entities.model_registry.ModelVersion] = []
     if client.search_registered_models(filter_string=f"name = '{name}'"):
         existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if existing:
