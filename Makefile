@@ -21,8 +21,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/jbot data generate --out $(DEMO_DIR) --jets-per-class $(DEMO_JETS) --workers 2
-	$(BIN)/jbot data info $(DEMO_DIR)
+	$(BIN)/jbot demo --out $(DEMO_DIR) --jets-per-class $(DEMO_JETS) --workers 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu and not slow"

@@ -161,3 +161,24 @@ def tracked_import(checkpoint: Path, state: dict[str, Any], register: str | None
         connect(resolve_uri(tracking_uri))
         version = mlflow.register_model(model_uri, register).version
     return TrackedResult(run.run_id, model_uri, version)
+
+
+def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None, tracking_uri: str | None = None,
+                    experiment: str | None = None, notes: list[str] | None = None) -> TrackedResult:
+    """Every anomaly score of a frozen encoder on the ``qg`` preset; report + metrics logged as artifacts."""
+    from jbot.anomaly.detect import run_anomaly
+    from jbot.anomaly.report import text_table, write_report
+
+    loaded = load_from_uri(source, tracking_uri)
+    split = load_split(cfg, "qg")
+    device = pick_device(cfg.pretrain.device)
+    tags = {**_data_tags(split, str(device)), **provenance(source, tracking_uri)}
+    with tracked_run(cfg, "anomaly", tracking_uri=tracking_uri, experiment=experiment, tags=tags) as run:
+        result = run_anomaly(loaded.encoder, split, cfg.anomaly, device)
+        run.log_metrics({f"test/{k}": v for k, v in result.metrics.items()})
+        prov = {"model": source, **{k.removeprefix("jbot."): v for k, v in tags.items()}, "mlflow_run": run.run_id}
+        folder = out_dir or Path(tempfile.mkdtemp(prefix="jbot-anomaly-"))
+        paths = write_report(result, folder, prov, notes or [])
+        for path in paths.values():
+            run.log_artifact(path, "report")
+    return TrackedResult(run.run_id, None, {"result": result, "paths": paths, "table": text_table(result)})

@@ -127,6 +127,23 @@ class Pretrainer:
         self.history = {k: list(v) for k, v in state["history"].items()}
 
     # ------------------------------------------------------------------ training
+    def train_step(self, xb: torch.Tensor, it: int) -> torch.Tensor:
+        """One full step (views, masking, teacher, student, losses, backward, AdamW, EMA, centres) on a batch
+        already on the device; returns the detached loss terms (no host sync)."""
+        tc = self.cfg.pretrain
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(self.lr[it])
+        views, masked = self.method.views(xb, self.gen)
+        with autocast(self.device, tc.precision):
+            terms = self._loss_fn(views, masked)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms[0].backward()
+        if tc.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), tc.grad_clip)
+        self.optimizer.step()
+        ema_update(self.teacher, self.student, float(self.momentum[it]))
+        return terms.detach()
+
     def run_epoch(self, on_step: Callable[[int], None] | None = None) -> dict[str, float]:
         tc = self.cfg.pretrain
         self.student.train()
@@ -135,19 +152,7 @@ class Pretrainer:
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         start = time.perf_counter()
         for i in range(self.steps):
-            it = self.epoch * self.steps + i
-            for group in self.optimizer.param_groups:
-                group["lr"] = float(self.lr[it])
-            views, masked = self.method.views(self.x[perm[i * self.batch:(i + 1) * self.batch]], self.gen)
-            with autocast(self.device, tc.precision):
-                terms = self._loss_fn(views, masked)
-            self.optimizer.zero_grad(set_to_none=True)
-            terms[0].backward()
-            if tc.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.student.parameters(), tc.grad_clip)
-            self.optimizer.step()
-            ema_update(self.teacher, self.student, float(self.momentum[it]))
-            terms = terms.detach()
+            terms = self.train_step(self.x[perm[i * self.batch:(i + 1) * self.batch]], self.epoch * self.steps + i)
             sums += terms
             bad = ~torch.isfinite(terms[0]) & (first_bad < 0)
             first_bad = torch.where(bad, torch.full_like(first_bad, i), first_bad)

@@ -1,0 +1,151 @@
+"""Throughput of full jBOT pre-training steps, fine-tuning steps and embedding on device-resident data.
+
+A pre-training step is everything: two augmented views, pT-aware masking, teacher forward, student forward and
+backward, the three losses, AdamW, the EMA teacher update and the centres. Reported: jets/s as the median over
+timed steps after warm-up (synchronised), peak device memory. Imports only the engine (no mlflow, no optuna).
+
+    python benchmarks/pretrain_throughput.py --device cpu --sizes S,B --batches 1024
+    python benchmarks/pretrain_throughput.py --device cuda --batches 1024,8192 --precisions fp32,bf16 --compile off,on
+Writes benchmarks/results/throughput-<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jbot.config import JbotConfig, load_config
+from jbot.data.splits import Part, Split
+from jbot.evaluate.embed import embed
+from jbot.model.encoder import JetEncoder
+from jbot.train.device import autocast
+from jbot.train.finetune import JetClassifier
+from jbot.train.pretrain import Pretrainer
+
+SIZES = {"S": "configs/jbot-s.yaml", "B": "configs/jbot-b.yaml"}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def synthetic_jets(n: int, seed: int = 0) -> np.ndarray:
+    """JetNet-like jets: 10-30 valid constituents, pT-sorted fractions, eta/phi spread ~0.1."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 30, 4), np.float32)
+    mult = rng.integers(10, 31, n)
+    valid = np.arange(30)[None, :] < mult[:, None]
+    pt = -np.sort(-rng.exponential(1.0, (n, 30)), axis=1) * valid
+    x[..., 0] = rng.normal(0, 0.1, (n, 30)) * valid
+    x[..., 1] = rng.normal(0, 0.1, (n, 30)) * valid
+    x[..., 2] = pt / pt.sum(1, keepdims=True)
+    x[..., 3] = valid
+    return x
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: torch.device, warmup: int, steps: int) -> list[float]:  # type: ignore[no-untyped-def]
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_pretrain(cfg: JbotConfig, batch: int, device: torch.device, warmup: int, steps: int) -> float:
+    x = synthetic_jets(batch * 2)
+    part = Part(x, np.zeros((len(x), 4), np.float32), np.zeros(len(x), np.int64), np.zeros(len(x), np.int64))
+    split = Split("5class", part, part.subset(np.arange(0)), part.subset(np.arange(0)), ("q",), 0, "bench")
+    trainer = Pretrainer(cfg, split, "/tmp/jbot-bench")
+    xb = trainer.x[:batch]
+    counter = itertools.count()
+    times = _timed(lambda: trainer.train_step(xb, next(counter) % len(trainer.lr)), device, warmup, steps)
+    return batch / statistics.median(times)
+
+
+def bench_finetune(cfg: JbotConfig, batch: int, device: torch.device, warmup: int, steps: int) -> float:
+    model = JetClassifier(JetEncoder(cfg.model), 5).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    xb = torch.as_tensor(synthetic_jets(batch), device=device)
+    yb = torch.randint(0, 5, (batch,), device=device)
+
+    def step() -> None:
+        with autocast(device, cfg.pretrain.precision):
+            loss = torch.nn.functional.cross_entropy(model(xb).float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return batch / statistics.median(_timed(step, device, warmup, steps))
+
+
+def bench_embed(cfg: JbotConfig, batch: int, device: torch.device, warmup: int, steps: int) -> float:
+    enc = JetEncoder(cfg.model).to(device).eval()
+    xb = torch.as_tensor(synthetic_jets(batch), device=device)
+
+    @torch.no_grad()
+    def step() -> None:
+        with autocast(device, cfg.pretrain.precision):
+            enc(xb)
+
+    return batch / statistics.median(_timed(step, device, warmup, steps))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--sizes", default="S,B")
+    p.add_argument("--batches", default="1024")
+    p.add_argument("--precisions", default="fp32")
+    p.add_argument("--compile", default="off")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rows = []
+    for size, batch, precision, comp in itertools.product(args.sizes.split(","), map(int, args.batches.split(",")),
+                                                          args.precisions.split(","), args.compile.split(",")):
+        cfg = load_config(ROOT / SIZES[size], [f"pretrain.device={device.type}", f"pretrain.precision={precision}",
+                                               f"pretrain.compile={comp}", f"pretrain.batch_size={batch}"])
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        row = {"size": size, "batch": batch, "precision": precision, "compile": comp,
+               "pretrain_jets_per_s": bench_pretrain(cfg, batch, device, args.warmup, args.steps),
+               "finetune_jets_per_s": bench_finetune(cfg, batch, device, args.warmup, args.steps),
+               "embed_jets_per_s": bench_embed(cfg, max(batch, 8192), device, args.warmup, args.steps)}
+        if device.type == "cuda":
+            row["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        rows.append(row)
+        print(f"jBOT-{size} batch {batch:5d} {precision} compile={comp}: pretrain {row['pretrain_jets_per_s']:10.0f}"
+              f"  finetune {row['finetune_jets_per_s']:10.0f}  embed {row['embed_jets_per_s']:10.0f} jets/s")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    payload = {"benchmark": "pretrain_throughput", "device": args.device,
+               "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
+               "threads": torch.get_num_threads(), "torch": torch.__version__, "commit": commit, "rows": rows}
+    out = args.out or ROOT / "benchmarks" / "results" / f"throughput-{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
