@@ -25,7 +25,6 @@ import torch
 
 from jbot.config import JbotConfig, load_config
 from jbot.data.splits import Part, Split
-from jbot.evaluate.embed import embed
 from jbot.model.encoder import JetEncoder
 from jbot.train.device import autocast
 from jbot.train.finetune import JetClassifier

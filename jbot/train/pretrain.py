@@ -145,7 +145,6 @@ class Pretrainer:
         return terms.detach()
 
     def run_epoch(self, on_step: Callable[[int], None] | None = None) -> dict[str, float]:
-        tc = self.cfg.pretrain
         self.student.train()
         perm = torch.randperm(self.x.shape[0], generator=self.gen, device=self.device)
         sums = torch.zeros(len(TERMS), device=self.device)
