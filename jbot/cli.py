@@ -31,6 +31,8 @@ register_app = typer.Typer(help="The MLflow Model Registry: register the best ru
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(register_app, name="register")
+sweep_app = typer.Typer(help="Optuna studies: fine-tuning, anomaly-score settings, pre-training.", no_args_is_help=True)
+app.add_typer(sweep_app, name="sweep")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -43,12 +45,13 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from jbot.data.generate import GeneratorUnavailable
     from jbot.data.jetnet import DataError
     from jbot.model.keras_import import KerasImportError
+    from jbot.sweeps.study import SweepError
     from jbot.tracking.mlflow import TrackingError
     from jbot.train.checkpoint import CheckpointError
     from jbot.train.pretrain import TrainingDiverged
 
     return (ConfigError, DataError, GeneratorUnavailable, FileNotFoundError, CheckpointError, TrainingDiverged,
-            KerasImportError, TrackingError)
+            KerasImportError, TrackingError, SweepError)
 
 
 @contextlib.contextmanager
@@ -456,6 +459,139 @@ def demo_cmd(
     console.print(f"anomaly report: {res['anomaly'].payload['paths']['report']}")
     console.print(f"done in {res['seconds']:.0f} s. Everything is in the MLflow store {res['uri']}: "
                   "open it with `.venv/bin/jbot ui` (http://127.0.0.1:5000)")
+
+
+# --------------------------------------------------------------------------------------------- sweeps
+
+TrialsOpt = Annotated[int, typer.Option("--trials", help="Total COMPLETE trials across all workers")]
+StorageOpt = Annotated[str | None, typer.Option(help="Optuna storage: postgresql://..., sqlite:///..., or a .log file")]
+StudyOpt = Annotated[str | None, typer.Option("--study-name", help="Study name (default: derived from the inputs)")]
+SpaceOpt = Annotated[Path | None, typer.Option("--space", help="Search space YAML (default sweeps/<kind>.yaml)")]
+
+
+def _sweep(kind: str, trials: int, config: Path | None, set_: list[str] | None, data: Path | None,
+           space: Path | None, storage: str | None, study_name: str | None, tracking_uri: str | None,
+           experiment: str | None, identity: dict[str, Any], extra: dict[str, Any] | None = None) -> Any:
+    from jbot.sweeps.spaces import load_space
+    from jbot.sweeps.study import Sweep
+
+    cfg = resolve(config, _overrides(set_, **{"data.dir": data, **(extra or {})}))
+    search = load_space(space or f"{kind}.yaml")
+    search.check_against(cfg)
+    return Sweep(kind, search, cfg, trials, {"data": str(cfg.data.dir), **identity},
+                 storage or cfg.sweep.storage, study_name or cfg.sweep.study_name, tracking_uri, experiment,
+                 {f"sweep.{k}": v for k, v in identity.items()})
+
+
+def _print_sweep(outcome: Any, summary: dict[str, Any]) -> None:
+    console.print(f"study {outcome.study.study_name}: {outcome.n_complete} complete, {outcome.n_pruned} pruned, "
+                  f"{outcome.n_failed} failed trials ({outcome.seconds:.0f} s in this worker); "
+                  f"MLflow parent run {outcome.parent_run_id}")
+    if "best_value" in summary:
+        console.print(f"best trial {summary['best_trial']}: {summary['best_value']:.4f} with {summary['best_params']}"
+                      f" (run {summary.get('best_run_id')})")
+    for key, value in summary.get("test", {}).items():
+        if not key.endswith("_std"):
+            console.print(f"  {key} = {value:.4f} ± {summary['test'].get(key + '_std', float('nan')):.4f}")
+    if "registered" in summary:
+        console.print(f"registered {summary['registered']} (@champion)")
+    if summary.get("finalized_by_another_worker"):
+        console.print("the best trial's test metrics and registration were done by another worker")
+
+
+def _interrupted(kind: str) -> None:
+    err_console.print(f"interrupted: completed trials are kept in the study; re-run the same `jbot sweep {kind}` "
+                      "command to resume")
+    raise typer.Exit(code=130)
+
+
+@sweep_app.command("finetune")
+def sweep_finetune_cmd(
+    model: ModelOpt,
+    trials: TrialsOpt = 30,
+    fraction: Annotated[float | None, typer.Option(help="Class-balanced share of the training split")] = None,
+    register: Annotated[str | None, typer.Option(help="Register the best trial's classifier under this name")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")] = None,
+    space: SpaceOpt = None,
+    storage: StorageOpt = None,
+    study_name: StudyOpt = None,
+    tracking_uri: TrackingOpt = None,
+    experiment: ExperimentOpt = None,
+) -> None:
+    """Search LLRD decay, learning rate (and dropout, batch size) on validation accuracy; test metrics of the
+    best trial once at the end."""
+    import tempfile
+
+    from jbot.sweeps.objectives import finetune_objective, finish_finetune, run_sweep
+
+    with user_errors():
+        sweep = _sweep("finetune", trials, config, set_, data, space, storage, study_name, tracking_uri, experiment,
+                       {"model": model, "fraction": fraction}, {"finetune.fraction": fraction})
+        work = Path(tempfile.mkdtemp(prefix="jbot-sweep-finetune-"))
+        try:
+            outcome, summary = run_sweep(sweep, finetune_objective(sweep, model, work),
+                                         lambda o: finish_finetune(sweep, o, register))
+        except KeyboardInterrupt:
+            _interrupted("finetune")
+    _print_sweep(outcome, summary)
+
+
+@sweep_app.command("anomaly")
+def sweep_anomaly_cmd(
+    model: ModelOpt,
+    trials: TrialsOpt = 30,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")] = None,
+    space: SpaceOpt = None,
+    storage: StorageOpt = None,
+    study_name: StudyOpt = None,
+    tracking_uri: TrackingOpt = None,
+    experiment: ExperimentOpt = None,
+) -> None:
+    """Tune anomaly-score settings on the validation split's combined AUC (labelled W, Z, t, as the paper did)."""
+    from jbot.sweeps.objectives import anomaly_objective, run_sweep
+
+    with user_errors():
+        sweep = _sweep("anomaly", trials, config, set_, data, space, storage, study_name, tracking_uri, experiment,
+                       {"model": model})
+        try:
+            outcome, summary = run_sweep(sweep, anomaly_objective(sweep, model))
+        except KeyboardInterrupt:
+            _interrupted("anomaly")
+    _print_sweep(outcome, summary)
+    console.print("note: tuned on labelled W, Z, t jets of the validation split; run `jbot anomaly` with the best "
+                  "settings (--set anomaly.<field>=...) for test metrics")
+
+
+@sweep_app.command("pretrain")
+def sweep_pretrain_cmd(
+    trials: TrialsOpt = 10,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")] = None,
+    space: SpaceOpt = None,
+    storage: StorageOpt = None,
+    study_name: StudyOpt = None,
+    tracking_uri: TrackingOpt = None,
+    experiment: ExperimentOpt = None,
+) -> None:
+    """Search model size, masking, temperatures, KoLeo weight and learning rate on the validation k-NN probe
+    accuracy (reported every pretrain.knn_every epochs, pruned by the median rule)."""
+    import tempfile
+
+    from jbot.sweeps.objectives import pretrain_objective, run_sweep
+
+    with user_errors():
+        sweep = _sweep("pretrain", trials, config, set_, data, space, storage, study_name, tracking_uri,
+                       experiment, {})
+        try:
+            outcome, summary = run_sweep(sweep, pretrain_objective(sweep, Path(tempfile.mkdtemp(prefix="jbot-"))))
+        except KeyboardInterrupt:
+            _interrupted("pretrain")
+    _print_sweep(outcome, summary)
 
 
 def main() -> None:  # pragma: no cover

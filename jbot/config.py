@@ -167,6 +167,7 @@ class ProbeConfig(Section):
 class AnomalyConfig(Section):
     """SPEC §8: anomaly scores on l2-normalised [CLS] embeddings."""
 
+    score: Literal["knn", "cosine", "mahalanobis", "gmm"] = "knn"  # the one `jbot sweep anomaly` tunes
     reference_size: int = Field(default=20000, gt=0)
     knn_k: int = Field(default=30, gt=0)
     cosine_k: int = Field(default=30, gt=0)

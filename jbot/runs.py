@@ -55,14 +55,19 @@ class TrackedResult:
 
 def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, tracking_uri: str | None = None,
                      experiment: str | None = None, on_step: Callable[[int], None] | None = None,
-                     on_epoch: Callable[[EpochReport], None] | None = None) -> TrackedResult:
+                     on_epoch: Callable[[EpochReport], bool | None] | None = None,
+                     parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+                     on_start: Callable[[str], None] | None = None) -> TrackedResult:
     split = load_split(cfg)
     device = str(pick_device(cfg.pretrain.device))
     out_dir = Path(cfg.pretrain.out_dir)
-    tags = _data_tags(split, device)
+    all_tags = {**_data_tags(split, device), **(tags or {})}
     if resume is not None:
-        tags["jbot.resumed_from"] = str(resume)
-    with tracked_run(cfg, "pretrain", tracking_uri=tracking_uri, experiment=experiment, tags=tags) as run:
+        all_tags["jbot.resumed_from"] = str(resume)
+    with tracked_run(cfg, "pretrain", tracking_uri=tracking_uri, experiment=experiment, tags=all_tags,
+                     parent_run_id=parent_run_id) as run:
+        if on_start is not None:
+            on_start(run.run_id)
         try:
             result: PretrainResult = pretrain(cfg, split, out_dir, run, resume, on_step, on_epoch)
         except KeyboardInterrupt:
@@ -100,8 +105,12 @@ def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | 
 
 def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, tracking_uri: str | None = None,
                      experiment: str | None = None, parent_run_id: str | None = None,
-                     on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrackedResult:
-    """Fine-tune ``source`` (or train from scratch when None); test metrics once, on the restored best weights."""
+                     on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
+                     tags: dict[str, str] | None = None, on_start: Callable[[str], None] | None = None,
+                     evaluate_test: bool = True) -> TrackedResult:
+    """Fine-tune ``source`` (or train from scratch when None). With ``evaluate_test`` the test metrics are
+    computed once on the restored best weights and the classifier is logged as a model; sweep trials pass False
+    (they are selected on validation accuracy only)."""
     from jbot.evaluate.metrics import classification_metrics
     from jbot.plots import roc_curves
     from jbot.train.checkpoint import save_checkpoint
@@ -112,31 +121,37 @@ def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, trac
         cfg = cfg.model_copy(update={"model": loaded.encoder.cfg})
     split = load_split(cfg, cfg.finetune.task)
     device = pick_device(cfg.pretrain.device)
-    tags = {**_data_tags(split, str(device)), "jbot.from_scratch": str(loaded is None).lower()}
+    all_tags = {**_data_tags(split, str(device)), "jbot.from_scratch": str(loaded is None).lower(), **(tags or {})}
     if source is not None:
-        tags.update(provenance(source, tracking_uri))
-    with tracked_run(cfg, "finetune", tracking_uri=tracking_uri, experiment=experiment, tags=tags,
+        all_tags.update(provenance(source, tracking_uri))
+    with tracked_run(cfg, "finetune", tracking_uri=tracking_uri, experiment=experiment, tags=all_tags,
                      parent_run_id=parent_run_id) as run:
+        if on_start is not None:
+            on_start(run.run_id)
 
-        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        def log_epoch(epoch: int, metrics: dict[str, float]) -> bool | None:
             run.log_metrics(metrics, step=epoch)
-            if on_epoch is not None:
-                on_epoch(epoch, metrics)
+            return on_epoch(epoch, metrics) if on_epoch is not None else None
 
         result = finetune(cfg, split, loaded.encoder if loaded else None, on_epoch=log_epoch)
-        probs = predict_proba(result.model, split.test.x, device)
-        metrics = {f"test/{k}": v for k, v in classification_metrics(
-            split.test.y, probs, split.class_names, cfg.probe.n_folds).items()}
-        metrics.update({"val/best_acc": result.best_val_acc, "train/best_epoch": float(result.best_epoch),
-                        "train/n_jets": float(result.n_train), "train/wall_seconds": result.seconds})
+        metrics = {"val/best_acc": result.best_val_acc, "train/best_epoch": float(result.best_epoch),
+                   "train/n_jets": float(result.n_train), "train/wall_seconds": result.seconds}
+        probs = None
+        if evaluate_test:
+            probs = predict_proba(result.model, split.test.x, device)
+            metrics.update({f"test/{k}": v for k, v in classification_metrics(
+                split.test.y, probs, split.class_names, cfg.probe.n_folds).items()})
         run.log_metrics(metrics)
         ckpt = save_checkpoint(out_dir / "classifier.pt", classifier_state(result, cfg, split.class_names, metrics))
         run.log_artifact(ckpt, "checkpoints")
         _log_json_and_curves(run, out_dir, "finetune", metrics, result.history)
-        run.log_artifact(write_html(roc_curves(split.test.y, probs, split.class_names), out_dir / "roc.html"), "plots")
-        model_uri = log_jbot_model(ckpt, split.train.x[:EXAMPLE_JETS])
-    return TrackedResult(run.run_id, model_uri, {"metrics": metrics, "result": result,
-                                                 "class_names": split.class_names, "probs": np.asarray(probs)})
+        model_uri = None
+        if probs is not None:
+            roc = write_html(roc_curves(split.test.y, probs, split.class_names), out_dir / "roc.html")
+            run.log_artifact(roc, "plots")
+            model_uri = log_jbot_model(ckpt, split.train.x[:EXAMPLE_JETS])
+    return TrackedResult(run.run_id, model_uri, {"metrics": metrics, "result": result, "checkpoint": ckpt,
+                                                 "class_names": split.class_names, "split": split})
 
 
 def tracked_import(checkpoint: Path, state: dict[str, Any], register: str | None = None,

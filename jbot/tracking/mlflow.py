@@ -127,8 +127,10 @@ def tracked_run(cfg: JbotConfig, command: str, *, tracking_uri: str | None = Non
     exp_id = experiment_id(client, experiment or cfg.tracking.experiment or f"jbot-{command}", uri)
     all_tags = {"jbot.version": jbot.__version__, "jbot.git_commit": git_commit(), "jbot.command": command,
                 **(tags or {})}
+    if parent_run_id:  # the tag MLflow nests by; works across processes (the parent need not be active here)
+        all_tags["mlflow.parentRunId"] = parent_run_id
     active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags,
-                              parent_run_id=parent_run_id, nested=parent_run_id is not None,
+                              nested=mlflow.active_run() is not None,
                               log_system_metrics=cfg.tracking.log_system_metrics)
     run = MlflowRun(client, active.info.run_id)
     try:

@@ -7,8 +7,11 @@ the same artifact, for any ``runs:/``, ``models:/name/version``, ``models:/name@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,10 @@ from mlflow.types import Schema, TensorSpec
 
 import jbot
 from jbot.train.checkpoint import CheckpointError, LoadedModel, load_model
+
+# The signature below is the schema; MLflow's hints about type-hinted predict methods and cloudpickle are noise.
+warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning, module="mlflow")
+warnings.filterwarnings("ignore", message=".*Add type hints.*", category=UserWarning)
 
 CHECKPOINT_KEY = "checkpoint"
 MODEL_NAME = "model"
@@ -56,14 +63,30 @@ def log_jbot_model(checkpoint: str | Path, example: np.ndarray) -> str:
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_particles, n_features))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_out))]),
     )
-    info = mlflow.pyfunc.log_model(
+    with _quiet("mlflow.pyfunc"):
+        info = _log_pyfunc(checkpoint, signature, example)
+    mlflow.set_tag("jbot.model_uri", info.model_uri)
+    return info.model_uri
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):  # type: ignore[no-untyped-def]
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _log_pyfunc(checkpoint: str | Path, signature: ModelSignature, example: np.ndarray) -> Any:
+    return mlflow.pyfunc.log_model(
         name=MODEL_NAME, python_model=JbotPyfunc(), artifacts={CHECKPOINT_KEY: str(checkpoint)},
         signature=signature, input_example=example.astype(np.float32),
         pip_requirements=[f"jbot=={jbot.__version__}", f"torch=={torch.__version__.split('+')[0]}",
                           f"mlflow=={mlflow.__version__}"],
     )
-    mlflow.set_tag("jbot.model_uri", info.model_uri)
-    return info.model_uri
 
 
 def _find_checkpoint(folder: Path) -> Path:

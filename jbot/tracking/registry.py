@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlflow
@@ -64,18 +67,41 @@ def register_best(client: MlflowClient, experiment: str, metric: str, name: str,
     if client.search_registered_models(filter_string=f"name = '{name}'"):
         existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if existing:
-        version, created = str(existing[0].version), False
+        version, created = str(min(int(v.version) for v in existing)), False
     else:
-        mv = mlflow.register_model(run.data.tags["jbot.model_uri"], name)
-        version, created = str(mv.version), True
+        mlflow.register_model(run.data.tags["jbot.model_uri"], name)
+        version, created = _deduplicate(client, name, run_id), True
     tags = {"jbot.metric": metric, "jbot.metric_value": repr(value), "jbot.run_id": run_id,
             "jbot.experiment": experiment,
             "jbot.sweep": run.data.tags.get("mlflow.parentRunId", "")}
     for key, val in tags.items():
-        client.set_model_version_tag(name, version, key, val)
+        _retry(functools.partial(client.set_model_version_tag, name, version, key, val))
     if alias:
-        client.set_registered_model_alias(name, alias, version)
+        _retry(lambda: client.set_registered_model_alias(name, alias, version))
     return Registered(name, version, run_id, metric, value, alias, created)
+
+
+def _retry(call: Callable[[], object], attempts: int = 4) -> None:
+    """Concurrent writers (sweep workers finishing together) can collide on a store's insert-or-update."""
+    for attempt in range(attempts):
+        try:
+            call()
+            return
+        except mlflow.exceptions.MlflowException:
+            if attempt + 1 == attempts:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def _deduplicate(client: MlflowClient, name: str, run_id: str) -> str:
+    """Keep the oldest version of ``run_id``: two sweep workers finishing together may both have registered it."""
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"))
+    for extra in versions[1:]:
+        try:
+            client.delete_model_version(name, str(extra))
+        except mlflow.exceptions.MlflowException:
+            pass  # the other worker deleted it first
+    return str(versions[0])
 
 
 def list_versions(client: MlflowClient, name: str) -> list[dict[str, str]]:

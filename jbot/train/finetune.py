@@ -143,7 +143,8 @@ def _train_epoch(model: JetClassifier, optimizer: torch.optim.Optimizer, x: torc
 
 
 def finetune(cfg: JbotConfig, split: Split, encoder: JetEncoder | None,
-             on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> FinetuneResult:
+             on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None) -> FinetuneResult:
+    """``on_epoch(epoch, metrics)`` may return True to stop early (a pruned sweep trial)."""
     ft = cfg.finetune
     if len(split.val) == 0:
         raise ConfigError("fine-tuning needs a validation split for early stopping: set data.n_val > 0")
@@ -173,9 +174,10 @@ def finetune(cfg: JbotConfig, split: Split, encoder: JetEncoder | None,
         val_acc = float((predict_proba(model, split.val.x, device).argmax(1) == split.val.y).mean())
         history["train/loss"].append(loss)
         history["val/acc"].append(val_acc)
-        if on_epoch is not None:
-            on_epoch(epoch, {"train/loss": loss, "val/acc": val_acc})
-        if stopper.update(val_acc, model, epoch):
+        stop_now = stopper.update(val_acc, model, epoch)
+        if on_epoch is not None and on_epoch(epoch, {"train/loss": loss, "val/acc": val_acc}):
+            stop_now = True
+        if stop_now:
             break
     stopper.restore(model)
     return FinetuneResult(model, history, stopper.best_epoch, stopper.best, len(train), time.perf_counter() - start)

@@ -197,7 +197,8 @@ class Pretrainer:
         return float((pred == split.val.y[val_idx]).mean())
 
     def fit(self, on_step: Callable[[int], None] | None = None,
-            on_epoch: Callable[[EpochReport], None] | None = None) -> PretrainResult:
+            on_epoch: Callable[[EpochReport], bool | None] | None = None) -> PretrainResult:
+        """``on_epoch`` may return True to stop after this epoch (a pruned sweep trial)."""
         tc = self.cfg.pretrain
         start = time.perf_counter()
         knn = None
@@ -213,14 +214,14 @@ class Pretrainer:
                 self.history.setdefault(k, []).append(v)
             self.tracker.log_metrics(metrics, step=self.epoch)
             save_checkpoint(self.checkpoint_path, self.state())
-            if on_epoch is not None:
-                on_epoch(EpochReport(self.epoch, tc.epochs, metrics))
+            if on_epoch is not None and on_epoch(EpochReport(self.epoch, tc.epochs, metrics)):
+                break
         return PretrainResult(self.checkpoint_path, self.epoch, self.history, knn, time.perf_counter() - start)
 
 
 def pretrain(cfg: JbotConfig, split: Split, out_dir: str | Path, tracker: Tracker | None = None,
              resume: str | Path | None = None, on_step: Callable[[int], None] | None = None,
-             on_epoch: Callable[[EpochReport], None] | None = None) -> PretrainResult:
+             on_epoch: Callable[[EpochReport], bool | None] | None = None) -> PretrainResult:
     """Train (or continue from ``resume``) and return the final checkpoint and monitors."""
     trainer = Pretrainer(cfg, split, out_dir, tracker)
     if resume is not None:

@@ -1,0 +1,200 @@
+"""Optuna sweeps against real storages: SQLite, and PostgreSQL (127.0.0.1:5432) with a real `mlflow server`
+on PostgreSQL and concurrent worker processes. Each test creates and drops its own databases."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from jbot.cli import app
+from jbot.sweeps.spaces import load_space
+from tests.conftest import write_fake_folder
+from tests.test_tracking import _free_port, _tiny_checkpoint
+
+runner = CliRunner()
+FAST = ["data.n_train=400", "data.n_val=100", "data.n_test=200", "finetune.epochs=2", "finetune.batch_size=128",
+        "tracking.log_system_metrics=false"]
+JBOT = str(Path(sys.executable).parent / "jbot")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("sweep-inputs")
+    return write_fake_folder(root / "jets", 250), _tiny_checkpoint(root / "encoder.pt", 0)
+
+
+def _args(data: Path, encoder: Path, trials: int, storage: str, study: str, tracking: str) -> list[str]:
+    sets = [a for item in FAST for a in ("--set", item)]
+    return ["sweep", "finetune", "--model", str(encoder), "--trials", str(trials), "--data", str(data),
+            "--storage", storage, "--study-name", study, "--tracking-uri", tracking, *sets]
+
+
+def _children(client: MlflowClient, parent: str) -> list:
+    exp = client.get_experiment_by_name("jbot-sweep-finetune")
+    return client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=1000)
+
+
+def test_spaces_are_validated(tmp_path: Path) -> None:
+    for name in ("finetune", "anomaly", "pretrain"):
+        load_space(f"{name}.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("objective: val/acc\nparams:\n  finetune.lr: {type: float, low: 1.0, high: 0.1}\n")
+    with pytest.raises(ValueError, match="low <= high"):
+        load_space(bad)
+    bad.write_text("objective: val/acc\nparams:\n  finetune.lrr: {type: float, low: 0.1, high: 1.0}\n")
+    result = runner.invoke(app, ["sweep", "finetune", "--model", "x.pt", "--space", str(bad), "--trials", "1"])
+    assert result.exit_code == 2 and "finetune.lrr" in result.output and "unknown field" in result.output
+
+
+def test_resume_and_failed_trial_sqlite(inputs: tuple[Path, Path], tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    data, encoder = inputs
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    import torch
+
+    import jbot.train.finetune as ft
+
+    real = torch.nn.functional.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 1 else loss  # the first trial diverges
+
+    monkeypatch.setattr(ft.F, "cross_entropy", poisoned)
+    first = runner.invoke(app, _args(data, encoder, 4, storage, "resume", tracking))
+    assert first.exit_code == 0, first.output
+    monkeypatch.setattr(ft.F, "cross_entropy", real)
+    second = runner.invoke(app, _args(data, encoder, 6, storage, "resume", tracking))
+    assert second.exit_code == 0, second.output
+    study = optuna.load_study(study_name="resume", storage=storage)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 6
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1 and "NaN" in failed[0].user_attrs["error"]
+    client = MlflowClient(tracking)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    children = _children(client, parent)
+    assert len(children) == len(study.trials) == 7
+    by_state = {c.data.tags["jbot.trial_state"]: c for c in children}
+    assert by_state["FAIL"].info.status == "FAILED"
+    assert sorted(int(c.data.tags["jbot.trial"]) for c in children) == list(range(7))
+    assert client.get_run(parent).data.tags["jbot.best_run_id"] in {c.info.run_id for c in children}
+    assert "test/acc" in client.get_run(parent).data.metrics  # test metrics of the best trial, once
+
+
+# ------------------------------------------------------------------------------ PostgreSQL, many workers
+
+
+def _psql(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@pytest.fixture
+def postgres() -> Iterator[dict[str, str]]:
+    import psycopg
+
+    try:
+        _psql("select 1")
+    except psycopg.OperationalError as exc:  # pragma: no cover - PostgreSQL runs on this machine and in CI
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed for this test: {exc}")
+    tag = uuid.uuid4().hex[:8]
+    names = {"optuna": f"jbot_optuna_{tag}", "mlflow": f"jbot_mlflow_{tag}"}
+    for name in names.values():
+        _psql(f"CREATE DATABASE {name}")
+    yield {k: f"postgresql://postgres@127.0.0.1:5432/{v}" for k, v in names.items()}
+    for name in names.values():
+        _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def pg_mlflow_server(postgres: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres["mlflow"],
+           "--artifacts-destination", str(tmp_path / "artifacts"), "--serve-artifacts", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("mlflow server did not start")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _worker(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([JBOT, *args], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+
+
+def test_two_workers_share_one_study(inputs: tuple[Path, Path], tmp_path: Path, postgres: dict[str, str],
+                                     pg_mlflow_server: str) -> None:
+    data, encoder = inputs
+    args = _args(data, encoder, 6, postgres["optuna"], "shared", pg_mlflow_server) + ["--register", "jbot-clf"]
+    workers = [_worker(args, tmp_path / f"w{i}.log") for i in range(2)]
+    for i, w in enumerate(workers):
+        assert w.wait(timeout=600) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]
+    study = optuna.load_study(study_name="shared", storage=postgres["optuna"])
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert 6 <= len(complete) <= 6 + (2 - 1)  # trials already running when the budget is hit still finish
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    client = MlflowClient(pg_mlflow_server)
+    children = _children(client, study.user_attrs["mlflow_parent_run_id"])
+    assert len(children) == len(study.trials)
+    assert len({c.data.tags["jbot.trial"] for c in children}) == len(children)
+    versions = client.search_model_versions("name = 'jbot-clf'")
+    assert len(versions) == 1 and versions[0].run_id == client.get_run(
+        study.user_attrs["mlflow_parent_run_id"]).data.tags["jbot.best_run_id"]
+
+
+def test_killed_worker_does_not_stop_the_study(inputs: tuple[Path, Path], tmp_path: Path,
+                                              postgres: dict[str, str], pg_mlflow_server: str) -> None:
+    data, encoder = inputs
+    args = _args(data, encoder, 6, postgres["optuna"], "killed", pg_mlflow_server)
+    victim = _worker(args, tmp_path / "victim.log")
+    storage = postgres["optuna"]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait until the victim is inside a trial
+        try:
+            study = optuna.load_study(study_name="killed", storage=storage)
+            if any(t.state == optuna.trial.TrialState.RUNNING for t in study.trials):
+                break
+        except KeyError:
+            pass
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    survivor = _worker(args, tmp_path / "survivor.log")
+    assert survivor.wait(timeout=600) == 0, (tmp_path / "survivor.log").read_text()[-3000:]
+    study = optuna.load_study(study_name="killed", storage=storage)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) >= 6
+    assert optuna.trial.TrialState.RUNNING not in states, "the killed worker's trial was failed by heartbeat"
+    assert optuna.trial.TrialState.FAIL in states
