@@ -7,7 +7,7 @@ STAMP := $(VENV)/.jbot-installed
 # Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_PIP_ARGS ?=
 DEMO_DIR ?= data/demo
-DEMO_JETS ?= 1000
+DEMO_JETS ?= 2000
 
 .PHONY: setup demo test lint clean
 

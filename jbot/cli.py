@@ -430,7 +430,7 @@ def ui_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option(help="Folder for jets, checkpoints and the report")] = Path("data/demo"),
-    jets_per_class: Annotated[int, typer.Option(help="Generated jets per class")] = 1000,
+    jets_per_class: Annotated[int, typer.Option(help="Generated jets per class")] = 2000,
     workers: Annotated[int, typer.Option(help="Pythia processes")] = 2,
     epochs: Annotated[int, typer.Option(help="Pre-training epochs")] = 12,
 ) -> None:
@@ -455,6 +455,9 @@ def demo_cmd(
     console.print(results_table("5-class tagging on the demo's test jets", rows, names))
     reg = res["registered"]
     console.print(f"registered jbot-encoder version {reg.version} (@champion) from run {reg.run_id}")
+    sweep = res["sweep"]
+    console.print(f"anomaly sweep: {sweep.get('n_complete')} trials, best validation combined AUC "
+                  f"{sweep.get('best_value', float('nan')):.4f} with {sweep.get('best_params')}")
     console.print(res["anomaly"].payload["table"], highlight=False)
     console.print(f"anomaly report: {res['anomaly'].payload['paths']['report']}")
     console.print(f"done in {res['seconds']:.0f} s. Everything is in the MLflow store {res['uri']}: "

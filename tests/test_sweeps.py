@@ -198,3 +198,23 @@ def test_killed_worker_does_not_stop_the_study(inputs: tuple[Path, Path], tmp_pa
     assert states.count(optuna.trial.TrialState.COMPLETE) >= 6
     assert optuna.trial.TrialState.RUNNING not in states, "the killed worker's trial was failed by heartbeat"
     assert optuna.trial.TrialState.FAIL in states
+
+
+def test_compose_topology() -> None:
+    """No Docker engine here: check the file's structure (the same topology is exercised above without Docker)."""
+    import yaml
+
+    from jbot.config import PROJECT_ROOT
+
+    compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"postgres", "minio", "create-bucket", "mlflow", "worker"} <= set(services)
+    server = services["mlflow"]["command"]
+    assert "--serve-artifacts" in server and "--artifacts-destination s3://" in server
+    assert "--allowed-hosts mlflow" in server and "postgresql://" in server and "/mlflow" in server
+    assert "healthcheck" in services["mlflow"]
+    worker = services["worker"]
+    assert "sweep finetune" in worker["command"] and "--storage postgresql://" in worker["command"]
+    assert "/optuna" in worker["command"], "Optuna gets its own database"
+    assert worker["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert "CREATE DATABASE optuna" in (PROJECT_ROOT / "docker" / "postgres-init.sql").read_text()
