@@ -165,7 +165,7 @@ def test_two_workers_share_one_study(inputs: tuple[Path, Path], tmp_path: Path, 
     assert 6 <= len(complete) <= 6 + (2 - 1)  # trials already running when the budget is hit still finish
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
-    client = MlflowClient(pg_mlflow_server)
+    client = MlflowClient(tracking_uri=pg_mlflow_server, registry_uri=pg_mlflow_server)
     children = _children(client, study.user_attrs["mlflow_parent_run_id"])
     assert len(children) == len(study.trials)
     assert len({c.data.tags["jbot.trial"] for c in children}) == len(children)

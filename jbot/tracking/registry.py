@@ -95,7 +95,8 @@ def _retry(call: Callable[[], object], attempts: int = 4) -> None:
 
 def _deduplicate(client: MlflowClient, name: str, run_id: str) -> str:
     """Keep the oldest version of ``run_id``: two sweep workers finishing together may both have registered it."""
-    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"))
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    versions = sorted({int(v.version) for v in found})  # a set: a store may list one version twice
     for extra in versions[1:]:
         try:
             client.delete_model_version(name, str(extra))
