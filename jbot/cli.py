@@ -151,6 +151,8 @@ def data_info(
 
 # -------------------------------------------------------------------------------------------- pretrain
 
+DataOpt = Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda (overrides pretrain.device)")]
 TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default: embedded)")]
 ExperimentOpt = Annotated[str | None, typer.Option("--experiment", help="MLflow experiment (default jbot-<command>)")]
 ModelOpt = Annotated[str, typer.Option("--model", "--checkpoint", "--run-id",
@@ -168,9 +170,9 @@ def _overrides(set_: list[str] | None, **fields: object) -> list[str]:
 def pretrain_cmd(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    data: Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")] = None,
+    data: DataOpt = None,
     preset: Annotated[str | None, typer.Option(help="5class | tqg | qg (overrides data.preset)")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda (overrides pretrain.device)")] = None,
+    device: DeviceOpt = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (overrides pretrain.out_dir)")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint (its own config is used)")] = None,
     tracking_uri: TrackingOpt = None,
@@ -223,10 +225,10 @@ def probe_cmd(
     model: ModelOpt,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    data: Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")] = None,
+    data: DataOpt = None,
     preset: Annotated[str, typer.Option(help="5class | tqg")] = "5class",
     out: Annotated[Path | None, typer.Option(help="Folder for probe.json and plots")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    device: DeviceOpt = None,
     tracking_uri: TrackingOpt = None,
     experiment: ExperimentOpt = None,
 ) -> None:
@@ -255,12 +257,12 @@ def finetune_cmd(
                                               help="Pre-trained encoder: path, run id, runs:/ or models:/ URI")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    data: Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")] = None,
+    data: DataOpt = None,
     task: Annotated[str | None, typer.Option(help="5class | tqg (overrides finetune.task)")] = None,
     fraction: Annotated[float | None, typer.Option(help="Class-balanced share of the training split")] = None,
     from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Supervised baseline: random init")] = False,
     out: Annotated[Path, typer.Option(help="Folder for the classifier checkpoint and metrics")] = Path("runs/finetune"),
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    device: DeviceOpt = None,
     tracking_uri: TrackingOpt = None,
     experiment: ExperimentOpt = None,
 ) -> None:
@@ -342,9 +344,9 @@ def anomaly_cmd(
     model: ModelOpt,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    data: Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")] = None,
+    data: DataOpt = None,
     out: Annotated[Path, typer.Option(help="Folder for the report, metrics JSON and table")] = Path("runs/anomaly"),
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    device: DeviceOpt = None,
     tracking_uri: TrackingOpt = None,
     experiment: ExperimentOpt = None,
 ) -> None:
@@ -516,7 +518,7 @@ def sweep_finetune_cmd(
     register: Annotated[str | None, typer.Option(help="Register the best trial's classifier under this name")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    data: Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")] = None,
+    data: DataOpt = None,
     space: SpaceOpt = None,
     storage: StorageOpt = None,
     study_name: StudyOpt = None,
@@ -547,7 +549,7 @@ def sweep_anomaly_cmd(
     trials: TrialsOpt = 30,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    data: Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")] = None,
+    data: DataOpt = None,
     space: SpaceOpt = None,
     storage: StorageOpt = None,
     study_name: StudyOpt = None,
@@ -574,7 +576,7 @@ def sweep_pretrain_cmd(
     trials: TrialsOpt = 10,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    data: Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")] = None,
+    data: DataOpt = None,
     space: SpaceOpt = None,
     storage: StorageOpt = None,
     study_name: StudyOpt = None,

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from jbot.cli import app
 from jbot.sweeps.spaces import load_space
-from tests.conftest import write_fake_folder
-from tests.test_tracking import _free_port, _tiny_checkpoint
+from tests.conftest import running_mlflow_server, write_fake_folder
+from tests.test_tracking import _tiny_checkpoint
 
 runner = CliRunner()
 FAST = ["data.n_train=400", "data.n_val=100", "data.n_test=200", "finetune.epochs=2", "finetune.batch_size=128",
@@ -125,27 +125,8 @@ def postgres() -> Iterator[dict[str, str]]:
 
 @pytest.fixture
 def pg_mlflow_server(postgres: dict[str, str], tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres["mlflow"],
-           "--artifacts-destination", str(tmp_path / "artifacts"), "--serve-artifacts", "--host", "127.0.0.1",
-           "--port", str(port), "--workers", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("mlflow server did not start")
+    with running_mlflow_server(postgres["mlflow"], tmp_path / "artifacts", workers=2) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def _worker(args: list[str], log: Path) -> subprocess.Popen:

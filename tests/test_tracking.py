@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +24,7 @@ from jbot.tracking.mlflow import TrackingError, connect, tracked_run
 from jbot.tracking.models import load_from_uri, log_jbot_model
 from jbot.tracking.registry import register_best
 from jbot.train.checkpoint import load_model, save_checkpoint
+from tests.conftest import running_mlflow_server
 from tests.test_pretrain import TINY
 
 runner = CliRunner()
@@ -145,33 +143,10 @@ def test_unreachable_server_fails_fast(fake_data: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "checkpoint.pt").exists(), "no training started"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
-           "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("mlflow server did not start")
+    with running_mlflow_server(f"sqlite:///{tmp_path / 'srv.db'}", tmp_path / "artifacts") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_rest_api_of_a_real_server_lists_runs_with_documented_metrics(fake_data: Path, tmp_path: Path,
