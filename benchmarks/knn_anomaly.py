@@ -28,19 +28,21 @@ def data(n_test: int, n_ref: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def child(method: str, args: argparse.Namespace) -> None:
-    test, ref = data(args.n_test, args.n_ref, args.dim)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
     if method == "jbot":
         import torch
 
         torch.set_num_threads(args.threads)
         from jbot.anomaly.scores import KnnScore
-
-        scores = KnnScore(args.k, args.chunk_size).fit(ref).score(test)
     else:
         from sklearn.neighbors import NearestNeighbors
+    test, ref = data(args.n_test, args.n_ref, args.dim)
+    import psutil
 
+    base_rss = psutil.Process().memory_info().rss / 1024  # KiB, current: libraries imported, inputs made
+    start = time.perf_counter()
+    if method == "jbot":
+        scores = KnnScore(args.k, args.chunk_size).fit(ref).score(test)
+    else:
         dist, _ = NearestNeighbors(n_neighbors=args.k, n_jobs=args.threads).fit(ref).kneighbors(test)
         scores = dist.mean(1)
     elapsed = time.perf_counter() - start
@@ -55,8 +57,9 @@ def main() -> None:
     p.add_argument("--n-ref", type=int, default=260_000)
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--k", type=int, default=30)
-    p.add_argument("--chunk-size", type=int, default=4096)
+    p.add_argument("--chunk-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs of each; the median is reported")
     p.add_argument("--child", choices=["jbot", "sklearn"])
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "knn_anomaly.json")
     args = p.parse_args()
@@ -64,14 +67,25 @@ def main() -> None:
         child(args.child, args)
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    runs: dict[str, list[dict]] = {"jbot": [], "sklearn": []}
+    for repeat in range(args.repeats):  # alternate, so both see the same background load
+        for method in ("jbot", "sklearn"):
+            cmd = [sys.executable, __file__, "--child", method] + [
+                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("child", "out", "repeats")]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+            runs[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            last = runs[method][-1]
+            print(f"[{repeat + 1}/{args.repeats}] {method:8s} {last['seconds']:8.1f} s   peak RSS "
+                  f"{last['peak_rss_mb']:8.0f} MB ({last['rss_above_inputs_mb']:.0f} MB above libraries + inputs)")
     results = []
-    for method in ("jbot", "sklearn"):
-        cmd = [sys.executable, __file__, "--child", method] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("child", "out")]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(f"{method:8s} {results[-1]['seconds']:8.1f} s   peak RSS {results[-1]['peak_rss_mb']:8.0f} MB "
-              f"({results[-1]['rss_above_inputs_mb']:.0f} MB above the inputs)")
+    for method, rs in runs.items():
+        secs = sorted(r["seconds"] for r in rs)
+        results.append({"method": method, "seconds_median": secs[len(secs) // 2], "seconds_min": secs[0],
+                        "seconds_all": secs, "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+                        "rss_above_inputs_mb": max(r["rss_above_inputs_mb"] for r in rs),
+                        "checksum": rs[0]["checksum"]})
+        print(f"{method:8s} median {results[-1]['seconds_median']:6.1f} s  min {secs[0]:6.1f} s  peak RSS "
+              f"{results[-1]['peak_rss_mb']:.0f} MB ({results[-1]['rss_above_inputs_mb']:.0f} MB working memory)")
     agree = abs(results[0]["checksum"] - results[1]["checksum"]) / abs(results[1]["checksum"]) < 1e-4
     payload = {"benchmark": "knn_anomaly", "n_test": args.n_test, "n_ref": args.n_ref, "dim": args.dim, "k": args.k,
                "chunk_size": args.chunk_size, "threads": args.threads, "machine": platform.processor() or

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -130,6 +130,12 @@ class PretrainConfig(Section):
     compile: Literal["auto", "on", "off"] = "auto"  # auto: torch.compile on CUDA only
     out_dir: str = "runs/pretrain"
 
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _on_off(cls, value: object) -> object:
+        # YAML (and so `--set pretrain.compile=off`) reads on/off as booleans
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     @model_validator(mode="after")
     def _schedule(self) -> PretrainConfig:
         if self.teacher_momentum > self.teacher_momentum_final:
@@ -177,7 +183,7 @@ class AnomalyConfig(Section):
     gmm_components: int = Field(default=4, ge=1)
     gmm_covariance: Literal["full", "tied", "diag", "spherical"] = "full"
     gmm_reg: float = Field(default=1e-5, ge=0.0)
-    chunk_size: int = Field(default=4096, gt=0)
+    chunk_size: int = Field(default=256, gt=0)  # queries per k-NN block (memory ~ 32768 x this floats)
     n_folds: int = Field(default=10, ge=2)
 
 
@@ -188,6 +194,8 @@ class SweepConfig(Section):
     study_name: str | None = None
     sampler: Literal["tpe", "random"] = "tpe"
     pruner: Literal["median", "none"] = "median"
+    pruner_startup_trials: int = Field(default=5, ge=0)  # trials that run to the end before any pruning
+    pruner_warmup_steps: int = Field(default=2, ge=0)  # epochs (or probe reports) of a trial never pruned
     seed: int = 0
     n_trials: int = Field(default=30, gt=0)
 

@@ -30,6 +30,9 @@ def test_overrides_are_typed() -> None:
     assert cfg.model.d_model == 64 and cfg.pretrain.lr_schedule == "cosine" and cfg.data.n_train == 100
     with pytest.raises(ConfigError, match=r"model\.d_model.*expected int.*'abc'"):
         load_config(None, ["model.d_model=abc"])
+    # YAML reads on/off as booleans; the compile switch takes them back
+    assert load_config(None, ["pretrain.compile=off"]).pretrain.compile == "off"
+    assert load_config(None, ["pretrain.compile=on"]).pretrain.compile == "on"
 
 
 def test_unknown_keys_rejected(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from jbot.cli import app
 from jbot.config import ModelConfig
-from jbot.evaluate.knn import knn_search
+from jbot.evaluate.knn import knn_search, top_cosine
 from jbot.evaluate.metrics import auc, classification_metrics, eps_s_at_eps_b, fold_std
 from jbot.evaluate.probes import knn_probe
 from jbot.model.encoder import JetEncoder
@@ -61,10 +61,13 @@ def test_knn_matches_sklearn_and_chunking() -> None:
     ref = rng.normal(size=(300, 8)).astype(np.float32)
     query = rng.normal(size=(77, 8)).astype(np.float32)
     dist, idx = NearestNeighbors(n_neighbors=5).fit(ref).kneighbors(query)
-    for chunk in (1, 10, 77, 1000):
-        d, i = knn_search(torch.as_tensor(query), torch.as_tensor(ref), 5, chunk)
+    # ref_chunk 4 and 16: the threshold path (reference larger than the seed tiles); 1000: one plain top-k
+    for chunk, ref_chunk in [(1, 4), (10, 16), (77, 7), (1000, 1000), (13, 1000)]:
+        d, i = knn_search(torch.as_tensor(query), torch.as_tensor(ref), 5, chunk, ref_chunk)
         np.testing.assert_allclose(d.numpy(), dist, rtol=1e-4, atol=1e-4)
         np.testing.assert_array_equal(i.numpy(), idx)
+        cos = top_cosine(torch.as_tensor(query), torch.as_tensor(ref), 5, chunk, ref_chunk).numpy()
+        np.testing.assert_allclose(cos, -np.sort(-(query @ ref.T), axis=1)[:, :5], rtol=1e-5, atol=1e-5)
     y = rng.integers(0, 4, 300)
     ours = knn_probe(ref, y, query, k=7, n_classes=4).argmax(1)
     theirs = KNeighborsClassifier(n_neighbors=7).fit(ref, y).predict(query)

@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from jbot.cli import app
@@ -92,3 +93,26 @@ def test_embed_input_errors(tmp_path: Path) -> None:
     np.savez(bad, x=np.zeros((4, 20, 4), np.float32))
     result = runner.invoke(app, ["embed", "--model", str(ckpt), "--input", str(bad), "--out", str(tmp_path / "o.npz")])
     assert result.exit_code == 2 and "expected (N, 30, 4)" in result.output
+
+
+def test_probe_and_finetune_from_imported_checkpoints(fake_data: Path, tmp_path: Path) -> None:
+    sizes = ["--set", "data.n_train=400", "--set", "data.n_val=100", "--set", "data.n_test=200"]
+    backbone, classifier = tmp_path / "s.pt", tmp_path / "b-classifier.pt"
+    assert runner.invoke(app, ["import-keras", str(REF / "all_backbone_pretrain_32_4_2.weights.h5"),
+                               "--out", str(backbone)]).exit_code == 0
+    assert runner.invoke(app, ["import-keras", str(REF / "all_backbone_ft_64_6_4.weights.h5"), "--classifier",
+                               str(REF / "all_mlp_ft_64_6_4.weights.h5"), "--out", str(classifier)]).exit_code == 0
+    for ckpt in (backbone, classifier):
+        result = runner.invoke(app, ["probe", "--model", str(ckpt), "--data", str(fake_data), "--device", "cpu",
+                                     *sizes])
+        assert result.exit_code == 0, result.output
+        assert "k-NN" in result.output and "purity" in result.output
+    result = runner.invoke(app, ["finetune", "--model", str(classifier), "--data", str(fake_data), "--device", "cpu",
+                                 "--out", str(tmp_path / "ft"), *sizes, "--set", "finetune.epochs=1",
+                                 "--set", "finetune.batch_size=64"])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("jbot-finetune").experiment_id],
+                                filter_string="tags.`jbot.continued_head` = 'true'")
+    assert run.data.params["model.n_heads"] == "6" and run.data.params["model.mask_padding"] == "False"
+    assert "test/acc" in run.data.metrics

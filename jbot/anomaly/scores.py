@@ -13,7 +13,7 @@ import torch
 from sklearn.mixture import GaussianMixture
 
 from jbot.config import AnomalyConfig
-from jbot.evaluate.knn import knn_search
+from jbot.evaluate.knn import knn_search, top_cosine
 
 
 def l2_normalise(z: np.ndarray) -> np.ndarray:
@@ -33,7 +33,7 @@ class KnnScore:
 
     name = "knn"
 
-    def __init__(self, k: int = 30, chunk_size: int = 4096) -> None:
+    def __init__(self, k: int = 30, chunk_size: int = 256) -> None:
         self.k, self.chunk_size = k, chunk_size
 
     def fit(self, reference: np.ndarray, labels: np.ndarray | None = None) -> KnnScore:
@@ -50,7 +50,7 @@ class CosineScore:
 
     name = "cosine"
 
-    def __init__(self, k: int = 30, temperature: float = 0.05, chunk_size: int = 4096) -> None:
+    def __init__(self, k: int = 30, temperature: float = 0.05, chunk_size: int = 256) -> None:
         self.k, self.temperature, self.chunk_size = k, temperature, chunk_size
 
     def fit(self, reference: np.ndarray, labels: np.ndarray | None = None) -> CosineScore:
@@ -60,12 +60,8 @@ class CosineScore:
     @torch.no_grad()
     def score(self, z: np.ndarray) -> np.ndarray:
         q = torch.as_tensor(l2_normalise(z), dtype=torch.float32)
-        k = min(self.k, self.reference.shape[0])
-        out = []
-        for start in range(0, q.shape[0], self.chunk_size):
-            top = torch.topk(q[start:start + self.chunk_size] @ self.reference.T, k, dim=1).values.double()
-            out.append(-self.temperature * (torch.logsumexp(top / self.temperature, dim=1) - math.log(k)))
-        return torch.cat(out).numpy()
+        top = top_cosine(q, self.reference, self.k, self.chunk_size).double()
+        return (-self.temperature * (torch.logsumexp(top / self.temperature, dim=1) - math.log(top.shape[1]))).numpy()
 
 
 class MahalanobisScore:

@@ -116,7 +116,8 @@ def _sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
 def _pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
     if sweep.cfg.sweep.pruner == "none":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    return optuna.pruners.MedianPruner(n_startup_trials=sweep.cfg.sweep.pruner_startup_trials,
+                                       n_warmup_steps=sweep.cfg.sweep.pruner_warmup_steps)
 
 
 def _create_parent(sweep: Sweep, study: optuna.Study) -> str:

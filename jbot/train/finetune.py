@@ -143,8 +143,11 @@ def _train_epoch(model: JetClassifier, optimizer: torch.optim.Optimizer, x: torc
 
 
 def finetune(cfg: JbotConfig, split: Split, encoder: JetEncoder | None,
-             on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None) -> FinetuneResult:
-    """``on_epoch(epoch, metrics)`` may return True to stop early (a pruned sweep trial)."""
+             on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
+             head: ClassifierHead | None = None) -> FinetuneResult:
+    """``on_epoch(epoch, metrics)`` may return True to stop early (a pruned sweep trial). ``head``: a trained
+    classifier head to continue from (a fine-tuned or imported classifier) when its class count fits the task;
+    otherwise the head starts fresh."""
     ft = cfg.finetune
     if len(split.val) == 0:
         raise ConfigError("fine-tuning needs a validation split for early stopping: set data.n_val > 0")
@@ -154,7 +157,10 @@ def finetune(cfg: JbotConfig, split: Split, encoder: JetEncoder | None,
         torch.manual_seed(ft.seed)
         if encoder is None:
             encoder = JetEncoder(cfg.model)
-        model = JetClassifier(copy.deepcopy(encoder), split.n_classes, ft.dropout).to(device)
+        model = JetClassifier(copy.deepcopy(encoder), split.n_classes, ft.dropout)
+        if head is not None and head.net[-1].out_features == split.n_classes:
+            model.head.load_state_dict(head.state_dict())
+        model = model.to(device)
     groups = llrd_param_groups(model, ft.lr, 1.0 if scratch else ft.llrd_decay)
     optimizer = torch.optim.Adam(groups, lr=ft.lr, weight_decay=ft.weight_decay)
     train: Part = split.train
