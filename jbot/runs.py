@@ -133,10 +133,10 @@ def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, trac
             run.log_metrics(metrics, step=epoch)
             return on_epoch(epoch, metrics) if on_epoch is not None else None
 
-        head = loaded.classifier if loaded is not None else None
-        if head is not None and head.net[-1].out_features == split.n_classes:
+        result = finetune(cfg, split, loaded.encoder if loaded else None, on_epoch=log_epoch,
+                          head=loaded.classifier if loaded else None)
+        if result.continued_head:
             run.set_tags({"jbot.continued_head": "true"})
-        result = finetune(cfg, split, loaded.encoder if loaded else None, on_epoch=log_epoch, head=head)
         metrics = {"val/best_acc": result.best_val_acc, "train/best_epoch": float(result.best_epoch),
                    "train/n_jets": float(result.n_train), "train/wall_seconds": result.seconds}
         probs = None

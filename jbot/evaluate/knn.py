@@ -62,6 +62,8 @@ def _smallest_k(qa: torch.Tensor, ra: torch.Tensor, k: int, chunk_size: int, ref
     """The k smallest entries of each row of ``qa @ ra.T`` (ascending) and their column indices. On the CPU the
     query blocks are spread over torch's threads, each running single-threaded ops (coarse-grained parallelism:
     no per-op synchronisation, much steadier than intra-op threads on small shared machines)."""
+    pad = -qa.shape[1] % 8  # GEMM kernels are much slower on inner sizes that are not a multiple of 8
+    qa, ra = torch.nn.functional.pad(qa, (0, pad)), torch.nn.functional.pad(ra, (0, pad))
     starts = range(0, qa.shape[0], chunk_size)
     size = min(chunk_size, qa.shape[0]) * min(ra.shape[0], SEED_TILES * ref_chunk)
     threads = torch.get_num_threads()
@@ -91,12 +93,8 @@ def knn_search(query: torch.Tensor, reference: torch.Tensor, k: int, chunk_size:
     """Euclidean distances (N, k) ascending and reference indices (N, k)."""
     k = min(k, reference.shape[0])
     query, reference = query.float(), reference.float()
-    dim = query.shape[1]
-    width = -(-(dim + 1) // 8) * 8  # zero-pad the inner dimension: GEMM kernels are much slower on odd sizes
-    qa = torch.zeros(query.shape[0], width, dtype=query.dtype, device=query.device)
-    qa[:, :dim], qa[:, dim] = query, 1.0
-    ra = torch.zeros(reference.shape[0], width, dtype=reference.dtype, device=reference.device)
-    ra[:, :dim], ra[:, dim] = -2.0 * reference, (reference * reference).sum(1)
+    qa = torch.cat([query, torch.ones_like(query[:, :1])], 1)
+    ra = torch.cat([-2.0 * reference, (reference * reference).sum(1, keepdim=True)], 1)
     part, idx = _smallest_k(qa, ra, k, chunk_size, ref_chunk)  # |r|^2 - 2 q.r
     return (part + (query * query).sum(1, keepdim=True)).clamp_min(0).sqrt(), idx
 

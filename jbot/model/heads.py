@@ -30,5 +30,11 @@ class ClassifierHead(nn.Module):
             nn.Linear(d_model, n_classes),
         )
 
+    @property
+    def n_classes(self) -> int:
+        last = self.net[-1]
+        assert isinstance(last, nn.Linear)
+        return last.out_features
+
     def forward(self, cls: torch.Tensor) -> torch.Tensor:
         return self.net(cls)

@@ -97,6 +97,7 @@ class FinetuneResult:
     best_val_acc: float = 0.0
     n_train: int = 0
     seconds: float = 0.0
+    continued_head: bool = False  # started from a trained head rather than a fresh one
 
 
 def classifier_state(result: FinetuneResult, cfg: JbotConfig, class_names: tuple[str, ...],
@@ -158,8 +159,10 @@ def finetune(cfg: JbotConfig, split: Split, encoder: JetEncoder | None,
         if encoder is None:
             encoder = JetEncoder(cfg.model)
         model = JetClassifier(copy.deepcopy(encoder), split.n_classes, ft.dropout)
-        if head is not None and head.net[-1].out_features == split.n_classes:
+        continued = False
+        if head is not None and head.n_classes == split.n_classes:
             model.head.load_state_dict(head.state_dict())
+            continued = True
         model = model.to(device)
     groups = llrd_param_groups(model, ft.lr, 1.0 if scratch else ft.llrd_decay)
     optimizer = torch.optim.Adam(groups, lr=ft.lr, weight_decay=ft.weight_decay)
@@ -186,4 +189,5 @@ def finetune(cfg: JbotConfig, split: Split, encoder: JetEncoder | None,
         if stop_now:
             break
     stopper.restore(model)
-    return FinetuneResult(model, history, stopper.best_epoch, stopper.best, len(train), time.perf_counter() - start)
+    return FinetuneResult(model, history, stopper.best_epoch, stopper.best, len(train), time.perf_counter() - start,
+                          continued)
