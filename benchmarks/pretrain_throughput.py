@@ -30,7 +30,7 @@ from jbot.train.device import autocast
 from jbot.train.finetune import JetClassifier
 from jbot.train.pretrain import Pretrainer
 
-SIZES = {"S": "configs/jbot-s.yaml", "B": "configs/jbot-b.yaml"}
+SIZES = {"S": "jbot-s", "B": "jbot-b"}
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -123,7 +123,7 @@ def main() -> None:
     rows = []
     for size, batch, precision, comp in itertools.product(args.sizes.split(","), map(int, args.batches.split(",")),
                                                           args.precisions.split(","), args.compile.split(",")):
-        cfg = load_config(ROOT / SIZES[size], [f"pretrain.device={device.type}", f"pretrain.precision={precision}",
+        cfg = load_config(SIZES[size], [f"pretrain.device={device.type}", f"pretrain.precision={precision}",
                                                f"pretrain.compile={comp}", f"pretrain.batch_size={batch}"])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()

@@ -20,7 +20,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from jbot.config import ConfigError, GenerateConfig, JbotConfig, load_config, to_yaml
+from jbot.config import ConfigError, GenerateConfig, JbotConfig, load_config, to_yaml, with_overrides
+from jbot.errors import JbotError
+from jbot.paths import is_model_source, resolve_tracking_uri
 
 app = typer.Typer(help="jBOT: self-distilled jet representations, MLflow-native.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
@@ -37,21 +39,19 @@ app.add_typer(sweep_app, name="sweep")
 console = Console()
 err_console = Console(stderr=True)
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default configs/jbot-s.yaml)")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="YAML config: a file, or a shipped one by name (jbot-s, jbot-b); default jbot-s")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a field: section.field=value (repeatable)")]
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    from jbot.data.generate import GeneratorUnavailable
-    from jbot.data.jetnet import DataError
-    from jbot.model.keras_import import KerasImportError
-    from jbot.sweeps.study import SweepError
-    from jbot.tracking.mlflow import TrackingError
-    from jbot.train.checkpoint import CheckpointError
-    from jbot.train.pretrain import TrainingDiverged
+@app.callback()
+def main_options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show MLflow's and Optuna's own log lines")] = False,
+) -> None:
+    """jBOT: self-distilled jet representations, MLflow-native."""
+    from jbot.logs import configure
 
-    return (ConfigError, DataError, GeneratorUnavailable, FileNotFoundError, CheckpointError, TrainingDiverged,
-            KerasImportError, TrackingError, SweepError)
+    configure(verbose)
 
 
 @contextlib.contextmanager
@@ -59,13 +59,28 @@ def user_errors() -> Iterator[None]:
     """Errors caused by the user's input end the command with a one-paragraph message, not a traceback."""
     try:
         yield
-    except user_error_types() as exc:
+    except (JbotError, FileNotFoundError) as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 
-def resolve(config: Path | None, overrides: list[str] | None) -> JbotConfig:
-    return load_config(config, overrides or [])
+def resolve(config: Path | None, overrides: list[str] | None, tracking_uri: str | None = None) -> JbotConfig:
+    """The command's config, with ``tracking.uri`` resolved once (flag > config > env > embedded)."""
+    cfg = load_config(config, overrides or [])
+    return with_overrides(cfg, {"tracking.uri": resolve_tracking_uri(tracking_uri, cfg.tracking.uri)})
+
+
+def require_data(cfg: JbotConfig, preset: str | None = None) -> None:
+    """Fail on a missing data folder or class file before torch and MLflow are loaded."""
+    from jbot.data.jetnet import check_data_dir
+    from jbot.data.splits import PRESET_CLASSES
+
+    check_data_dir(cfg.data.dir, PRESET_CLASSES.get(preset or cfg.data.preset, ()))
+
+
+def require_model(source: str) -> None:
+    if not is_model_source(source):
+        raise ConfigError(f"--model {source}: no such checkpoint file, run id or runs:/ / models:/ URI")
 
 
 def progress_bar() -> Progress:
@@ -153,7 +168,8 @@ def data_info(
 
 DataOpt = Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")]
 DeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda (overrides pretrain.device)")]
-TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default: embedded)")]
+TrackingOpt = Annotated[str | None, typer.Option(
+    "--tracking-uri", help="MLflow tracking URI (else tracking.uri, $MLFLOW_TRACKING_URI, ./mlruns)")]
 ExperimentOpt = Annotated[str | None, typer.Option("--experiment", help="MLflow experiment (default jbot-<command>)")]
 ModelOpt = Annotated[str, typer.Option("--model", "--checkpoint", "--run-id",
                                        help="Checkpoint path, run id, runs:/ or models:/ URI (alias included)")]
@@ -180,16 +196,21 @@ def pretrain_cmd(
 ) -> None:
     """Pre-train a jBOT encoder by self-distillation (SPEC §2-6), tracked in MLflow."""
     from jbot.config import build_config
-    from jbot.runs import tracked_pretrain
-    from jbot.train.checkpoint import load_checkpoint
 
     with user_errors():
         cfg = resolve(config, _overrides(set_, **{"data.dir": data, "data.preset": preset, "pretrain.device": device,
-                                                  "pretrain.out_dir": out}))
+                                                  "pretrain.out_dir": out}), tracking_uri)
         if resume is not None:
-            cfg = build_config(load_checkpoint(resume)["config"])
+            if not resume.is_file():
+                raise ConfigError(f"--resume {resume}: checkpoint not found")
+            from jbot.train.checkpoint import load_checkpoint
+
+            cfg = with_overrides(build_config(load_checkpoint(resume)["config"]), {"tracking.uri": cfg.tracking.uri})
+        require_data(cfg)
         console.print(f"pre-training jBOT (D={cfg.model.d_model}, L={cfg.model.n_layers}, H={cfg.model.n_heads}) "
                       f"on {cfg.data.preset} jets from {cfg.data.dir} for {cfg.pretrain.epochs} epochs")
+        from jbot.runs import tracked_pretrain
+
         with progress_bar() as bar:
             task = bar.add_task("epoch 1", total=None)
 
@@ -200,7 +221,7 @@ def pretrain_cmd(
                                   f" ({m['train/jets_per_s']:.0f} jets/s{knn})")
                 bar.update(task, description=f"epoch {report.epoch + 1}", completed=0)
 
-            tracked = tracked_pretrain(cfg, resume=resume, tracking_uri=tracking_uri, experiment=experiment,
+            tracked = tracked_pretrain(cfg, resume=resume, experiment=experiment,
                                        on_step=lambda i: bar.advance(task), on_epoch=on_epoch)
     result = tracked.payload
     table = Table(title="jBOT pre-training")
@@ -233,14 +254,17 @@ def probe_cmd(
     experiment: ExperimentOpt = None,
 ) -> None:
     """k-NN and linear probes and clustering metrics of a frozen encoder (SPEC §7)."""
-    from jbot.evaluate.table import results_table
-    from jbot.runs import tracked_probe
-
     with user_errors():
         if preset not in ("5class", "tqg"):
             raise ConfigError(f"probe presets are 5class and tqg, not {preset!r}")
-        cfg = resolve(config, _overrides(set_, **{"data.dir": data, "pretrain.device": device}))
-        tracked = tracked_probe(cfg, model, preset, out_dir=out, tracking_uri=tracking_uri, experiment=experiment)
+        cfg = resolve(config, _overrides(set_, **{"data.dir": data, "pretrain.device": device}), tracking_uri)
+        require_model(model)
+        require_data(cfg, preset)
+        from jbot.runs import tracked_probe
+
+        tracked = tracked_probe(cfg, model, preset, out_dir=out, experiment=experiment)
+    from jbot.evaluate.table import results_table
+
     result = tracked.payload
     m = result.metrics
     rows = {"k-NN": {k.replace("test/knn_", "test/"): v for k, v in m.items() if k.startswith("test/knn_")},
@@ -267,19 +291,23 @@ def finetune_cmd(
     experiment: ExperimentOpt = None,
 ) -> None:
     """Fine-tune a pre-trained encoder with layer-wise LR decay, or train the supervised baseline."""
-    from jbot.evaluate.table import results_table
-    from jbot.runs import tracked_finetune
-
     with user_errors():
         cfg = resolve(config, _overrides(set_, **{"data.dir": data, "finetune.task": task,
-                                                  "finetune.fraction": fraction, "pretrain.device": device}))
+                                                  "finetune.fraction": fraction, "pretrain.device": device}),
+                      tracking_uri)
         if model is None and not from_scratch:
             raise ConfigError("pass --model (a pre-trained encoder) or --from-scratch")
+        if not from_scratch and model is not None:
+            require_model(model)
+        require_data(cfg, cfg.finetune.task)
+        from jbot.evaluate.table import results_table
+        from jbot.runs import tracked_finetune
+
         label = "from scratch" if from_scratch else "fine-tuned"
         with progress_bar() as bar:
             task_id = bar.add_task(f"{label} ({cfg.finetune.fraction:.0%} labels)", total=cfg.finetune.epochs)
-            tracked = tracked_finetune(cfg, None if from_scratch else model, out_dir=out, tracking_uri=tracking_uri,
-                                       experiment=experiment, on_epoch=lambda e, m: bar.advance(task_id))
+            tracked = tracked_finetune(cfg, None if from_scratch else model, out_dir=out, experiment=experiment,
+                                       on_epoch=lambda e, m: bar.advance(task_id))
     payload = tracked.payload
     result = payload["result"]
     console.print(results_table(f"{label}, {result.n_train:,} training jets, best epoch {result.best_epoch}",
@@ -296,17 +324,23 @@ def import_keras_cmd(
     out: Annotated[Path, typer.Option(help="Where to write the jbot checkpoint")],
     classifier: Annotated[Path | None, typer.Option(help="Published classifier (mlp) .weights.h5")] = None,
     register: Annotated[str | None, typer.Option(help="Also register the model under this name")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Import the authors' Keras 3 weights (no TensorFlow needed) as a jbot checkpoint, logged to MLflow."""
-    from jbot.model.keras_import import import_keras
-    from jbot.runs import tracked_import
-    from jbot.train.checkpoint import save_checkpoint
-
     with user_errors():
+        uri = resolve(config, set_, tracking_uri).tracking.uri
+        for path in (backbone, classifier):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{path}: Keras weights file not found")
+        from jbot.model.keras_import import import_keras
+        from jbot.runs import tracked_import
+        from jbot.train.checkpoint import save_checkpoint
+
         state = import_keras(backbone, classifier)
         save_checkpoint(out, state)
-        tracked = tracked_import(out, state, register, tracking_uri)
+        tracked = tracked_import(out, state, str(uri), register)
     m = state["config"]["model"]
     extra = f" + classifier ({len(state['class_names'])} classes)" if classifier else ""
     console.print(f"imported D={m['d_model']}, H={m['n_heads']}, L={m['n_layers']}{extra} -> {out}")
@@ -321,14 +355,21 @@ def embed_cmd(
     out: Annotated[Path, typer.Option(help="Output .npz: cls, particles and (classifiers) probs")],
     batch_size: Annotated[int, typer.Option(help="Jets per batch")] = 4096,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    tracking_uri: TrackingOpt = None,
 ) -> None:
     """Embeddings of jets: [CLS] (N, D), particle tokens (N, P, D), class probabilities for classifiers."""
-    from jbot.evaluate.embed import embed_to_file
-    from jbot.tracking.models import load_from_uri
-    from jbot.train.device import pick_device
-
     with user_errors():
-        loaded = load_from_uri(model)
+        uri = resolve(config, set_, tracking_uri).tracking.uri
+        require_model(model)
+        if not input_.is_file():
+            raise ConfigError(f"--input {input_}: file not found")
+        from jbot.evaluate.embed import embed_to_file
+        from jbot.tracking.models import load_from_uri
+        from jbot.train.device import pick_device
+
+        loaded = load_from_uri(model, str(uri))
         with progress_bar() as bar:
             task = bar.add_task("embedding", total=None)
             shapes = embed_to_file(loaded, input_, out, batch_size, pick_device(device),
@@ -351,11 +392,13 @@ def anomaly_cmd(
     experiment: ExperimentOpt = None,
 ) -> None:
     """Anomaly-detection report of a frozen encoder pre-trained on q, g (SPEC §8), from a run or the registry."""
-    from jbot.runs import tracked_anomaly
-
     with user_errors():
-        cfg = resolve(config, _overrides(set_, **{"data.dir": data, "pretrain.device": device}))
-        tracked = tracked_anomaly(cfg, model, out_dir=out, tracking_uri=tracking_uri, experiment=experiment)
+        cfg = resolve(config, _overrides(set_, **{"data.dir": data, "pretrain.device": device}), tracking_uri)
+        require_model(model)
+        require_data(cfg, "qg")
+        from jbot.runs import tracked_anomaly
+
+        tracked = tracked_anomaly(cfg, model, out_dir=out, experiment=experiment)
     console.print(tracked.payload["table"], highlight=False)
     console.print(f"report: {tracked.payload['paths']['report']}; MLflow run {tracked.run_id}")
 
@@ -373,14 +416,17 @@ def register_best_cmd(
     parent: Annotated[str | None, typer.Option(help="Only children of this (sweep) run")] = None,
     name: Annotated[str, typer.Option(help="Registered model name")] = "jbot-encoder",
     alias: Annotated[str | None, typer.Option(help="Alias to point at the version")] = "champion",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Register the best finished run's model, tag the version, set the alias (idempotent per run)."""
-    from jbot.tracking.mlflow import connect, resolve_uri
-    from jbot.tracking.registry import register_best
-
     with user_errors():
-        client = connect(resolve_uri(tracking_uri))
+        uri = resolve(config, set_, tracking_uri).tracking.uri
+        from jbot.tracking.mlflow import connect
+        from jbot.tracking.registry import register_best
+
+        client = connect(str(uri))
         reg = register_best(client, experiment, metric, name, mode, alias, filter_, parent)
     verb = "registered" if reg.created else "already registered"
     console.print(f"{verb}: {reg.name} version {reg.version} from run {reg.run_id} ({reg.metric} = {reg.value:.4f})"
@@ -391,14 +437,17 @@ def register_best_cmd(
 @register_app.command("list")
 def register_list_cmd(
     name: Annotated[str, typer.Option(help="Registered model name")] = "jbot-encoder",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Versions of a registered model with their aliases, runs and metrics."""
-    from jbot.tracking.mlflow import connect, resolve_uri
-    from jbot.tracking.registry import list_versions
-
     with user_errors():
-        rows = list_versions(connect(resolve_uri(tracking_uri)), name)
+        uri = resolve(config, set_, tracking_uri).tracking.uri
+        from jbot.tracking.mlflow import connect
+        from jbot.tracking.registry import list_versions
+
+        rows = list_versions(connect(str(uri)), name)
     table = Table(title=f"registered model {name}")
     for col in ("version", "aliases", "run_id", "metric", "value"):
         table.add_column(col)
@@ -411,22 +460,42 @@ def register_list_cmd(
 def ui_cmd(
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port")] = 5000,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Start the MLflow UI on the configured store and print its URL."""
+    """Start the MLflow UI on the configured store and print its URL (Ctrl-C or SIGTERM stops it and its workers)."""
+    import os
+    import signal
     import subprocess
     import sys
 
-    from jbot.tracking.mlflow import resolve_uri
-
-    uri = resolve_uri(tracking_uri)
+    with user_errors():
+        uri = str(resolve(config, set_, tracking_uri).tracking.uri)
     if uri.startswith(("http://", "https://")):
         console.print(f"the tracking store is a server: open {uri}")
         return
     console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    with contextlib.suppress(KeyboardInterrupt):
-        subprocess.run(cmd, check=False)
+    # its own process group, so that stopping jbot ui stops the server's workers too
+    server = subprocess.Popen(cmd, start_new_session=True)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
 
 
 @app.command("demo")
@@ -471,20 +540,24 @@ def demo_cmd(
 TrialsOpt = Annotated[int, typer.Option("--trials", help="Total COMPLETE trials across all workers")]
 StorageOpt = Annotated[str | None, typer.Option(help="Optuna storage: postgresql://..., sqlite:///..., or a .log file")]
 StudyOpt = Annotated[str | None, typer.Option("--study-name", help="Study name (default: derived from the inputs)")]
-SpaceOpt = Annotated[Path | None, typer.Option("--space", help="Search space YAML (default sweeps/<kind>.yaml)")]
+SpaceOpt = Annotated[Path | None, typer.Option("--space", help="Search space YAML (default: the shipped <kind>.yaml)")]
 
 
 def _sweep(kind: str, trials: int, config: Path | None, set_: list[str] | None, data: Path | None,
            space: Path | None, storage: str | None, study_name: str | None, tracking_uri: str | None,
            experiment: str | None, identity: dict[str, Any], extra: dict[str, Any] | None = None) -> Any:
+    cfg = resolve(config, _overrides(set_, **{"data.dir": data, **(extra or {})}), tracking_uri)
     from jbot.sweeps.spaces import load_space
-    from jbot.sweeps.study import Sweep
 
-    cfg = resolve(config, _overrides(set_, **{"data.dir": data, **(extra or {})}))
     search = load_space(space or f"{kind}.yaml")
     search.check_against(cfg)
+    if "model" in identity:
+        require_model(identity["model"])
+    require_data(cfg, {"finetune": cfg.finetune.task, "anomaly": "qg"}.get(kind))
+    from jbot.sweeps.study import Sweep
+
     return Sweep(kind, search, cfg, trials, {"data": str(cfg.data.dir), **identity},
-                 storage or cfg.sweep.storage, study_name or cfg.sweep.study_name, tracking_uri, experiment,
+                 storage or cfg.sweep.storage, study_name or cfg.sweep.study_name, experiment,
                  {f"sweep.{k}": v for k, v in identity.items()})
 
 
@@ -529,11 +602,11 @@ def sweep_finetune_cmd(
     best trial once at the end."""
     import tempfile
 
-    from jbot.sweeps.objectives import finetune_objective, finish_finetune, run_sweep
-
     with user_errors():
         sweep = _sweep("finetune", trials, config, set_, data, space, storage, study_name, tracking_uri, experiment,
                        {"model": model, "fraction": fraction}, {"finetune.fraction": fraction})
+        from jbot.sweeps.objectives import finetune_objective, finish_finetune, run_sweep
+
         work = Path(tempfile.mkdtemp(prefix="jbot-sweep-finetune-"))
         try:
             outcome, summary = run_sweep(sweep, finetune_objective(sweep, model, work),
@@ -557,11 +630,11 @@ def sweep_anomaly_cmd(
     experiment: ExperimentOpt = None,
 ) -> None:
     """Tune anomaly-score settings on the validation split's combined AUC (labelled W, Z, t, as the paper did)."""
-    from jbot.sweeps.objectives import anomaly_objective, run_sweep
-
     with user_errors():
         sweep = _sweep("anomaly", trials, config, set_, data, space, storage, study_name, tracking_uri, experiment,
                        {"model": model})
+        from jbot.sweeps.objectives import anomaly_objective, run_sweep
+
         try:
             outcome, summary = run_sweep(sweep, anomaly_objective(sweep, model))
         except KeyboardInterrupt:
@@ -587,11 +660,11 @@ def sweep_pretrain_cmd(
     accuracy (reported every pretrain.knn_every epochs, pruned by the median rule)."""
     import tempfile
 
-    from jbot.sweeps.objectives import pretrain_objective, run_sweep
-
     with user_errors():
         sweep = _sweep("pretrain", trials, config, set_, data, space, storage, study_name, tracking_uri,
                        experiment, {})
+        from jbot.sweeps.objectives import pretrain_objective, run_sweep
+
         try:
             outcome, summary = run_sweep(sweep, pretrain_objective(sweep, Path(tempfile.mkdtemp(prefix="jbot-"))))
         except KeyboardInterrupt:

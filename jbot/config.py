@@ -13,14 +13,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = PROJECT_ROOT / "configs"
-DEFAULT_CONFIG = CONFIG_DIR / "jbot-s.yaml"
+from jbot.errors import JbotError
+from jbot.paths import DEFAULT_CONFIG, Traversable, find_yaml
 
 Preset = Literal["5class", "tqg", "qg"]
 
 
-class ConfigError(ValueError):
+class ConfigError(JbotError, ValueError):
     """A configuration that cannot be used; the message names every offending field."""
 
 
@@ -190,7 +189,7 @@ class AnomalyConfig(Section):
 class SweepConfig(Section):
     """Optuna studies: storage, sampler, pruner."""
 
-    storage: str | None = None  # None: sqlite database under sweeps/
+    storage: str | None = None  # None: sweeps/optuna.db under the working folder (jbot.paths)
     study_name: str | None = None
     sampler: Literal["tpe", "random"] = "tpe"
     pruner: Literal["median", "none"] = "median"
@@ -201,7 +200,8 @@ class SweepConfig(Section):
 
 
 class TrackingConfig(Section):
-    """MLflow target. ``uri`` None: env MLFLOW_TRACKING_URI, else the embedded store under mlruns/."""
+    """MLflow target. ``uri`` None: env MLFLOW_TRACKING_URI, else the embedded store (mlruns/ under the working
+    folder); commands replace it by the one resolved URI (``jbot.paths.resolve_tracking_uri``)."""
 
     uri: str | None = None
     experiment: str | None = None
@@ -311,12 +311,13 @@ def _apply(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def read_yaml(path: str | Path | Traversable) -> dict[str, Any]:
+    if isinstance(path, str):
+        path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if loaded is None:
@@ -334,8 +335,9 @@ def build_config(tree: Mapping[str, Any]) -> JbotConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> JbotConfig:
-    """YAML file (default ``configs/jbot-s.yaml``) merged with ``--set`` overrides, validated."""
-    tree = read_yaml(path if path is not None else DEFAULT_CONFIG)
+    """YAML file merged with ``--set`` overrides, validated. ``path``: a file, or the name of a shipped config
+    (``jbot-s``, ``jbot-b``); None = the shipped ``jbot-s.yaml``."""
+    tree = read_yaml(find_yaml(path if path is not None else DEFAULT_CONFIG))
     for text in overrides:
         keys, value = parse_override(text)
         _apply(tree, keys, value)

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from jbot.config import GenerateConfig, JbotConfig, load_config
+from jbot.config import GenerateConfig, JbotConfig, load_config, with_overrides
+from jbot.paths import resolve_tracking_uri
 
 
 @dataclass(frozen=True)
@@ -28,24 +29,24 @@ class DemoSettings:
 
 
 def demo_config(settings: DemoSettings, preset: str, out_dir: Path) -> JbotConfig:
-    return load_config(None, [
+    cfg = load_config(None, [
         f"data.dir={settings.out / 'jets'}", f"data.preset={preset}", "pretrain.batch_size=256",
         f"pretrain.epochs={settings.epochs}", "pretrain.warmup_epochs=2", "pretrain.knn_every=4",
         f"pretrain.out_dir={out_dir}", f"finetune.epochs={settings.finetune_epochs}", "finetune.batch_size=256",
         "finetune.patience=6", "finetune.lr=1e-3", "finetune.fraction=0.1", "anomaly.reference_size=2000",
         "probe.silhouette_samples=2000", "tracking.log_system_metrics=false",
     ])
+    return with_overrides(cfg, {"tracking.uri": resolve_tracking_uri()})
 
 
 def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> dict:
     """Each step is a tracked jbot command; returns what the summary prints."""
-    from jbot.config import with_overrides
     from jbot.data.generate import generate
     from jbot.runs import tracked_anomaly, tracked_finetune, tracked_pretrain, tracked_probe
     from jbot.sweeps.objectives import anomaly_objective, run_sweep
     from jbot.sweeps.spaces import ParamSpec, load_space
     from jbot.sweeps.study import Sweep
-    from jbot.tracking.mlflow import connect, resolve_uri
+    from jbot.tracking.mlflow import connect, store_uri
     from jbot.tracking.registry import register_best
 
     start = time.perf_counter()
@@ -67,7 +68,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> dict:
     cfgqg = demo_config(settings, "qg", settings.out / "pretrain-qg")
     say("5/6 pre-training on background (q, g) only and registering it as jbot-encoder@champion")
     qg = tracked_pretrain(cfgqg, experiment="jbot-demo-anomaly-pretrain")
-    client = connect(resolve_uri(None))
+    client = connect(store_uri(cfgqg))
     reg = register_best(client, "jbot-demo-anomaly-pretrain", "val/knn_acc", "jbot-encoder", "max", "champion")
     say(f"6/6 sweeping {settings.anomaly_trials} anomaly-score settings on the validation split, then the report "
         "from models:/jbot-encoder@champion")
@@ -85,4 +86,5 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> dict:
     anomaly = tracked_anomaly(tuned, champion, out_dir=settings.out / "anomaly", experiment="jbot-demo-anomaly",
                               notes=[note])
     return {"pretrain": pre, "probe": probe, "finetune": ft, "scratch": fs, "qg": qg, "registered": reg,
-            "sweep": summary, "anomaly": anomaly, "seconds": time.perf_counter() - start, "uri": resolve_uri(None)}
+            "sweep": summary, "anomaly": anomaly, "seconds": time.perf_counter() - start,
+            "uri": store_uri(cfgqg)}

@@ -18,7 +18,7 @@ from jbot.data.splits import Split, make_split
 from jbot.evaluate.probe import ProbeResult, run_probe
 from jbot.evaluate.table import write_json
 from jbot.plots import learning_curves, write_html
-from jbot.tracking.mlflow import MlflowRun, tracked_run
+from jbot.tracking.mlflow import MlflowRun, store_uri, tracked_run
 from jbot.tracking.models import load_from_uri, log_jbot_model, provenance
 from jbot.train.checkpoint import LoadedModel
 from jbot.train.device import pick_device
@@ -53,8 +53,8 @@ class TrackedResult:
     payload: Any
 
 
-def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, tracking_uri: str | None = None,
-                     experiment: str | None = None, on_step: Callable[[int], None] | None = None,
+def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, experiment: str | None = None,
+                     on_step: Callable[[int], None] | None = None,
                      on_epoch: Callable[[EpochReport], bool | None] | None = None,
                      parent_run_id: str | None = None, tags: dict[str, str] | None = None,
                      on_start: Callable[[str], None] | None = None) -> TrackedResult:
@@ -64,7 +64,7 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, track
     all_tags = {**_data_tags(split, device), **(tags or {})}
     if resume is not None:
         all_tags["jbot.resumed_from"] = str(resume)
-    with tracked_run(cfg, "pretrain", tracking_uri=tracking_uri, experiment=experiment, tags=all_tags,
+    with tracked_run(cfg, "pretrain", experiment=experiment, tags=all_tags,
                      parent_run_id=parent_run_id) as run:
         if on_start is not None:
             on_start(run.run_id)
@@ -86,12 +86,13 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, track
 
 
 def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | None = None,
-                  tracking_uri: str | None = None, experiment: str | None = None) -> TrackedResult:
-    loaded: LoadedModel = load_from_uri(source, tracking_uri)
+                  experiment: str | None = None) -> TrackedResult:
+    uri = store_uri(cfg)
+    loaded: LoadedModel = load_from_uri(source, uri)
     split = load_split(cfg, preset)
     device = pick_device(cfg.pretrain.device)
-    tags = {**_data_tags(split, str(device)), **provenance(source, tracking_uri)}
-    with tracked_run(cfg, "probe", tracking_uri=tracking_uri, experiment=experiment, tags=tags) as run:
+    tags = {**_data_tags(split, str(device)), **provenance(source, uri)}
+    with tracked_run(cfg, "probe", experiment=experiment, tags=tags) as run:
         result: ProbeResult = run_probe(loaded.encoder, split, cfg.probe, device)
         run.log_metrics(result.metrics)
         folder = out_dir or Path(tempfile.mkdtemp(prefix="jbot-probe-"))
@@ -103,8 +104,8 @@ def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | 
     return TrackedResult(run.run_id, None, result)
 
 
-def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, tracking_uri: str | None = None,
-                     experiment: str | None = None, parent_run_id: str | None = None,
+def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, experiment: str | None = None,
+                     parent_run_id: str | None = None,
                      on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
                      tags: dict[str, str] | None = None, on_start: Callable[[str], None] | None = None,
                      evaluate_test: bool = True) -> TrackedResult:
@@ -116,15 +117,16 @@ def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, trac
     from jbot.train.checkpoint import save_checkpoint
     from jbot.train.finetune import classifier_state, finetune, predict_proba
 
-    loaded = load_from_uri(source, tracking_uri) if source is not None else None
+    uri = store_uri(cfg)
+    loaded = load_from_uri(source, uri) if source is not None else None
     if loaded is not None:
         cfg = cfg.model_copy(update={"model": loaded.encoder.cfg})
     split = load_split(cfg, cfg.finetune.task)
     device = pick_device(cfg.pretrain.device)
     all_tags = {**_data_tags(split, str(device)), "jbot.from_scratch": str(loaded is None).lower(), **(tags or {})}
     if source is not None:
-        all_tags.update(provenance(source, tracking_uri))
-    with tracked_run(cfg, "finetune", tracking_uri=tracking_uri, experiment=experiment, tags=all_tags,
+        all_tags.update(provenance(source, uri))
+    with tracked_run(cfg, "finetune", experiment=experiment, tags=all_tags,
                      parent_run_id=parent_run_id) as run:
         if on_start is not None:
             on_start(run.run_id)
@@ -157,16 +159,16 @@ def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, trac
                                                  "class_names": split.class_names, "split": split})
 
 
-def tracked_import(checkpoint: Path, state: dict[str, Any], register: str | None = None,
-                   tracking_uri: str | None = None) -> TrackedResult:
-    """Log an imported published checkpoint as a model (tagged with the source files' hashes); optionally
-    register it. The payload is the registered version (or None)."""
-    from jbot.config import build_config
-    from jbot.tracking.mlflow import connect, resolve_uri
+def tracked_import(checkpoint: Path, state: dict[str, Any], tracking_uri: str,
+                   register: str | None = None) -> TrackedResult:
+    """Log an imported published checkpoint as a model in the store ``tracking_uri`` (tagged with the source
+    files' hashes); optionally register it there. The payload is the registered version (or None)."""
+    from jbot.config import build_config, with_overrides
+    from jbot.tracking.mlflow import connect
 
-    cfg = build_config(state["config"])
+    cfg = with_overrides(build_config(state["config"]), {"tracking.uri": tracking_uri})
     tags = {f"jbot.source.{k}": str(v) for k, v in state["source"].items()}
-    with tracked_run(cfg, "import", tracking_uri=tracking_uri, tags=tags) as run:
+    with tracked_run(cfg, "import", tags=tags) as run:
         run.log_artifact(checkpoint, "checkpoints")
         example = np.zeros((EXAMPLE_JETS, cfg.model.n_particles, cfg.model.n_features), np.float32)
         example[:, :5, 2] = 0.2
@@ -176,22 +178,23 @@ def tracked_import(checkpoint: Path, state: dict[str, Any], register: str | None
     if register:
         import mlflow
 
-        connect(resolve_uri(tracking_uri))
+        connect(tracking_uri)
         version = mlflow.register_model(model_uri, register).version
     return TrackedResult(run.run_id, model_uri, version)
 
 
-def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None, tracking_uri: str | None = None,
-                    experiment: str | None = None, notes: list[str] | None = None) -> TrackedResult:
+def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None, experiment: str | None = None,
+                    notes: list[str] | None = None) -> TrackedResult:
     """Every anomaly score of a frozen encoder on the ``qg`` preset; report + metrics logged as artifacts."""
     from jbot.anomaly.detect import run_anomaly
     from jbot.anomaly.report import text_table, write_report
 
-    loaded = load_from_uri(source, tracking_uri)
+    uri = store_uri(cfg)
+    loaded = load_from_uri(source, uri)
     split = load_split(cfg, "qg")
     device = pick_device(cfg.pretrain.device)
-    tags = {**_data_tags(split, str(device)), **provenance(source, tracking_uri)}
-    with tracked_run(cfg, "anomaly", tracking_uri=tracking_uri, experiment=experiment, tags=tags) as run:
+    tags = {**_data_tags(split, str(device)), **provenance(source, uri)}
+    with tracked_run(cfg, "anomaly", experiment=experiment, tags=tags) as run:
         result = run_anomaly(loaded.encoder, split, cfg.anomaly, device)
         run.log_metrics({f"test/{k}": v for k, v in result.metrics.items()})
         prov = {"model": source, **{k.removeprefix("jbot."): v for k, v in tags.items()}, "mlflow_run": run.run_id}

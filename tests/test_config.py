@@ -6,14 +6,14 @@ import pytest
 from typer.testing import CliRunner
 
 from jbot.cli import app
-from jbot.config import CONFIG_DIR, ConfigError, flatten, load_config, with_overrides
+from jbot.config import ConfigError, flatten, load_config, with_overrides
 
 runner = CliRunner()
 
 
 def test_published_sizes_table1() -> None:
-    s = load_config(CONFIG_DIR / "jbot-s.yaml")
-    b = load_config(CONFIG_DIR / "jbot-b.yaml")
+    s = load_config("jbot-s.yaml")
+    b = load_config("jbot-b")
     assert (s.model.d_model, s.model.n_layers, s.model.n_heads, s.model.d_proj) == (32, 2, 4, 16)
     assert (b.model.d_model, b.model.n_layers, b.model.n_heads, b.model.d_proj) == (64, 4, 6, 32)
     for cfg in (s, b):

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from jbot.cli import app
 from jbot.sweeps.spaces import load_space
-from tests.conftest import running_mlflow_server, write_fake_folder
+from tests.conftest import PROJECT_ROOT, psql, running_mlflow_server, write_fake_folder
 from tests.test_tracking import _tiny_checkpoint
 
 runner = CliRunner()
@@ -97,30 +97,34 @@ def test_resume_and_failed_trial_sqlite(inputs: tuple[Path, Path], tmp_path: Pat
 
 
 # ------------------------------------------------------------------------------ PostgreSQL, many workers
-
-
-def _psql(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as conn:
-        conn.execute(sql)
+# Connections are counted: PostgreSQL allows 100 clients. The test process opens one Optuna storage per test with
+# no connection pool (each query borrows and returns one connection) and disposes of it; workers and the MLflow
+# server keep small pools.
 
 
 @pytest.fixture
-def postgres() -> Iterator[dict[str, str]]:
-    import psycopg
-
-    try:
-        _psql("select 1")
-    except psycopg.OperationalError as exc:  # pragma: no cover - PostgreSQL runs on this machine and in CI
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed for this test: {exc}")
+def postgres(postgres_admin: str) -> Iterator[dict[str, str]]:
     tag = uuid.uuid4().hex[:8]
     names = {"optuna": f"jbot_optuna_{tag}", "mlflow": f"jbot_mlflow_{tag}"}
     for name in names.values():
-        _psql(f"CREATE DATABASE {name}")
-    yield {k: f"postgresql://postgres@127.0.0.1:5432/{v}" for k, v in names.items()}
-    for name in names.values():
-        _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        psql(f"CREATE DATABASE {name}")
+    try:
+        yield {k: f"postgresql://postgres@127.0.0.1:5432/{v}" for k, v in names.items()}
+    finally:
+        for name in names.values():
+            psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def optuna_storage(postgres: dict[str, str]) -> Iterator[optuna.storages.RDBStorage]:
+    """The test's one view of the study database: no pool, disposed at the end."""
+    from sqlalchemy.pool import NullPool
+
+    storage = optuna.storages.RDBStorage(postgres["optuna"], engine_kwargs={"poolclass": NullPool})
+    try:
+        yield storage
+    finally:
+        storage.engine.dispose()
 
 
 @pytest.fixture
@@ -134,14 +138,25 @@ def _worker(args: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen([JBOT, *args], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
 
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+@pytest.mark.postgres
 def test_two_workers_share_one_study(inputs: tuple[Path, Path], tmp_path: Path, postgres: dict[str, str],
-                                     pg_mlflow_server: str) -> None:
+                                     optuna_storage: optuna.storages.RDBStorage, pg_mlflow_server: str) -> None:
     data, encoder = inputs
     args = _args(data, encoder, 6, postgres["optuna"], "shared", pg_mlflow_server) + ["--register", "jbot-clf"]
     workers = [_worker(args, tmp_path / f"w{i}.log") for i in range(2)]
-    for i, w in enumerate(workers):
-        assert w.wait(timeout=600) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]
-    study = optuna.load_study(study_name="shared", storage=postgres["optuna"])
+    try:
+        for i, w in enumerate(workers):
+            assert w.wait(timeout=600) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]
+    finally:
+        _stop(workers)
+    study = optuna.load_study(study_name="shared", storage=optuna_storage)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert 6 <= len(complete) <= 6 + (2 - 1)  # trials already running when the budget is hit still finish
     numbers = [t.number for t in study.trials]
@@ -155,37 +170,48 @@ def test_two_workers_share_one_study(inputs: tuple[Path, Path], tmp_path: Path, 
         study.user_attrs["mlflow_parent_run_id"]).data.tags["jbot.best_run_id"]
 
 
-def test_killed_worker_does_not_stop_the_study(inputs: tuple[Path, Path], tmp_path: Path,
-                                              postgres: dict[str, str], pg_mlflow_server: str) -> None:
+@pytest.mark.postgres
+def test_killed_worker_does_not_stop_the_study(inputs: tuple[Path, Path], tmp_path: Path, postgres: dict[str, str],
+                                              optuna_storage: optuna.storages.RDBStorage,
+                                              pg_mlflow_server: str) -> None:
     data, encoder = inputs
     args = _args(data, encoder, 6, postgres["optuna"], "killed", pg_mlflow_server)
     victim = _worker(args, tmp_path / "victim.log")
-    storage = postgres["optuna"]
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # wait until the victim is inside a trial
+    try:
+        deadline = time.monotonic() + 300
+        running = False
+        while not running and time.monotonic() < deadline and victim.poll() is None:  # until it is inside a trial
+            study_id = _study_id(optuna_storage, "killed")
+            running = study_id is not None and bool(optuna_storage.get_all_trials(
+                study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+            time.sleep(0.2)
+        assert running, "the first worker never started a trial: " + (tmp_path / "victim.log").read_text()[-3000:]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+        survivor = _worker(args, tmp_path / "survivor.log")
         try:
-            study = optuna.load_study(study_name="killed", storage=storage)
-            if any(t.state == optuna.trial.TrialState.RUNNING for t in study.trials):
-                break
-        except KeyError:
-            pass
-        time.sleep(0.2)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
-    survivor = _worker(args, tmp_path / "survivor.log")
-    assert survivor.wait(timeout=600) == 0, (tmp_path / "survivor.log").read_text()[-3000:]
-    study = optuna.load_study(study_name="killed", storage=storage)
+            assert survivor.wait(timeout=600) == 0, (tmp_path / "survivor.log").read_text()[-3000:]
+        finally:
+            _stop([survivor])
+    finally:
+        _stop([victim])
+    study = optuna.load_study(study_name="killed", storage=optuna_storage)
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) >= 6
     assert optuna.trial.TrialState.RUNNING not in states, "the killed worker's trial was failed by heartbeat"
     assert optuna.trial.TrialState.FAIL in states
 
 
+def _study_id(storage: optuna.storages.RDBStorage, name: str) -> int | None:
+    try:
+        return storage.get_study_id_from_name(name)
+    except KeyError:
+        return None
+
+
 def test_compose_topology() -> None:
     """No Docker engine here: check the file's structure (the same topology is exercised above without Docker)."""
     import yaml
-
-    from jbot.config import PROJECT_ROOT
 
     compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
     services = compose["services"]

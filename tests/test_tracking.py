@@ -84,10 +84,10 @@ def _jets(n: int = 16) -> np.ndarray:
 
 def test_register_best_mode_idempotent_and_alias(tmp_path: Path, store: str) -> None:
     client = connect(store)
-    cfg = load_config(None, TINY)
+    cfg = load_config(None, [*TINY, f"tracking.uri={store}"])
     run_ids = []
     for i, acc in enumerate([0.61, 0.74, 0.52]):
-        with tracked_run(cfg, "finetune", tracking_uri=store, experiment="reg-test") as run:
+        with tracked_run(cfg, "finetune", experiment="reg-test") as run:
             run.log_metrics({"test/acc": acc})
             log_jbot_model(_tiny_checkpoint(tmp_path / f"c{i}.pt", i), _jets(4))
             run_ids.append(run.run_id)
@@ -122,9 +122,8 @@ def test_register_best_mode_idempotent_and_alias(tmp_path: Path, store: str) -> 
 
 
 def test_run_that_raises_ends_failed(store: str) -> None:
-    cfg = load_config(None, TINY)
-    with pytest.raises(RuntimeError, match="boom"), tracked_run(cfg, "pretrain", tracking_uri=store,
-                                                               experiment="fail-test") as run:
+    cfg = load_config(None, [*TINY, f"tracking.uri={store}"])
+    with pytest.raises(RuntimeError, match="boom"), tracked_run(cfg, "pretrain", experiment="fail-test") as run:
         run.log_metrics({"train/loss": 1.0}, step=1)
         raise RuntimeError("boom")
     client = MlflowClient(store)

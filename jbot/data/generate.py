@@ -24,6 +24,7 @@ import numpy as np
 
 from jbot.config import GenerateConfig
 from jbot.data.jetnet import CLASSES, class_file, write_jetnet
+from jbot.errors import JbotError
 
 INSTALL_HINT = (
     "jet generation needs Pythia8 and FastJet: pip install 'jbot[generate]' "
@@ -44,7 +45,7 @@ PROCESSES: dict[str, list[str]] = {
 }
 
 
-class GeneratorUnavailable(RuntimeError):
+class GeneratorUnavailable(JbotError, RuntimeError):
     pass
 
 

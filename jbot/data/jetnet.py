@@ -16,6 +16,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from jbot.errors import JbotError
+
 CLASSES: tuple[str, ...] = ("q", "g", "w", "z", "t")
 CLASS_INDEX = {name: i for i, name in enumerate(CLASSES)}
 CLASS_LABELS = {"q": "q", "g": "g", "w": "W", "z": "Z", "t": "t"}
@@ -25,7 +27,7 @@ N_FEATURES = 4
 JET_FEATURE_NAMES = ("pt", "eta", "mass", "n_particles")
 
 
-class DataError(ValueError):
+class DataError(JbotError, ValueError):
     """Input data that cannot be used; the message names the file, the dataset and the problem."""
 
 
@@ -137,18 +139,22 @@ def validate_particles(path: str | Path, particles: np.ndarray, n_particles: int
     _bad(path, key, "pT_rel <= 0 on valid slots", (valid & (particles[..., 2] <= 0)).any(axis=1))
 
 
-def load_classes(data_dir: str | Path, classes: tuple[str, ...], n_particles: int = 30) -> dict[str, JetSet]:
+def check_data_dir(data_dir: str | Path, classes: tuple[str, ...]) -> Path:
+    """The folder exists and holds a file per class (cheap: checked before anything heavy is loaded)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: data folder not found (make one with `jbot data generate --out {data_dir}`)")
-    out = {}
     for name in classes:
         path = class_file(data_dir, name)
         if not path.is_file():
             have = ", ".join(sorted(p.name for p in data_dir.glob("*.hdf5"))) or "no .hdf5 files"
             raise DataError(f"{path}: missing file for class '{name}' (the folder holds {have})")
-        out[name] = read_jetnet(path, n_particles)
-    return out
+    return data_dir
+
+
+def load_classes(data_dir: str | Path, classes: tuple[str, ...], n_particles: int = 30) -> dict[str, JetSet]:
+    data_dir = check_data_dir(data_dir, classes)
+    return {name: read_jetnet(class_file(data_dir, name), n_particles) for name in classes}
 
 
 def available_classes(data_dir: str | Path) -> tuple[str, ...]:

@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 from jbot.config import ModelConfig
+from jbot.errors import JbotError
 
 NAME = re.compile(r"^(all|tqg|qg)_(backbone|mlp)_(pretrain|ft|standalone)_(\d+)_(\d+)_(\d+)\.weights\.h5$")
 PRESET_CLASSES = {"all": ("q", "g", "W", "Z", "t"), "tqg": ("qcd", "top"), "qg": ("q", "g")}
 
 
-class KerasImportError(ValueError):
+class KerasImportError(JbotError, ValueError):
     """A file that is not a usable Keras weights file; the message names the file and the dataset."""
 
 

@@ -14,13 +14,13 @@ import optuna
 
 from jbot.config import JbotConfig, with_overrides
 from jbot.sweeps.study import Sweep, SweepOutcome, log_study_summary, run_worker
-from jbot.tracking.mlflow import connect, resolve_uri
+from jbot.tracking.mlflow import connect, store_uri
 
 
 def _state_tag(sweep: Sweep, trial: optuna.Trial, state: str) -> None:
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
-        connect(resolve_uri(sweep.tracking_uri, sweep.cfg.tracking.uri)).set_tag(run_id, "jbot.trial_state", state)
+        connect(store_uri(sweep.cfg)).set_tag(run_id, "jbot.trial_state", state)
 
 
 def tracked_trial(sweep: Sweep, trial: optuna.Trial, body: Callable[[JbotConfig, dict[str, str]], float]) -> float:
@@ -66,7 +66,7 @@ def finetune_objective(sweep: Sweep, source: str, work_dir: Path) -> Callable[[o
         def body(cfg: JbotConfig, tags: dict[str, str]) -> float:
             flag = {"pruned": False}
             res = tracked_finetune(cfg, source, out_dir=work_dir / f"trial-{trial.number}",
-                                   tracking_uri=sweep.tracking_uri, experiment=sweep.mlflow_experiment,
+                                   experiment=sweep.mlflow_experiment,
                                    parent_run_id=parent, tags=tags, evaluate_test=False,
                                    on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
                                    on_epoch=_reporter(trial, "val/acc", flag))
@@ -85,11 +85,11 @@ def finish_finetune(sweep: Sweep, outcome: SweepOutcome, register: str | None) -
 
     from jbot.evaluate.metrics import classification_metrics
     from jbot.runs import EXAMPLE_JETS, load_split
-    from jbot.tracking.models import load_from_uri, log_jbot_model, resolve_checkpoint
+    from jbot.tracking.models import load_from_uri, log_jbot_model
     from jbot.tracking.registry import register_best
     from jbot.train.device import pick_device
 
-    summary = log_study_summary(outcome, sweep.tracking_uri, Path(tempfile.mkdtemp(prefix="jbot-sweep-")))
+    summary = log_study_summary(outcome, store_uri(sweep.cfg), Path(tempfile.mkdtemp(prefix="jbot-sweep-")))
     best_run = summary.get("best_run_id")
     if not best_run or outcome.n_complete < sweep.n_trials:
         return summary  # the test set is looked at once, when the study is done
@@ -97,11 +97,11 @@ def finish_finetune(sweep: Sweep, outcome: SweepOutcome, register: str | None) -
         summary["finalized_by_another_worker"] = True
         return summary
     outcome.study.set_user_attr("finalized_best_run", best_run)
-    client = connect(resolve_uri(sweep.tracking_uri, sweep.cfg.tracking.uri))
+    client = connect(store_uri(sweep.cfg))
     run = client.get_run(best_run)
     if "test/acc" not in run.data.metrics:
         ckpt = Path(client.download_artifacts(best_run, "checkpoints/classifier.pt", tempfile.mkdtemp()))
-        loaded = load_from_uri(str(ckpt))
+        loaded = load_from_uri(str(ckpt), store_uri(sweep.cfg))
         cfg = with_overrides(sweep.cfg, summary["best_params"])
         split = load_split(cfg, cfg.finetune.task)
         device = pick_device(cfg.pretrain.device)
@@ -116,7 +116,7 @@ def finish_finetune(sweep: Sweep, outcome: SweepOutcome, register: str | None) -
             for k, v in metrics.items():
                 client.log_metric(rid, k, float(v))
         with mlflow.start_run(run_id=best_run):
-            log_jbot_model(resolve_checkpoint(str(ckpt)), split.train.x[:EXAMPLE_JETS])
+            log_jbot_model(ckpt, split.train.x[:EXAMPLE_JETS])
         summary["test"] = metrics
     if register:
         reg = register_best(client, sweep.mlflow_experiment, sweep.space.objective, register, "max" if
@@ -142,7 +142,7 @@ def anomaly_objective(sweep: Sweep, source: str) -> Callable[[optuna.Trial, str]
     from jbot.tracking.models import load_from_uri, provenance
     from jbot.train.device import pick_device
 
-    loaded = load_from_uri(source, sweep.tracking_uri)
+    loaded = load_from_uri(source, store_uri(sweep.cfg))
     split = load_split(sweep.cfg, "qg")
     device = pick_device(sweep.cfg.pretrain.device)
     largest = int(max(sweep.space.params["anomaly.reference_size"].high or 0, sweep.cfg.anomaly.reference_size)) \
@@ -152,12 +152,12 @@ def anomaly_objective(sweep: Sweep, source: str) -> Callable[[optuna.Trial, str]
     ref_all = l2_normalise(embed(loaded.encoder.to(device), split.train.x[order], device=device)[0])
     ref_labels = split.train.origin[order]
     val_emb = l2_normalise(embed(loaded.encoder, split.val.x, device=device)[0])
-    base_tags = provenance(source, sweep.tracking_uri)
+    base_tags = provenance(source, store_uri(sweep.cfg))
 
     def objective(trial: optuna.Trial, parent: str) -> float:
         def body(cfg: JbotConfig, tags: dict[str, str]) -> float:
-            with tracked_run(cfg, "anomaly", tracking_uri=sweep.tracking_uri, experiment=sweep.mlflow_experiment,
-                             parent_run_id=parent, tags={**base_tags, **tags}) as run:
+            with tracked_run(cfg, "anomaly", experiment=sweep.mlflow_experiment, parent_run_id=parent,
+                             tags={**base_tags, **tags}) as run:
                 trial.set_user_attr("mlflow_run_id", run.run_id)
                 score = next(s for s in make_scores(cfg.anomaly, cfg.sweep.seed) if s.name == cfg.anomaly.score)
                 n_ref = min(cfg.anomaly.reference_size, len(ref_all))
@@ -183,7 +183,7 @@ def pretrain_objective(sweep: Sweep, work_dir: Path) -> Callable[[optuna.Trial, 
             cfg = with_overrides(cfg, {"pretrain.out_dir": str(work_dir / f"trial-{trial.number}")})
             flag = {"pruned": False}
             report = _reporter(trial, "val/knn_acc", flag)
-            res = tracked_pretrain(cfg, tracking_uri=sweep.tracking_uri, experiment=sweep.mlflow_experiment,
+            res = tracked_pretrain(cfg, experiment=sweep.mlflow_experiment,
                                    parent_run_id=parent, tags=tags,
                                    on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
                                    on_epoch=lambda r: report(r.epoch, r.metrics))
@@ -204,8 +204,8 @@ def run_sweep(sweep: Sweep, objective: Callable[[optuna.Trial, str], float],
     if finish is not None:
         summary = finish(outcome)
     else:
-        summary = log_study_summary(outcome, sweep.tracking_uri, Path(tempfile.mkdtemp(prefix="jbot-sweep-")))
+        summary = log_study_summary(outcome, store_uri(sweep.cfg), Path(tempfile.mkdtemp(prefix="jbot-sweep-")))
         if outcome.n_complete >= sweep.n_trials:
-            connect(resolve_uri(sweep.tracking_uri, sweep.cfg.tracking.uri)).set_terminated(
+            connect(store_uri(sweep.cfg)).set_terminated(
                 outcome.parent_run_id, "FINISHED")
     return outcome, summary

@@ -1,4 +1,5 @@
-"""Search spaces as YAML files under ``sweeps/`` (pydantic-validated): edit ranges without touching code.
+"""Search spaces as YAML files (pydantic-validated): edit ranges without touching code. jbot ships one per sweep
+kind (``jbot/configs/sweeps/<kind>.yaml``, package data); ``--space`` takes a user's own file by path.
 
     objective: val/acc          # what the study optimises (reported by the trial)
     direction: maximize
@@ -16,9 +17,8 @@ from typing import Any, Literal
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from jbot.config import PROJECT_ROOT, ConfigError, JbotConfig, format_validation_error, read_yaml, with_overrides
-
-SWEEP_DIR = PROJECT_ROOT / "sweeps"
+from jbot.config import ConfigError, JbotConfig, format_validation_error, read_yaml, with_overrides
+from jbot.paths import find_yaml
 
 
 class ParamSpec(BaseModel):
@@ -75,11 +75,10 @@ class SearchSpace(BaseModel):
 
 
 def load_space(path: str | Path) -> SearchSpace:
-    path = Path(path)
-    if not path.is_absolute() and not path.is_file():
-        path = SWEEP_DIR / path
-    tree = read_yaml(path)
+    """A search space from a file, or the shipped one of that name (``finetune``, ``anomaly.yaml``, ...)."""
+    found = find_yaml(path, "sweeps")
+    tree = read_yaml(found)
     try:
         return SearchSpace.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: " + format_validation_error(exc, SearchSpace)) from None
+        raise ConfigError(f"{found}: " + format_validation_error(exc, SearchSpace)) from None

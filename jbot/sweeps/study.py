@@ -1,10 +1,10 @@
 """Optuna studies: storage, sampler and pruner, one MLflow parent run per study, child runs per trial.
 
-Storage: default ``sqlite:///<project>/sweeps/optuna.db`` (separate from MLflow's database: both own an
-``alembic_version`` table); ``postgresql://...`` (or any SQLAlchemy URL) for many workers, with heartbeats so a
-killed worker's trial is failed and re-queued; or a journal file (``*.log`` / ``journal:PATH``). ``--trials`` is a
-total of COMPLETE trials across all workers; trials already running when the budget is reached still finish
-(overshoot at most workers - 1). Re-running the same command resumes the study.
+Storage: default ``sqlite:///<working folder>/sweeps/optuna.db`` (``jbot.paths``; separate from MLflow's
+database: both own an ``alembic_version`` table); ``postgresql://...`` (or any SQLAlchemy URL) for many workers,
+with heartbeats so a killed worker's trial is failed and re-queued; or a journal file (``*.log`` /
+``journal:PATH``). ``--trials`` is a total of COMPLETE trials across all workers; trials already running when the
+budget is reached still finish (overshoot at most workers - 1). Re-running the same command resumes the study.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import time
 import warnings
 from collections.abc import Callable
@@ -26,26 +25,29 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from jbot.config import JbotConfig, flatten
-from jbot.sweeps.spaces import SWEEP_DIR, SearchSpace
-from jbot.tracking.mlflow import connect, experiment_id, git_commit, resolve_uri
+from jbot.errors import JbotError
+from jbot.logs import quiet_optuna
+from jbot.paths import default_optuna_storage, redact
+from jbot.sweeps.spaces import SearchSpace
+from jbot.tracking.mlflow import connect, experiment_id, git_commit, store_uri
 
+quiet_optuna()
 HEARTBEAT_SECONDS = 2
 GRACE_SECONDS = 6
 PARENT_ATTR = "mlflow_parent_run_id"
+# A worker needs two connections at once (its trials and the heartbeat thread): many workers on one database
+# server must not exhaust its client slots.
+SERVER_POOL = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2}
 
 
-class SweepError(RuntimeError):
+class SweepError(JbotError, RuntimeError):
     pass
 
 
 def default_storage() -> str:
-    SWEEP_DIR.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{SWEEP_DIR / 'optuna.db'}"
-
-
-def redact(url: str) -> str:
-    """The storage URL without its password (for params and logs)."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    url = default_optuna_storage()
+    Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return url
 
 
 def make_storage(url: str | None, attempts: int = 5) -> Any:
@@ -63,7 +65,7 @@ def make_storage(url: str | None, attempts: int = 5) -> Any:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
                                   heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-                                  engine_kwargs=None if url.startswith("sqlite") else {"pool_pre_ping": True})
+                                  engine_kwargs=None if url.startswith("sqlite") else SERVER_POOL)
         except Exception as exc:  # sqlalchemy raises many types for a bad or unreachable database
             racing = "already exists" in str(exc) or "UniqueViolation" in str(exc)
             if racing and attempt + 1 < attempts:
@@ -88,7 +90,6 @@ class Sweep:
     identity: dict[str, Any]
     storage: str | None = None
     study_name: str | None = None
-    tracking_uri: str | None = None
     experiment: str | None = None
     extra_params: dict[str, Any] = field(default_factory=dict)
 
@@ -121,7 +122,7 @@ def _pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
 
 
 def _create_parent(sweep: Sweep, study: optuna.Study) -> str:
-    uri = resolve_uri(sweep.tracking_uri, sweep.cfg.tracking.uri)
+    uri = store_uri(sweep.cfg)
     client = connect(uri)
     exp = experiment_id(client, sweep.mlflow_experiment, uri)
     run = client.create_run(exp, run_name=sweep.name, tags={
@@ -197,14 +198,14 @@ def run_worker(sweep: Sweep, objective: Callable[[optuna.Trial, str], float]) ->
                         states.count(TrialState.FAIL), time.perf_counter() - start)
 
 
-def log_study_summary(outcome: SweepOutcome, tracking_uri: str | None, out_dir: Path) -> dict[str, Any]:
+def log_study_summary(outcome: SweepOutcome, tracking_uri: str, out_dir: Path) -> dict[str, Any]:
     """Best value and params and Optuna's plotly figures (self-contained HTML) on the parent run."""
     from optuna import visualization as vis
 
     from jbot.plots import write_html
 
     study = outcome.study
-    client = connect(resolve_uri(tracking_uri))
+    client = connect(tracking_uri)
     run_id = outcome.parent_run_id
     summary: dict[str, Any] = {"n_complete": outcome.n_complete, "n_pruned": outcome.n_pruned,
                                "n_failed": outcome.n_failed}

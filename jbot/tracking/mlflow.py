@@ -1,14 +1,13 @@
 """MLflow runs: the tracking target, one run per command, params/tags/metrics/artifacts, failure states.
 
-Tracking target, first found: ``--tracking-uri``, config ``tracking.uri``, env ``MLFLOW_TRACKING_URI``, else the
-embedded store: a SQLite database and an artifact folder inside ``mlruns/`` at the project root, as absolute paths
-(never relative to the current directory).
+The tracking target is resolved once per command (``jbot.paths.resolve_tracking_uri``: ``--tracking-uri``, config
+``tracking.uri``, env ``MLFLOW_TRACKING_URI``, else the embedded SQLite store under ``mlruns/`` in the working
+folder) and stored in the config as ``tracking.uri``; everything below reads it from there (``store_uri``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import tempfile
 import time
@@ -24,22 +23,20 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 import jbot
-from jbot.config import PROJECT_ROOT, JbotConfig, flatten, to_yaml
+from jbot.config import JbotConfig, flatten, to_yaml
+from jbot.errors import JbotError
+from jbot.paths import redact, resolve_tracking_uri
 
-EMBEDDED_DIR = PROJECT_ROOT / "mlruns"
 MAX_PARAM_LENGTH = 6000
 
 
-class TrackingError(RuntimeError):
+class TrackingError(JbotError, RuntimeError):
     """The tracking server or store cannot be used; raised before any training starts."""
 
 
-def embedded_uri() -> str:
-    return f"sqlite:///{EMBEDDED_DIR / 'mlflow.db'}"
-
-
-def resolve_uri(cli_uri: str | None = None, cfg_uri: str | None = None) -> str:
-    return cli_uri or cfg_uri or os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri()
+def store_uri(cfg: JbotConfig) -> str:
+    """The tracking URI of a command's config (already resolved by the CLI; resolved here for library callers)."""
+    return resolve_tracking_uri(None, cfg.tracking.uri)
 
 
 def _artifact_root(uri: str) -> str | None:
@@ -59,8 +56,8 @@ def connect(uri: str, timeout: float = 5.0) -> MlflowClient:
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise TrackingError(
-                f"cannot reach the MLflow tracking server at {uri} ({reason}). Start it, fix --tracking-uri / "
-                "tracking.uri / MLFLOW_TRACKING_URI, or unset them to use the embedded store under mlruns/."
+                f"cannot reach the MLflow tracking server at {redact(uri)} ({reason}). Start it, fix --tracking-uri"
+                " / tracking.uri / MLFLOW_TRACKING_URI, or unset them to use the embedded store under mlruns/."
             ) from None
     elif uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -78,8 +75,12 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
 
 
 def git_commit() -> str:
+    """The commit of the jbot source checkout this package runs from; "unknown" for an installed package."""
+    checkout = Path(jbot.__file__).resolve().parent.parent
+    if not (checkout / ".git").exists():
+        return "unknown"
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True,
                              timeout=5, check=True)
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -114,7 +115,7 @@ class MlflowRun:
 
 
 @contextlib.contextmanager
-def tracked_run(cfg: JbotConfig, command: str, *, tracking_uri: str | None = None, experiment: str | None = None,
+def tracked_run(cfg: JbotConfig, command: str, *, experiment: str | None = None,
                 run_name: str | None = None, tags: dict[str, str] | None = None,
                 parent_run_id: str | None = None) -> Iterator[MlflowRun]:
     """One MLflow run in experiment ``jbot-{command}`` (or ``experiment`` / ``tracking.experiment``).
@@ -122,7 +123,7 @@ def tracked_run(cfg: JbotConfig, command: str, *, tracking_uri: str | None = Non
     Logs the flattened resolved config as params and ``config.yaml``. An exception ends the run FAILED with the
     traceback as the artifact ``error/traceback.txt``; Ctrl-C ends it KILLED (the caller saved its checkpoint).
     """
-    uri = resolve_uri(tracking_uri, cfg.tracking.uri)
+    uri = store_uri(cfg)
     client = connect(uri)
     exp_id = experiment_id(client, experiment or cfg.tracking.experiment or f"jbot-{command}", uri)
     all_tags = {"jbot.version": jbot.__version__, "jbot.git_commit": git_commit(), "jbot.command": command,
@@ -134,7 +135,7 @@ def tracked_run(cfg: JbotConfig, command: str, *, tracking_uri: str | None = Non
                               log_system_metrics=cfg.tracking.log_system_metrics)
     run = MlflowRun(client, active.info.run_id)
     try:
-        run.log_params(flatten(cfg))
+        run.log_params({**flatten(cfg), "tracking.uri": redact(uri)})
         run.log_text(to_yaml(cfg), "config.yaml")
         yield run
     except KeyboardInterrupt:

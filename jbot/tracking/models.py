@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -23,6 +22,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types import Schema, TensorSpec
 
 import jbot
+from jbot.paths import RUN_ID, is_model_source
 from jbot.train.checkpoint import CheckpointError, LoadedModel, load_model
 
 # The signature below is the schema; MLflow's hints about type-hinted predict methods and cloudpickle are noise.
@@ -31,7 +31,6 @@ warnings.filterwarnings("ignore", message=".*Add type hints.*", category=UserWar
 
 CHECKPOINT_KEY = "checkpoint"
 MODEL_NAME = "model"
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class JbotPyfunc(PythonModel):
@@ -96,16 +95,17 @@ def _find_checkpoint(folder: Path) -> Path:
     return found[0]
 
 
-def resolve_checkpoint(source: str, tracking_uri: str | None = None) -> Path:
-    """A local checkpoint path for a path, run id, ``runs:/`` or ``models:/`` URI (downloaded once to a temp dir)."""
-    from jbot.tracking.mlflow import connect, resolve_uri
+def resolve_checkpoint(source: str, tracking_uri: str) -> Path:
+    """A local checkpoint path for a path, run id, ``runs:/`` or ``models:/`` URI (downloaded once to a temp dir)
+    from the store ``tracking_uri`` (the command's resolved URI)."""
+    from jbot.tracking.mlflow import connect
 
     path = Path(source)
     if path.is_file():
         return path
-    if not (source.startswith(("runs:/", "models:/")) or RUN_ID.match(source)):
+    if not is_model_source(source):
         raise CheckpointError(f"{source}: no such checkpoint file, run id or runs:/ / models:/ URI")
-    client = connect(resolve_uri(tracking_uri))
+    client = connect(tracking_uri)
     if RUN_ID.match(source):
         try:
             run = client.get_run(source)
@@ -117,19 +117,20 @@ def resolve_checkpoint(source: str, tracking_uri: str | None = None) -> Path:
         source = uri
     dest = Path(tempfile.mkdtemp(prefix="jbot-model-"))
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest))
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest),
+                                                    tracking_uri=tracking_uri, registry_uri=tracking_uri)
     except mlflow.exceptions.MlflowException as exc:
         raise CheckpointError(f"{source}: cannot be loaded from the tracking store ({exc.message})") from None
     return _find_checkpoint(Path(local))
 
 
-def load_from_uri(source: str, tracking_uri: str | None = None) -> LoadedModel:
+def load_from_uri(source: str, tracking_uri: str) -> LoadedModel:
     return load_model(resolve_checkpoint(source, tracking_uri))
 
 
-def provenance(source: str, tracking_uri: str | None = None) -> dict[str, str]:
+def provenance(source: str, tracking_uri: str) -> dict[str, str]:
     """Tags that name where an encoder came from: the upstream run and registered model version."""
-    from jbot.tracking.mlflow import connect, resolve_uri
+    from jbot.tracking.mlflow import connect
 
     tags = {"jbot.source": source}
     if RUN_ID.match(source):
@@ -138,7 +139,7 @@ def provenance(source: str, tracking_uri: str | None = None) -> dict[str, str]:
         tags["jbot.upstream_run"] = source[len("runs:/"):].split("/")[0]
     elif source.startswith("models:/"):
         ref = source[len("models:/"):]
-        client = connect(resolve_uri(tracking_uri))
+        client = connect(tracking_uri)
         try:
             if "@" in ref:
                 name, alias = ref.split("@", 1)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from jbot.config import ModelConfig
+from jbot.errors import JbotError
 from jbot.model.encoder import JetEncoder
 from jbot.model.heads import ClassifierHead
 
@@ -19,7 +20,7 @@ FORMAT = "jbot-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(JbotError, ValueError):
     pass
 
 

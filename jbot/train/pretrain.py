@@ -17,6 +17,7 @@ import torch
 
 from jbot.config import JbotConfig
 from jbot.data.splits import Split
+from jbot.errors import JbotError
 from jbot.evaluate.embed import embed
 from jbot.evaluate.knn import knn_classify
 from jbot.ssl.center import Centers
@@ -30,7 +31,7 @@ from jbot.train.device import autocast, pick_device, use_compile
 KNN_REFERENCE = 20_000
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(JbotError, RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
