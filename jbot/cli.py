@@ -345,7 +345,7 @@ def import_keras_cmd(
     extra = f" + classifier ({len(state['class_names'])} classes)" if classifier else ""
     console.print(f"imported D={m['d_model']}, H={m['n_heads']}, L={m['n_layers']}{extra} -> {out}")
     console.print(f"MLflow run {tracked.run_id}, model {tracked.model_uri}"
-                  + (f", registered as {register} version {tracked.payload}" if register else ""))
+                  + (f", registered as {register} version {tracked.payload}" if register else ""), soft_wrap=True)
 
 
 @app.command("embed")
@@ -547,14 +547,14 @@ def _sweep(kind: str, trials: int, config: Path | None, set_: list[str] | None, 
            space: Path | None, storage: str | None, study_name: str | None, tracking_uri: str | None,
            experiment: str | None, identity: dict[str, Any], extra: dict[str, Any] | None = None) -> Any:
     cfg = resolve(config, _overrides(set_, **{"data.dir": data, **(extra or {})}), tracking_uri)
-    from jbot.sweeps.spaces import load_space
-
-    search = load_space(space or f"{kind}.yaml")
-    search.check_against(cfg)
     if "model" in identity:
         require_model(identity["model"])
     require_data(cfg, {"finetune": cfg.finetune.task, "anomaly": "qg"}.get(kind))
+    from jbot.sweeps.spaces import load_space
     from jbot.sweeps.study import Sweep
+
+    search = load_space(space or f"{kind}.yaml")
+    search.check_against(cfg)
 
     return Sweep(kind, search, cfg, trials, {"data": str(cfg.data.dir), **identity},
                  storage or cfg.sweep.storage, study_name or cfg.sweep.study_name, experiment,

@@ -176,10 +176,10 @@ def tracked_import(checkpoint: Path, state: dict[str, Any], tracking_uri: str,
         model_uri = log_jbot_model(checkpoint, example)
     version = None
     if register:
-        import mlflow
+        from jbot.tracking.registry import register_model
 
         connect(tracking_uri)
-        version = mlflow.register_model(model_uri, register).version
+        version = register_model(model_uri, register)
     return TrackedResult(run.run_id, model_uri, version)
 
 

@@ -45,7 +45,7 @@ def _children(client: MlflowClient, parent: str) -> list:
     return client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=1000)
 
 
-def test_spaces_are_validated(tmp_path: Path) -> None:
+def test_spaces_are_validated(inputs: tuple[Path, Path], tmp_path: Path) -> None:
     for name in ("finetune", "anomaly", "pretrain"):
         load_space(f"{name}.yaml")
     bad = tmp_path / "bad.yaml"
@@ -53,7 +53,9 @@ def test_spaces_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="low <= high"):
         load_space(bad)
     bad.write_text("objective: val/acc\nparams:\n  finetune.lrr: {type: float, low: 0.1, high: 1.0}\n")
-    result = runner.invoke(app, ["sweep", "finetune", "--model", "x.pt", "--space", str(bad), "--trials", "1"])
+    data, encoder = inputs
+    result = runner.invoke(app, ["sweep", "finetune", "--model", str(encoder), "--data", str(data), "--space", str(bad),
+                                 "--trials", "1"])
     assert result.exit_code == 2 and "finetune.lrr" in result.output and "unknown field" in result.output
 
 

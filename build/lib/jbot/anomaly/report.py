@@ -1,0 +1,111 @@
+"""The anomaly-detection report: one self-contained HTML file (plotly.js embedded, works offline), a metrics
+JSON and a plain-text table beside the paper's Table 4."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from sklearn.metrics import roc_curve
+
+from jbot.anomaly.detect import SIGNALS, AnomalyResult
+from jbot.plots import embedding_map
+
+# Paper, Table 4: jBOT-S pre-trained on q, g of JetNet; AUC for W / Z / t / combined
+PUBLISHED_AUC = {
+    "knn": (0.807, 0.836, 0.836, 0.826),
+    "cosine": (0.806, 0.836, 0.839, 0.827),
+    "mahalanobis": (0.743, 0.782, 0.862, 0.796),
+    "gmm": (0.806, 0.820, 0.820, 0.816),
+}
+COLUMNS = ("W", "Z", "t", "combined")
+CLASS_NAMES = ("q", "g", "W", "Z", "t")
+
+
+def auc_rows(result: AnomalyResult) -> list[list[str]]:
+    rows = []
+    for score in result.scores:
+        ours = [f"{result.metrics[f'{score}/{c}/auc']:.3f} ± {result.metrics[f'{score}/{c}/auc_std']:.3f}"
+                for c in COLUMNS]
+        published = " / ".join(f"{v:.3f}" for v in PUBLISHED_AUC.get(score, ()))
+        rows.append([score, *ours, published or "-"])
+    return rows
+
+
+def text_table(result: AnomalyResult) -> str:
+    header = ["score", *(f"AUC {c}" for c in COLUMNS), "published W / Z / t / comb. (JetNet)"]
+    rows = [header, *auc_rows(result)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def roc_figure(result: AnomalyResult) -> go.Figure:
+    fig = make_subplots(rows=1, cols=4, subplot_titles=[f"{c} vs q+g" for c in COLUMNS])
+    background = result.origin <= 1
+    for col, name in enumerate(COLUMNS, start=1):
+        is_sig = result.origin >= 2 if name == "combined" else result.origin == SIGNALS[name]
+        keep = background | is_sig
+        for score, values in result.scores.items():
+            fpr, tpr, _ = roc_curve(is_sig[keep], values[keep])
+            ok = fpr > 0
+            fig.add_trace(go.Scatter(x=tpr[ok], y=1 / fpr[ok], mode="lines", name=score, legendgroup=score,
+                                     showlegend=col == 1), row=1, col=col)
+        fig.update_yaxes(type="log", title_text="1/FPR" if col == 1 else None, row=1, col=col)
+        fig.update_xaxes(title_text="TPR", row=1, col=col)
+    fig.update_layout(title="ROC curves (background rejection, log scale)", template="plotly_white", height=420)
+    return fig
+
+
+def distributions_figure(result: AnomalyResult) -> go.Figure:
+    names = list(result.scores)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names)
+    for col, score in enumerate(names, start=1):
+        values = result.scores[score]
+        lo, hi = np.quantile(values, [0.001, 0.999])
+        for c, label in enumerate(CLASS_NAMES):
+            sel = result.origin == c
+            if sel.any():
+                fig.add_trace(go.Histogram(x=np.clip(values[sel], lo, hi), name=label, legendgroup=label,
+                                           showlegend=col == 1, histnorm="probability density", opacity=0.55,
+                                           nbinsx=60), row=1, col=col)
+    fig.update_layout(barmode="overlay", title="score distributions per class", template="plotly_white", height=380)
+    return fig
+
+
+def write_report(result: AnomalyResult, out_dir: str | Path, provenance: dict[str, str], notes: list[str]) -> dict:
+    """Write ``anomaly_report.html``, ``anomaly_metrics.json`` and ``anomaly_table.txt``; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = [roc_figure(result), distributions_figure(result),
+               embedding_map(result.test_embedding, result.origin, CLASS_NAMES, "embedding map: q, g vs W, Z, t")]
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in
+                     ["score", *(f"AUC {c}" for c in COLUMNS), "published W / Z / t / combined"])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in auc_rows(result))
+    prov = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in provenance.items())
+    parts = [
+        "<html><head><meta charset='utf-8'><title>jbot anomaly report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px}</style></head><body>",
+        "<h1>Anomaly detection with a frozen jBOT encoder</h1>",
+        "<p>Encoder pre-trained on background (q, g) only; larger score = more anomalous. "
+        f"Reference set: {result.reference_size} background training jets; ± = std over stratified folds "
+        "of the test set. Published numbers are the paper's Table 4 (jBOT-S on JetNet), not this data.</p>",
+        *(f"<p><b>Note:</b> {html.escape(n)}</p>" for n in notes),
+        f"<h2>AUC</h2><table><tr>{header}</tr>{body}</table>",
+        f"<h2>Provenance</h2><table>{prov}</table>",
+    ]
+    for i, fig in enumerate(figures):
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+    parts.append("</body></html>")
+    report = out / "anomaly_report.html"
+    report.write_text("\n".join(parts))
+    metrics_path = out / "anomaly_metrics.json"
+    metrics_path.write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
+    table_path = out / "anomaly_table.txt"
+    table_path.write_text(text_table(result) + "\n")
+    return {"report": report, "metrics": metrics_path, "table": table_path}

@@ -1,0 +1,676 @@
+"""The ``jbot`` command line: each command loads its config, calls one library function, prints a summary."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from jbot.config import ConfigError, GenerateConfig, JbotConfig, load_config, to_yaml, with_overrides
+from jbot.errors import JbotError
+from jbot.paths import is_model_source, resolve_tracking_uri
+
+app = typer.Typer(help="jBOT: self-distilled jet representations, MLflow-native.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
+config_app = typer.Typer(help="Inspect configurations.", no_args_is_help=True)
+data_app = typer.Typer(help="Jets: generate with Pythia8, fetch JetNet, summarise a folder.", no_args_is_help=True)
+register_app = typer.Typer(help="The MLflow Model Registry: register the best run, list versions.",
+                            no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+app.add_typer(register_app, name="register")
+sweep_app = typer.Typer(help="Optuna studies: fine-tuning, anomaly-score settings, pre-training.", no_args_is_help=True)
+app.add_typer(sweep_app, name="sweep")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="YAML config: a file, or a shipped one by name (jbot-s, jbot-b); default jbot-s")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a field: section.field=value (repeatable)")]
+
+
+@app.callback()
+def main_options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show MLflow's and Optuna's own log lines")] = False,
+) -> None:
+    """jBOT: self-distilled jet representations, MLflow-native."""
+    from jbot.logs import configure
+
+    configure(verbose)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Errors caused by the user's input end the command with a one-paragraph message, not a traceback."""
+    try:
+        yield
+    except (JbotError, FileNotFoundError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+
+
+def resolve(config: Path | None, overrides: list[str] | None, tracking_uri: str | None = None) -> JbotConfig:
+    """The command's config, with ``tracking.uri`` resolved once (flag > config > env > embedded)."""
+    cfg = load_config(config, overrides or [])
+    return with_overrides(cfg, {"tracking.uri": resolve_tracking_uri(tracking_uri, cfg.tracking.uri)})
+
+
+def require_data(cfg: JbotConfig, preset: str | None = None) -> None:
+    """Fail on a missing data folder or class file before torch and MLflow are loaded."""
+    from jbot.data.jetnet import check_data_dir
+    from jbot.data.splits import PRESET_CLASSES
+
+    check_data_dir(cfg.data.dir, PRESET_CLASSES.get(preset or cfg.data.preset, ()))
+
+
+def require_model(source: str) -> None:
+    if not is_model_source(source):
+        raise ConfigError(f"--model {source}: no such checkpoint file, run id or runs:/ / models:/ URI")
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console)
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print the resolved configuration (YAML + --set overrides)."""
+    with user_errors():
+        cfg = resolve(config, set_)
+    console.print(to_yaml(cfg), end="", highlight=False)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+@data_app.command("generate")
+def data_generate(
+    out: Annotated[Path, typer.Option(help="Output folder for {q,g,w,z,t}.hdf5")],
+    jets_per_class: Annotated[int, typer.Option(help="Jets per class")] = 2000,
+    classes: Annotated[str, typer.Option(help="Comma-separated classes among q,g,w,z,t")] = "q,g,w,z,t",
+    workers: Annotated[int, typer.Option(help="Parallel Pythia processes")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed (output depends on seed and chunk size only)")] = 1,
+    chunk_size: Annotated[int, typer.Option(help="Jets per work unit")] = 250,
+) -> None:
+    """Generate jets with Pythia8 + FastJet in the JetNet layout."""
+    from jbot.data.generate import generate
+
+    with user_errors():
+        try:
+            cfg = GenerateConfig(jets_per_class=jets_per_class, workers=workers, seed=seed, chunk_size=chunk_size,
+                                 classes=tuple(c.strip().lower() for c in classes.split(",") if c.strip()))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        start = time.perf_counter()
+        with progress_bar() as bar:
+            task = bar.add_task("generating jets", total=jets_per_class * len(cfg.classes))
+            files = generate(cfg, out, on_chunk=lambda c: bar.advance(task, c.n_jets))
+        elapsed = time.perf_counter() - start
+    console.print(f"wrote {len(files)} files to {out} in {elapsed:.1f} s "
+                  f"({jets_per_class * len(files) / elapsed:.0f} jets/s)")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    out: Annotated[Path, typer.Option(help="Output folder")],
+    classes: Annotated[str, typer.Option(help="Comma-separated classes")] = "q,g,w,z,t",
+    timeout: Annotated[float, typer.Option(help="Network timeout in seconds")] = 10.0,
+) -> None:
+    """Download the real JetNet (30 particles) from Zenodo, md5-checked."""
+    from jbot.data.fetch import fetch_jetnet
+
+    with user_errors():
+        files = fetch_jetnet(out, tuple(c.strip() for c in classes.split(",")), timeout=timeout)
+    console.print(f"JetNet files in {out}: {', '.join(p.name for p in files.values())}")
+
+
+@data_app.command("info")
+def data_info(
+    data_dir: Annotated[Path, typer.Argument(help="Folder with {q,g,w,z,t}.hdf5")],
+    html: Annotated[Path | None, typer.Option(help="Where to write the distributions (HTML)")] = None,
+) -> None:
+    """Per-class counts, multiplicity and jet-mass summaries; plotly HTML of the distributions."""
+    from jbot.data.info import summarize, write_report
+
+    with user_errors():
+        summary = summarize(data_dir)
+        report = write_report(summary, html or data_dir / "info.html", f"jets in {data_dir}")
+    table = Table(title=f"{data_dir}")
+    for col in ("class", "jets", "multiplicity (median)", "mass median [GeV]", "mass 16-84 % [GeV]", "pT median [GeV]"):
+        table.add_column(col, justify="right")
+    for name, s in summary.items():
+        table.add_row(name, f"{s['n_jets']:,}", f"{s['multiplicity']['median']:.0f}", f"{s['mass']['median']:.1f}",
+                      f"{s['mass']['q16']:.0f}-{s['mass']['q84']:.0f}", f"{s['pt']['median']:.0f}")
+    console.print(table)
+    console.print(f"distributions: {report}")
+
+
+# -------------------------------------------------------------------------------------------- pretrain
+
+DataOpt = Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda (overrides pretrain.device)")]
+TrackingOpt = Annotated[str | None, typer.Option(
+    "--tracking-uri", help="MLflow tracking URI (else tracking.uri, $MLFLOW_TRACKING_URI, ./mlruns)")]
+ExperimentOpt = Annotated[str | None, typer.Option("--experiment", help="MLflow experiment (default jbot-<command>)")]
+ModelOpt = Annotated[str, typer.Option("--model", "--checkpoint", "--run-id",
+                                       help="Checkpoint path, run id, runs:/ or models:/ URI (alias included)")]
+
+
+def _overrides(set_: list[str] | None, **fields: object) -> list[str]:
+    """``--set`` items plus dedicated options (None = not given)."""
+    out = list(set_ or [])
+    out += [f"{key}={value}" for key, value in fields.items() if value is not None]
+    return out
+
+
+@app.command("pretrain")
+def pretrain_cmd(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    preset: Annotated[str | None, typer.Option(help="5class | tqg | qg (overrides data.preset)")] = None,
+    device: DeviceOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (overrides pretrain.out_dir)")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint (its own config is used)")] = None,
+    tracking_uri: TrackingOpt = None,
+    experiment: ExperimentOpt = None,
+) -> None:
+    """Pre-train a jBOT encoder by self-distillation (SPEC §2-6), tracked in MLflow."""
+    from jbot.config import build_config
+
+    with user_errors():
+        cfg = resolve(config, _overrides(set_, **{"data.dir": data, "data.preset": preset, "pretrain.device": device,
+                                                  "pretrain.out_dir": out}), tracking_uri)
+        if resume is not None:
+            if not resume.is_file():
+                raise ConfigError(f"--resume {resume}: checkpoint not found")
+            from jbot.train.checkpoint import load_checkpoint
+
+            cfg = with_overrides(build_config(load_checkpoint(resume)["config"]), {"tracking.uri": cfg.tracking.uri})
+        require_data(cfg)
+        console.print(f"pre-training jBOT (D={cfg.model.d_model}, L={cfg.model.n_layers}, H={cfg.model.n_heads}) "
+                      f"on {cfg.data.preset} jets from {cfg.data.dir} for {cfg.pretrain.epochs} epochs")
+        from jbot.runs import tracked_pretrain
+
+        with progress_bar() as bar:
+            task = bar.add_task("epoch 1", total=None)
+
+            def on_epoch(report: Any) -> None:
+                m = report.metrics
+                knn = f", k-NN {m['val/knn_acc']:.3f}" if "val/knn_acc" in m else ""
+                bar.console.print(f"epoch {report.epoch}/{report.epochs}: loss {m['train/loss']:.4f}"
+                                  f" ({m['train/jets_per_s']:.0f} jets/s{knn})")
+                bar.update(task, description=f"epoch {report.epoch + 1}", completed=0)
+
+            tracked = tracked_pretrain(cfg, resume=resume, experiment=experiment,
+                                       on_step=lambda i: bar.advance(task), on_epoch=on_epoch)
+    result = tracked.payload
+    table = Table(title="jBOT pre-training")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("train/loss", "train/loss_part", "train/loss_cls", "train/loss_koleo", "train/teacher_entropy",
+                "train/jets_per_s"):
+        table.add_row(key, f"{result.history[key][-1]:.4g}")
+    table.add_row("val/knn_acc", f"{result.knn_acc:.4f}" if result.knn_acc is not None else "-")
+    table.add_row("wall time [s]", f"{result.seconds:.1f}")
+    table.add_row("checkpoint", str(result.checkpoint))
+    table.add_row("MLflow run", tracked.run_id)
+    table.add_row("model URI", str(tracked.model_uri))
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------- probe / finetune
+
+
+@app.command("probe")
+def probe_cmd(
+    model: ModelOpt,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    preset: Annotated[str, typer.Option(help="5class | tqg")] = "5class",
+    out: Annotated[Path | None, typer.Option(help="Folder for probe.json and plots")] = None,
+    device: DeviceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    experiment: ExperimentOpt = None,
+) -> None:
+    """k-NN and linear probes and clustering metrics of a frozen encoder (SPEC §7)."""
+    with user_errors():
+        if preset not in ("5class", "tqg"):
+            raise ConfigError(f"probe presets are 5class and tqg, not {preset!r}")
+        cfg = resolve(config, _overrides(set_, **{"data.dir": data, "pretrain.device": device}), tracking_uri)
+        require_model(model)
+        require_data(cfg, preset)
+        from jbot.runs import tracked_probe
+
+        tracked = tracked_probe(cfg, model, preset, out_dir=out, experiment=experiment)
+    from jbot.evaluate.table import results_table
+
+    result = tracked.payload
+    m = result.metrics
+    rows = {"k-NN": {k.replace("test/knn_", "test/"): v for k, v in m.items() if k.startswith("test/knn_")},
+            "linear": {k.replace("test/linear_", "test/"): v for k, v in m.items() if k.startswith("test/linear_")}}
+    console.print(results_table(f"frozen-encoder probes ({preset})", rows, result.class_names))
+    console.print(f"clustering (k-means, {len(result.class_names)} clusters): purity {m['test/purity']:.4f}, "
+                  f"ARI {m['test/ari']:.4f}, silhouette {m['test/silhouette']:.4f}")
+    console.print(f"MLflow run {tracked.run_id}" + (f"; metrics in {out / 'probe.json'}" if out else ""))
+
+
+@app.command("finetune")
+def finetune_cmd(
+    model: Annotated[str | None, typer.Option("--model", "--checkpoint", "--run-id",
+                                              help="Pre-trained encoder: path, run id, runs:/ or models:/ URI")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    task: Annotated[str | None, typer.Option(help="5class | tqg (overrides finetune.task)")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Class-balanced share of the training split")] = None,
+    from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Supervised baseline: random init")] = False,
+    out: Annotated[Path, typer.Option(help="Folder for the classifier checkpoint and metrics")] = Path("runs/finetune"),
+    device: DeviceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    experiment: ExperimentOpt = None,
+) -> None:
+    """Fine-tune a pre-trained encoder with layer-wise LR decay, or train the supervised baseline."""
+    with user_errors():
+        cfg = resolve(config, _overrides(set_, **{"data.dir": data, "finetune.task": task,
+                                                  "finetune.fraction": fraction, "pretrain.device": device}),
+                      tracking_uri)
+        if model is None and not from_scratch:
+            raise ConfigError("pass --model (a pre-trained encoder) or --from-scratch")
+        if not from_scratch and model is not None:
+            require_model(model)
+        require_data(cfg, cfg.finetune.task)
+        from jbot.evaluate.table import results_table
+        from jbot.runs import tracked_finetune
+
+        label = "from scratch" if from_scratch else "fine-tuned"
+        with progress_bar() as bar:
+            task_id = bar.add_task(f"{label} ({cfg.finetune.fraction:.0%} labels)", total=cfg.finetune.epochs)
+            tracked = tracked_finetune(cfg, None if from_scratch else model, out_dir=out, experiment=experiment,
+                                       on_epoch=lambda e, m: bar.advance(task_id))
+    payload = tracked.payload
+    result = payload["result"]
+    console.print(results_table(f"{label}, {result.n_train:,} training jets, best epoch {result.best_epoch}",
+                                {label: payload["metrics"]}, payload["class_names"]))
+    console.print(f"classifier: {out / 'classifier.pt'}; MLflow run {tracked.run_id}; model {tracked.model_uri}")
+
+
+# ------------------------------------------------------------------------------ import-keras / embed
+
+
+@app.command("import-keras")
+def import_keras_cmd(
+    backbone: Annotated[Path, typer.Argument(help="Published backbone .weights.h5")],
+    out: Annotated[Path, typer.Option(help="Where to write the jbot checkpoint")],
+    classifier: Annotated[Path | None, typer.Option(help="Published classifier (mlp) .weights.h5")] = None,
+    register: Annotated[str | None, typer.Option(help="Also register the model under this name")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Import the authors' Keras 3 weights (no TensorFlow needed) as a jbot checkpoint, logged to MLflow."""
+    with user_errors():
+        uri = resolve(config, set_, tracking_uri).tracking.uri
+        for path in (backbone, classifier):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{path}: Keras weights file not found")
+        from jbot.model.keras_import import import_keras
+        from jbot.runs import tracked_import
+        from jbot.train.checkpoint import save_checkpoint
+
+        state = import_keras(backbone, classifier)
+        save_checkpoint(out, state)
+        tracked = tracked_import(out, state, str(uri), register)
+    m = state["config"]["model"]
+    extra = f" + classifier ({len(state['class_names'])} classes)" if classifier else ""
+    console.print(f"imported D={m['d_model']}, H={m['n_heads']}, L={m['n_layers']}{extra} -> {out}")
+    console.print(f"MLflow run {tracked.run_id}, model {tracked.model_uri}"
+                  + (f", registered as {register} version {tracked.payload}" if register else ""))
+
+
+@app.command("embed")
+def embed_cmd(
+    model: ModelOpt,
+    input_: Annotated[Path, typer.Option("--input", help="JetNet-layout HDF5 file or .npz holding x (N, 30, 4)")],
+    out: Annotated[Path, typer.Option(help="Output .npz: cls, particles and (classifiers) probs")],
+    batch_size: Annotated[int, typer.Option(help="Jets per batch")] = 4096,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Embeddings of jets: [CLS] (N, D), particle tokens (N, P, D), class probabilities for classifiers."""
+    with user_errors():
+        uri = resolve(config, set_, tracking_uri).tracking.uri
+        require_model(model)
+        if not input_.is_file():
+            raise ConfigError(f"--input {input_}: file not found")
+        from jbot.evaluate.embed import embed_to_file
+        from jbot.tracking.models import load_from_uri
+        from jbot.train.device import pick_device
+
+        loaded = load_from_uri(model, str(uri))
+        with progress_bar() as bar:
+            task = bar.add_task("embedding", total=None)
+            shapes = embed_to_file(loaded, input_, out, batch_size, pick_device(device),
+                                   on_batch=lambda n: bar.advance(task, n))
+    console.print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
+
+
+# -------------------------------------------------------------------------------------------- anomaly
+
+
+@app.command("anomaly")
+def anomaly_cmd(
+    model: ModelOpt,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    out: Annotated[Path, typer.Option(help="Folder for the report, metrics JSON and table")] = Path("runs/anomaly"),
+    device: DeviceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    experiment: ExperimentOpt = None,
+) -> None:
+    """Anomaly-detection report of a frozen encoder pre-trained on q, g (SPEC §8), from a run or the registry."""
+    with user_errors():
+        cfg = resolve(config, _overrides(set_, **{"data.dir": data, "pretrain.device": device}), tracking_uri)
+        require_model(model)
+        require_data(cfg, "qg")
+        from jbot.runs import tracked_anomaly
+
+        tracked = tracked_anomaly(cfg, model, out_dir=out, experiment=experiment)
+    console.print(tracked.payload["table"], highlight=False)
+    console.print(f"report: {tracked.payload['paths']['report']}; MLflow run {tracked.run_id}")
+
+
+# ------------------------------------------------------------------------------------ registry / ui
+
+
+@register_app.command("best")
+def register_best_cmd(
+    experiment: Annotated[str, typer.Option(help="Experiment to search")] = "jbot-finetune",
+    metric: Annotated[str, typer.Option(help="Metric to rank runs by")] = "test/acc",
+    mode: Annotated[str, typer.Option(help="max | min")] = "max",
+    filter_: Annotated[str | None, typer.Option(
+        "--filter", help="MLflow run filter, e.g. \"params.`model.d_model` = '64'\"")] = None,
+    parent: Annotated[str | None, typer.Option(help="Only children of this (sweep) run")] = None,
+    name: Annotated[str, typer.Option(help="Registered model name")] = "jbot-encoder",
+    alias: Annotated[str | None, typer.Option(help="Alias to point at the version")] = "champion",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Register the best finished run's model, tag the version, set the alias (idempotent per run)."""
+    with user_errors():
+        uri = resolve(config, set_, tracking_uri).tracking.uri
+        from jbot.tracking.mlflow import connect
+        from jbot.tracking.registry import register_best
+
+        client = connect(str(uri))
+        reg = register_best(client, experiment, metric, name, mode, alias, filter_, parent)
+    verb = "registered" if reg.created else "already registered"
+    console.print(f"{verb}: {reg.name} version {reg.version} from run {reg.run_id} ({reg.metric} = {reg.value:.4f})"
+                  + (f"; alias @{reg.alias} -> version {reg.version} (models:/{reg.name}@{reg.alias})"
+                     if reg.alias else ""))
+
+
+@register_app.command("list")
+def register_list_cmd(
+    name: Annotated[str, typer.Option(help="Registered model name")] = "jbot-encoder",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Versions of a registered model with their aliases, runs and metrics."""
+    with user_errors():
+        uri = resolve(config, set_, tracking_uri).tracking.uri
+        from jbot.tracking.mlflow import connect
+        from jbot.tracking.registry import list_versions
+
+        rows = list_versions(connect(str(uri)), name)
+    table = Table(title=f"registered model {name}")
+    for col in ("version", "aliases", "run_id", "metric", "value"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(row[c] for c in ("version", "aliases", "run_id", "metric", "value")))
+    console.print(table)
+
+
+@app.command("ui")
+def ui_cmd(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 5000,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Start the MLflow UI on the configured store and print its URL (Ctrl-C or SIGTERM stops it and its workers)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    with user_errors():
+        uri = str(resolve(config, set_, tracking_uri).tracking.uri)
+    if uri.startswith(("http://", "https://")):
+        console.print(f"the tracking store is a server: open {uri}")
+        return
+    console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    # its own process group, so that stopping jbot ui stops the server's workers too
+    server = subprocess.Popen(cmd, start_new_session=True)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option(help="Folder for jets, checkpoints and the report")] = Path("data/demo"),
+    jets_per_class: Annotated[int, typer.Option(help="Generated jets per class")] = 2000,
+    workers: Annotated[int, typer.Option(help="Pythia processes")] = 2,
+    epochs: Annotated[int, typer.Option(help="Pre-training epochs")] = 12,
+) -> None:
+    """The whole story on the embedded MLflow store: generate, pre-train, probe, fine-tune vs from scratch,
+    pre-train on background, register, anomaly report from the registry alias."""
+    from jbot.demo import DemoSettings, run_demo
+    from jbot.evaluate.table import results_table
+
+    with user_errors():
+        res = run_demo(DemoSettings(out=out, jets_per_class=jets_per_class, workers=workers, epochs=epochs),
+                       lambda text: console.print(f"[bold]{text}[/]"))
+    pre = res["pretrain"].payload
+    console.print(f"jBOT-S pre-training: {pre.epochs} epochs in {pre.seconds:.0f} s, "
+                  f"validation k-NN accuracy {pre.knn_acc:.4f}")
+    m = res["probe"].payload.metrics
+    names = res["probe"].payload.class_names
+    rows = {"k-NN probe": {k.replace("test/knn_", "test/"): v for k, v in m.items() if k.startswith("test/knn_")},
+            "linear probe": {k.replace("test/linear_", "test/"): v for k, v in m.items()
+                             if k.startswith("test/linear_")},
+            "fine-tuned (10 %)": res["finetune"].payload["metrics"],
+            "from scratch (10 %)": res["scratch"].payload["metrics"]}
+    console.print(results_table("5-class tagging on the demo's test jets", rows, names))
+    reg = res["registered"]
+    console.print(f"registered jbot-encoder version {reg.version} (@champion) from run {reg.run_id}")
+    sweep = res["sweep"]
+    console.print(f"anomaly sweep: {sweep.get('n_complete')} trials, best validation combined AUC "
+                  f"{sweep.get('best_value', float('nan')):.4f} with {sweep.get('best_params')}")
+    console.print(res["anomaly"].payload["table"], highlight=False)
+    console.print(f"anomaly report: {res['anomaly'].payload['paths']['report']}")
+    console.print(f"done in {res['seconds']:.0f} s. Everything is in the MLflow store {res['uri']}: "
+                  "open it with `.venv/bin/jbot ui` (http://127.0.0.1:5000)")
+
+
+# --------------------------------------------------------------------------------------------- sweeps
+
+TrialsOpt = Annotated[int, typer.Option("--trials", help="Total COMPLETE trials across all workers")]
+StorageOpt = Annotated[str | None, typer.Option(help="Optuna storage: postgresql://..., sqlite:///..., or a .log file")]
+StudyOpt = Annotated[str | None, typer.Option("--study-name", help="Study name (default: derived from the inputs)")]
+SpaceOpt = Annotated[Path | None, typer.Option("--space", help="Search space YAML (default: the shipped <kind>.yaml)")]
+
+
+def _sweep(kind: str, trials: int, config: Path | None, set_: list[str] | None, data: Path | None,
+           space: Path | None, storage: str | None, study_name: str | None, tracking_uri: str | None,
+           experiment: str | None, identity: dict[str, Any], extra: dict[str, Any] | None = None) -> Any:
+    cfg = resolve(config, _overrides(set_, **{"data.dir": data, **(extra or {})}), tracking_uri)
+    from jbot.sweeps.spaces import load_space
+
+    search = load_space(space or f"{kind}.yaml")
+    search.check_against(cfg)
+    if "model" in identity:
+        require_model(identity["model"])
+    require_data(cfg, {"finetune": cfg.finetune.task, "anomaly": "qg"}.get(kind))
+    from jbot.sweeps.study import Sweep
+
+    return Sweep(kind, search, cfg, trials, {"data": str(cfg.data.dir), **identity},
+                 storage or cfg.sweep.storage, study_name or cfg.sweep.study_name, experiment,
+                 {f"sweep.{k}": v for k, v in identity.items()})
+
+
+def _print_sweep(outcome: Any, summary: dict[str, Any]) -> None:
+    console.print(f"study {outcome.study.study_name}: {outcome.n_complete} complete, {outcome.n_pruned} pruned, "
+                  f"{outcome.n_failed} failed trials ({outcome.seconds:.0f} s in this worker); "
+                  f"MLflow parent run {outcome.parent_run_id}")
+    if "best_value" in summary:
+        console.print(f"best trial {summary['best_trial']}: {summary['best_value']:.4f} with {summary['best_params']}"
+                      f" (run {summary.get('best_run_id')})")
+    for key, value in summary.get("test", {}).items():
+        if not key.endswith("_std"):
+            console.print(f"  {key} = {value:.4f} ± {summary['test'].get(key + '_std', float('nan')):.4f}")
+    if "registered" in summary:
+        console.print(f"registered {summary['registered']} (@champion)")
+    if summary.get("finalized_by_another_worker"):
+        console.print("the best trial's test metrics and registration were done by another worker")
+
+
+def _interrupted(kind: str) -> None:
+    err_console.print(f"interrupted: completed trials are kept in the study; re-run the same `jbot sweep {kind}` "
+                      "command to resume")
+    raise typer.Exit(code=130)
+
+
+@sweep_app.command("finetune")
+def sweep_finetune_cmd(
+    model: ModelOpt,
+    trials: TrialsOpt = 30,
+    fraction: Annotated[float | None, typer.Option(help="Class-balanced share of the training split")] = None,
+    register: Annotated[str | None, typer.Option(help="Register the best trial's classifier under this name")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    space: SpaceOpt = None,
+    storage: StorageOpt = None,
+    study_name: StudyOpt = None,
+    tracking_uri: TrackingOpt = None,
+    experiment: ExperimentOpt = None,
+) -> None:
+    """Search LLRD decay, learning rate (and dropout, batch size) on validation accuracy; test metrics of the
+    best trial once at the end."""
+    import tempfile
+
+    with user_errors():
+        sweep = _sweep("finetune", trials, config, set_, data, space, storage, study_name, tracking_uri, experiment,
+                       {"model": model, "fraction": fraction}, {"finetune.fraction": fraction})
+        from jbot.sweeps.objectives import finetune_objective, finish_finetune, run_sweep
+
+        work = Path(tempfile.mkdtemp(prefix="jbot-sweep-finetune-"))
+        try:
+            outcome, summary = run_sweep(sweep, finetune_objective(sweep, model, work),
+                                         lambda o: finish_finetune(sweep, o, register))
+        except KeyboardInterrupt:
+            _interrupted("finetune")
+    _print_sweep(outcome, summary)
+
+
+@sweep_app.command("anomaly")
+def sweep_anomaly_cmd(
+    model: ModelOpt,
+    trials: TrialsOpt = 30,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    space: SpaceOpt = None,
+    storage: StorageOpt = None,
+    study_name: StudyOpt = None,
+    tracking_uri: TrackingOpt = None,
+    experiment: ExperimentOpt = None,
+) -> None:
+    """Tune anomaly-score settings on the validation split's combined AUC (labelled W, Z, t, as the paper did)."""
+    with user_errors():
+        sweep = _sweep("anomaly", trials, config, set_, data, space, storage, study_name, tracking_uri, experiment,
+                       {"model": model})
+        from jbot.sweeps.objectives import anomaly_objective, run_sweep
+
+        try:
+            outcome, summary = run_sweep(sweep, anomaly_objective(sweep, model))
+        except KeyboardInterrupt:
+            _interrupted("anomaly")
+    _print_sweep(outcome, summary)
+    console.print("note: tuned on labelled W, Z, t jets of the validation split; run `jbot anomaly` with the best "
+                  "settings (--set anomaly.<field>=...) for test metrics")
+
+
+@sweep_app.command("pretrain")
+def sweep_pretrain_cmd(
+    trials: TrialsOpt = 10,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    space: SpaceOpt = None,
+    storage: StorageOpt = None,
+    study_name: StudyOpt = None,
+    tracking_uri: TrackingOpt = None,
+    experiment: ExperimentOpt = None,
+) -> None:
+    """Search model size, masking, temperatures, KoLeo weight and learning rate on the validation k-NN probe
+    accuracy (reported every pretrain.knn_every epochs, pruned by the median rule)."""
+    import tempfile
+
+    with user_errors():
+        sweep = _sweep("pretrain", trials, config, set_, data, space, storage, study_name, tracking_uri,
+                       experiment, {})
+        from jbot.sweeps.objectives import pretrain_objective, run_sweep
+
+        try:
+            outcome, summary = run_sweep(sweep, pretrain_objective(sweep, Path(tempfile.mkdtemp(prefix="jbot-"))))
+        except KeyboardInterrupt:
+            _interrupted("pretrain")
+    _print_sweep(outcome, summary)
+
+
+def main() -> None:  # pragma: no cover
+    app()

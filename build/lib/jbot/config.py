@@ -1,0 +1,372 @@
+"""Typed configuration: one frozen pydantic model per section, YAML files, ``--set a.b=c`` overrides.
+
+Every field is documented by its name and the SPEC section it comes from. Unknown keys and wrong types are
+errors that name the field. No torch import here: the config is read before anything heavy is loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jbot.errors import JbotError
+from jbot.paths import DEFAULT_CONFIG, Traversable, find_yaml
+
+Preset = Literal["5class", "tqg", "qg"]
+
+
+class ConfigError(JbotError, ValueError):
+    """A configuration that cannot be used; the message names every offending field."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class DataConfig(Section):
+    """SPEC §1. Sizes left as ``None`` take the published sizes, scaled down to the data on disk."""
+
+    dir: str = "data/jets"
+    preset: Preset = "5class"
+    seed: int = 42
+    n_train: int | None = Field(default=None, gt=0)
+    n_val: int | None = Field(default=None, ge=0)
+    n_test: int | None = Field(default=None, gt=0)
+
+
+class AugmentConfig(Section):
+    """SPEC §2: rotation, smearing, collinear splitting (two independent views per jet)."""
+
+    rotation: bool = True
+    smear: bool = True
+    smear_scale: float = Field(default=1e-4, ge=0.0)
+    smear_padded: bool = False  # published code: True (pads get eta/phi of order +-300)
+    split: bool = True
+    split_mode: Literal["conserve", "truncate"] = "conserve"  # truncate = published code's behaviour
+    split_min: float = Field(default=0.3, ge=0.0, le=1.0)
+    split_max: float = Field(default=0.7, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _split_range(self) -> AugmentConfig:
+        if self.split_min > self.split_max:
+            raise ValueError(f"split_min ({self.split_min}) must be <= split_max ({self.split_max})")
+        return self
+
+
+class MaskConfig(Section):
+    """SPEC §3: pT-aware masking of student views."""
+
+    enabled: bool = True
+    ratio_min: float = Field(default=0.0, ge=0.0, le=1.0)
+    ratio_max: float = Field(default=0.5, ge=0.0, le=1.0)
+    prob: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ratio_range(self) -> MaskConfig:
+        if self.ratio_min > self.ratio_max:
+            raise ValueError(f"ratio_min ({self.ratio_min}) must be <= ratio_max ({self.ratio_max})")
+        return self
+
+
+class ModelConfig(Section):
+    """SPEC §4. ``d_proj`` = K, the projection dimension (D/2 in the paper)."""
+
+    d_model: int = Field(default=32, gt=0)
+    n_heads: int = Field(default=4, gt=0)
+    n_layers: int = Field(default=2, ge=0)
+    d_proj: int = Field(default=16, gt=0)
+    ffn_mult: int = Field(default=4, gt=0)
+    head_hidden_mult: int = Field(default=8, gt=0)
+    n_features: int = Field(default=4, gt=0)
+    n_particles: int = Field(default=30, gt=0)
+    n_jet_features: int = Field(default=4, ge=0)
+    mask_padding: bool = True  # published models attend to pads: false for imported weights
+    # Fixed per-feature scale of (eta_rel, phi_rel, pt_rel, valid) before the token embedding. Raw JetNet features
+    # differ between jets by ~0.1 while `valid` is 1, so a freshly initialised encoder maps all jets to almost the
+    # same [CLS] and self-distillation collapses to the uniform distribution; (1, 1, 1, 1) = published models.
+    feature_scale: tuple[float, float, float, float] = (10.0, 10.0, 10.0, 1.0)
+    jet_conditioning: bool = False
+    ln_eps: float = Field(default=1e-6, gt=0.0)
+
+    @model_validator(mode="after")
+    def _heads_fit(self) -> ModelConfig:
+        if self.d_model < self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be >= n_heads ({self.n_heads})")
+        return self
+
+
+class PretrainConfig(Section):
+    """SPEC §5-6. ``lr`` = ``base_lr`` x batch_size / 256."""
+
+    epochs: int = Field(default=100, gt=0)
+    batch_size: int = Field(default=1024, gt=1)
+    base_lr: float = Field(default=5e-4, gt=0.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    warmup_epochs: float = Field(default=10, ge=0.0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_lr: float = Field(default=1e-6, ge=0.0)
+    teacher_temp: float = Field(default=0.04, gt=0.0)
+    student_temp: float = Field(default=0.1, gt=0.0)
+    center_momentum: float = Field(default=0.9, ge=0.0, le=1.0)
+    teacher_momentum: float = Field(default=0.996, ge=0.0, le=1.0)
+    teacher_momentum_final: float = Field(default=1.0, ge=0.0, le=1.0)
+    koleo_weight: float = Field(default=0.01, ge=0.0)
+    use_cls_loss: bool = True
+    use_part_loss: bool = True
+    part_norm: Literal["jet", "batch"] = "jet"  # batch = published code (one mean over masked tokens)
+    dropout: float = Field(default=0.0, ge=0.0, le=1.0)
+    grad_clip: float | None = Field(default=None, gt=0.0)
+    knn_every: int = Field(default=5, ge=0)
+    knn_val_size: int = Field(default=5000, gt=0)
+    knn_k: int = Field(default=30, gt=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: Literal["auto", "on", "off"] = "auto"  # auto: torch.compile on CUDA only
+    out_dir: str = "runs/pretrain"
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _on_off(cls, value: object) -> object:
+        # YAML (and so `--set pretrain.compile=off`) reads on/off as booleans
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _schedule(self) -> PretrainConfig:
+        if self.teacher_momentum > self.teacher_momentum_final:
+            raise ValueError("teacher_momentum must be <= teacher_momentum_final")
+        if not (self.use_cls_loss or self.use_part_loss):
+            raise ValueError("at least one of use_cls_loss and use_part_loss must be true")
+        return self
+
+
+class FinetuneConfig(Section):
+    """SPEC §7: fine-tuning with layer-wise LR decay (BEiT convention)."""
+
+    task: Literal["5class", "tqg"] = "5class"
+    epochs: int = Field(default=100, gt=0)
+    batch_size: int = Field(default=1024, gt=1)
+    lr: float = Field(default=2e-4, gt=0.0)
+    llrd_decay: float = Field(default=0.7, gt=0.0, le=1.0)
+    dropout: float = Field(default=0.2, ge=0.0, le=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    patience: int = Field(default=10, ge=1)
+    fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int = 0
+
+
+class ProbeConfig(Section):
+    """SPEC §7: k-NN and linear probes on the frozen [CLS], clustering metrics."""
+
+    knn_k: int = Field(default=30, gt=0)
+    linear_c: float = Field(default=1.0, gt=0.0)
+    linear_max_iter: int = Field(default=1000, gt=0)
+    silhouette_samples: int = Field(default=5000, gt=1)
+    n_folds: int = Field(default=10, ge=2)
+
+
+class AnomalyConfig(Section):
+    """SPEC §8: anomaly scores on l2-normalised [CLS] embeddings."""
+
+    score: Literal["knn", "cosine", "mahalanobis", "gmm"] = "knn"  # the one `jbot sweep anomaly` tunes
+    reference_size: int = Field(default=20000, gt=0)
+    knn_k: int = Field(default=30, gt=0)
+    cosine_k: int = Field(default=30, gt=0)
+    cosine_temp: float = Field(default=0.05, gt=0.0)
+    mahalanobis_cov: Literal["within", "total"] = "within"
+    mahalanobis_reg: float = Field(default=1e-8, ge=0.0)
+    gmm_components: int = Field(default=4, ge=1)
+    gmm_covariance: Literal["full", "tied", "diag", "spherical"] = "full"
+    gmm_reg: float = Field(default=1e-5, ge=0.0)
+    chunk_size: int = Field(default=256, gt=0)  # queries per k-NN block (memory ~ 32768 x this floats)
+    n_folds: int = Field(default=10, ge=2)
+
+
+class SweepConfig(Section):
+    """Optuna studies: storage, sampler, pruner."""
+
+    storage: str | None = None  # None: sweeps/optuna.db under the working folder (jbot.paths)
+    study_name: str | None = None
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "none"] = "median"
+    pruner_startup_trials: int = Field(default=5, ge=0)  # trials that run to the end before any pruning
+    pruner_warmup_steps: int = Field(default=2, ge=0)  # epochs (or probe reports) of a trial never pruned
+    seed: int = 0
+    n_trials: int = Field(default=30, gt=0)
+
+
+class TrackingConfig(Section):
+    """MLflow target. ``uri`` None: env MLFLOW_TRACKING_URI, else the embedded store (mlruns/ under the working
+    folder); commands replace it by the one resolved URI (``jbot.paths.resolve_tracking_uri``)."""
+
+    uri: str | None = None
+    experiment: str | None = None
+    registry_name: str = "jbot-encoder"
+    log_system_metrics: bool = True
+
+
+class JbotConfig(Section):
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    mask: MaskConfig = MaskConfig()
+    model: ModelConfig = ModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    probe: ProbeConfig = ProbeConfig()
+    anomaly: AnomalyConfig = AnomalyConfig()
+    sweep: SweepConfig = SweepConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+class GenerateConfig(Section):
+    """Pythia8 + FastJet jet generation (``jbot data generate``)."""
+
+    jets_per_class: int = Field(default=2000, gt=0)
+    classes: tuple[str, ...] = ("q", "g", "w", "z", "t")
+    workers: int = Field(default=1, gt=0)
+    seed: int = Field(default=1, ge=0)
+    chunk_size: int = Field(default=250, gt=0)
+    ecm: float = Field(default=13000.0, gt=0.0)
+    pthat_min: float = Field(default=900.0, gt=0.0)
+    pthat_max: float = Field(default=1100.0, gt=0.0)
+    jet_pt_min: float = Field(default=800.0, gt=0.0)
+    jet_pt_max: float = Field(default=1200.0, gt=0.0)
+    jet_radius: float = Field(default=0.8, gt=0.0)
+    max_eta: float = Field(default=2.5, gt=0.0)
+    n_particles: int = Field(default=30, gt=0)
+
+    @model_validator(mode="after")
+    def _windows(self) -> GenerateConfig:
+        unknown = sorted(set(self.classes) - {"q", "g", "w", "z", "t"})
+        if unknown:
+            raise ValueError(f"unknown classes {unknown}; choose from q, g, w, z, t")
+        if not self.classes:
+            raise ValueError("at least one class is needed")
+        if self.pthat_min >= self.pthat_max or self.jet_pt_min >= self.jet_pt_max:
+            raise ValueError("pT windows need min < max")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading, overrides, flattening
+
+
+def _annotation_at(model: type[BaseModel], loc: Iterable[Any]) -> str | None:
+    """The declared type of the field at ``loc`` (for error messages), or None."""
+    current: Any = model
+    annotation = None
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if not isinstance(part, str) or fields is None or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        current = annotation
+    if annotation is None:
+        return None
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel] = JbotConfig) -> str:
+    lines = []
+    for item in err.errors():
+        loc = tuple(p for p in item["loc"])
+        name = ".".join(str(p) for p in loc) or "<root>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{name}: unknown field")
+            continue
+        expected = _annotation_at(model, loc)
+        got = item.get("input")
+        msg = item["msg"]
+        hint = f" (expected {expected}, got {got!r})" if expected and not isinstance(got, dict) else ""
+        lines.append(f"{name}: {msg}{hint}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"model.d_model=64"`` -> (["model", "d_model"], 64). Values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects section.field=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if len(path) < 2:
+        raise ConfigError(f"--set key {key!r} must be section.field (e.g. model.d_model)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def _apply(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {part} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def read_yaml(path: str | Path | Traversable) -> dict[str, Any]:
+    if isinstance(path, str):
+        path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return loaded
+
+
+def build_config(tree: Mapping[str, Any]) -> JbotConfig:
+    try:
+        return JbotConfig.model_validate(dict(tree))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> JbotConfig:
+    """YAML file merged with ``--set`` overrides, validated. ``path``: a file, or the name of a shipped config
+    (``jbot-s``, ``jbot-b``); None = the shipped ``jbot-s.yaml``."""
+    tree = read_yaml(find_yaml(path if path is not None else DEFAULT_CONFIG))
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply(tree, keys, value)
+    return build_config(tree)
+
+
+def with_overrides(cfg: JbotConfig, overrides: Mapping[str, Any]) -> JbotConfig:
+    """A copy of ``cfg`` with dotted-name overrides, validated again (used by sweeps and tests)."""
+    tree = cfg.model_dump(mode="json")
+    for key, value in overrides.items():
+        _apply(tree, key.split("."), value)
+    return build_config(tree)
+
+
+def flatten(cfg: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Dotted names -> values, for MLflow params (identical names across commands)."""
+    out: dict[str, Any] = {}
+    for name, value in cfg.model_dump(mode="json").items():
+        _flatten_into(out, f"{prefix}{name}", value)
+    return out
+
+
+def _flatten_into(out: dict[str, Any], key: str, value: Any) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten_into(out, f"{key}.{k}", v)
+    else:
+        out[key] = value
+
+
+def to_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

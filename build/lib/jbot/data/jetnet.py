@@ -1,0 +1,169 @@
+"""JetNet-layout HDF5 files (SPEC §1): one file per class, read and written with h5py, validated on read.
+
+Layout of ``{q,g,w,z,t}.hdf5``:
+  particle_features  float32 (N, P=30, F=4) = (eta_rel, phi_rel, pt_rel, valid), pT-sorted, zero-padded
+  jet_features       float32 (N, 4)         = (pT, eta, mass, n_particles)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from jbot.errors import JbotError
+
+CLASSES: tuple[str, ...] = ("q", "g", "w", "z", "t")
+CLASS_INDEX = {name: i for i, name in enumerate(CLASSES)}
+CLASS_LABELS = {"q": "q", "g": "g", "w": "W", "z": "Z", "t": "t"}
+PARTICLE_KEY = "particle_features"
+JET_KEY = "jet_features"
+N_FEATURES = 4
+JET_FEATURE_NAMES = ("pt", "eta", "mass", "n_particles")
+
+
+class DataError(JbotError, ValueError):
+    """Input data that cannot be used; the message names the file, the dataset and the problem."""
+
+
+@dataclass(frozen=True)
+class JetSet:
+    """Jets of one class: ``particles`` (N, P, F) float32, ``jets`` (N, 4) float32."""
+
+    particles: np.ndarray
+    jets: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.particles.shape[0])
+
+
+def class_file(data_dir: str | Path, name: str) -> Path:
+    return Path(data_dir) / f"{name}.hdf5"
+
+
+def write_jetnet(path: str | Path, particles: np.ndarray, jets: np.ndarray) -> Path:
+    """Write one class file atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset(PARTICLE_KEY, data=np.asarray(particles, dtype=np.float32), compression="gzip")
+            f.create_dataset(JET_KEY, data=np.asarray(jets, dtype=np.float32), compression="gzip")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_dataset(f: h5py.File, path: Path, key: str) -> np.ndarray:
+    if key not in f:
+        have = ", ".join(sorted(f.keys())) or "nothing"
+        raise DataError(f"{path}: missing dataset '{key}' (the file holds {have})")
+    ds = f[key]
+    if not isinstance(ds, h5py.Dataset):
+        raise DataError(f"{path}: '{key}' is a group, expected a dataset")
+    if ds.dtype.kind != "f":
+        raise DataError(f"{path}: dataset '{key}' has dtype {ds.dtype}, expected floating point (float32)")
+    try:
+        return np.asarray(ds[()], dtype=np.float32)
+    except OSError as exc:
+        raise DataError(f"{path}: dataset '{key}' cannot be read (corrupt or truncated file: {exc})") from None
+
+
+def read_jetnet(path: str | Path, n_particles: int = 30) -> JetSet:
+    """Read and validate one class file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable HDF5 file (corrupt or truncated?): {exc}") from None
+    with f:
+        particles = _read_dataset(f, path, PARTICLE_KEY)
+        jets = _read_dataset(f, path, JET_KEY)
+    validate_jets(path, particles, jets, n_particles)
+    return JetSet(particles=particles, jets=jets)
+
+
+def _bad(path: Path, key: str, what: str, bad_jets: np.ndarray) -> None:
+    n_bad = int(np.count_nonzero(bad_jets))
+    if n_bad:
+        first = int(np.flatnonzero(bad_jets)[0])
+        raise DataError(
+            f"{path}: dataset '{key}': {what} in {n_bad} of {bad_jets.size} jets (first at index {first})"
+        )
+
+
+def validate_jets(path: str | Path, particles: np.ndarray, jets: np.ndarray, n_particles: int = 30) -> None:
+    """Shapes, finiteness, the valid flag, empty padded slots and positive pT_rel (SPEC §1)."""
+    path = Path(path)
+    _check_particle_shape(path, particles, n_particles)
+    if jets.ndim != 2 or jets.shape[1] != len(JET_FEATURE_NAMES):
+        raise DataError(f"{path}: dataset '{JET_KEY}' has shape {jets.shape}, expected (N, 4)")
+    if jets.shape[0] != particles.shape[0]:
+        raise DataError(
+            f"{path}: '{JET_KEY}' has {jets.shape[0]} jets but '{PARTICLE_KEY}' has {particles.shape[0]}"
+        )
+    _bad(path, JET_KEY, "NaN or inf values", ~np.isfinite(jets).all(axis=1))
+    validate_particles(path, particles, n_particles)
+
+
+def _check_particle_shape(path: Path, particles: np.ndarray, n_particles: int, key: str = PARTICLE_KEY) -> None:
+    expected = f"(N, {n_particles}, {N_FEATURES})"
+    if particles.ndim != 3 or particles.shape[1:] != (n_particles, N_FEATURES):
+        raise DataError(f"{path}: dataset '{key}' has shape {particles.shape}, expected {expected}")
+
+
+def validate_particles(path: str | Path, particles: np.ndarray, n_particles: int = 30,
+                       key: str = PARTICLE_KEY) -> None:
+    """The particle-level checks alone (inputs given as arrays, e.g. ``x`` of an .npz file)."""
+    path = Path(path)
+    _check_particle_shape(path, particles, n_particles, key)
+    if particles.shape[0] == 0:
+        raise DataError(f"{path}: dataset '{key}' is empty (0 jets)")
+    _bad(path, key, "NaN or inf values", ~np.isfinite(particles).all(axis=(1, 2)))
+    flag = particles[..., 3]
+    _bad(path, key, "'valid' flag not 0 or 1", ((flag != 0) & (flag != 1)).any(axis=1))
+    valid = flag == 1
+    pads_filled = (~valid[..., None] & (particles != 0)).any(axis=(1, 2))
+    _bad(path, key, "non-zero features in padded slots (valid = 0)", pads_filled)
+    _bad(path, key, "pT_rel <= 0 on valid slots", (valid & (particles[..., 2] <= 0)).any(axis=1))
+
+
+def check_data_dir(data_dir: str | Path, classes: tuple[str, ...]) -> Path:
+    """The folder exists and holds a file per class (cheap: checked before anything heavy is loaded)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: data folder not found (make one with `jbot data generate --out {data_dir}`)")
+    for name in classes:
+        path = class_file(data_dir, name)
+        if not path.is_file():
+            have = ", ".join(sorted(p.name for p in data_dir.glob("*.hdf5"))) or "no .hdf5 files"
+            raise DataError(f"{path}: missing file for class '{name}' (the folder holds {have})")
+    return data_dir
+
+
+def load_classes(data_dir: str | Path, classes: tuple[str, ...], n_particles: int = 30) -> dict[str, JetSet]:
+    data_dir = check_data_dir(data_dir, classes)
+    return {name: read_jetnet(class_file(data_dir, name), n_particles) for name in classes}
+
+
+def available_classes(data_dir: str | Path) -> tuple[str, ...]:
+    return tuple(c for c in CLASSES if class_file(data_dir, c).is_file())
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 23), b""):
+            h.update(block)
+    return h.hexdigest()

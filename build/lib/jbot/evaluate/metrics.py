@@ -1,0 +1,68 @@
+"""Classification metrics (SPEC §7): accuracy, one-vs-rest AUC, signal efficiency at fixed background
+efficiency, each with a +- std over stratified folds of the test set (no retraining)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.model_selection import StratifiedKFold
+
+EPS_B_TARGETS = (0.1, 0.01, 0.001)
+
+
+def accuracy(y: np.ndarray, probs: np.ndarray) -> float:
+    return float((probs.argmax(1) == y).mean())
+
+
+def auc(is_signal: np.ndarray, score: np.ndarray) -> float:
+    if is_signal.all() or not is_signal.any():
+        return float("nan")
+    return float(roc_auc_score(is_signal, score))
+
+
+def eps_s_at_eps_b(is_signal: np.ndarray, score: np.ndarray, eps_b: float) -> float:
+    """The largest true-positive rate among thresholds whose false-positive rate is <= ``eps_b``."""
+    if is_signal.all() or not is_signal.any():
+        return float("nan")
+    fpr, tpr, _ = roc_curve(is_signal, score)
+    ok = fpr <= eps_b
+    return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+def fold_std(metric: Callable[[np.ndarray], float], y: np.ndarray, n_folds: int = 10, seed: int = 0) -> float:
+    """Std of ``metric(index)`` over ``n_folds`` disjoint stratified folds of the test set."""
+    counts = np.bincount(y)
+    n = min(n_folds, int(counts[counts > 0].min()))
+    if n < 2:
+        return float("nan")
+    folds = StratifiedKFold(n_splits=n, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
+    values = [metric(idx) for _, idx in folds]
+    return float(np.nanstd(values))
+
+
+def classification_metrics(y: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...], n_folds: int = 10,
+                           seed: int = 0) -> dict[str, float]:
+    """Stable names: ``acc``, ``auc_{class}`` (one-vs-rest) and, for two classes, ``auc`` and
+    ``eps_s_at_{eps_b}``; each with ``{name}_std`` over folds."""
+    def eps_s(target: float) -> Callable[[np.ndarray], float]:
+        return lambda i: eps_s_at_eps_b(y[i] == 1, probs[i, 1], target)
+
+    def auc_of(c: int) -> Callable[[np.ndarray], float]:
+        return lambda i: auc(y[i] == c, probs[i, c])
+
+    named: dict[str, Callable[[np.ndarray], float]] = {"acc": lambda i: accuracy(y[i], probs[i])}
+    if len(class_names) == 2:
+        named["auc"] = auc_of(1)
+        for target in EPS_B_TARGETS:
+            named[f"eps_s_at_{target:g}"] = eps_s(target)
+    else:
+        for c, name in enumerate(class_names):
+            named[f"auc_{name}"] = auc_of(c)
+    everything = np.arange(len(y))
+    out = {}
+    for name, fn in named.items():
+        out[name] = fn(everything)
+        out[f"{name}_std"] = fold_std(fn, y, n_folds, seed)
+    return out

@@ -1,0 +1,43 @@
+"""``jbot probe``: k-NN and linear probes plus clustering metrics of a frozen encoder on a split (SPEC §7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from jbot.config import ProbeConfig
+from jbot.data.splits import Split
+from jbot.evaluate.clustering import clustering_metrics
+from jbot.evaluate.embed import embed
+from jbot.evaluate.metrics import classification_metrics
+from jbot.evaluate.probes import knn_probe, linear_probe
+from jbot.model.encoder import JetEncoder
+
+
+@dataclass
+class ProbeResult:
+    metrics: dict[str, float]  # stable names: test/knn_acc, test/knn_auc_t, test/linear_acc, test/purity, ...
+    class_names: tuple[str, ...]
+    test_embedding: np.ndarray
+    knn_probs: np.ndarray
+    linear_probs: np.ndarray
+
+
+def run_probe(encoder: JetEncoder, split: Split, cfg: ProbeConfig, device: torch.device | str = "cpu",
+              seed: int = 0) -> ProbeResult:
+    encoder = encoder.to(device)
+    train_emb, _ = embed(encoder, split.train.x, device=device)
+    test_emb, _ = embed(encoder, split.test.x, device=device)
+    y_train, y_test = split.train.y, split.test.y
+    n_classes = split.n_classes
+    knn = knn_probe(train_emb, y_train, test_emb, cfg.knn_k, n_classes)
+    linear = linear_probe(train_emb, y_train, test_emb, cfg, seed)
+    metrics: dict[str, float] = {}
+    for name, probs in (("knn", knn), ("linear", linear)):
+        for key, value in classification_metrics(y_test, probs, split.class_names, cfg.n_folds, seed).items():
+            metrics[f"test/{name}_{key}"] = value
+    for key, value in clustering_metrics(test_emb, y_test, n_classes, cfg, seed).items():
+        metrics[f"test/{key}"] = value
+    return ProbeResult(metrics, split.class_names, test_emb, knn, linear)

@@ -1,0 +1,42 @@
+"""Result tables in the paper's layout: Table 2 (5-class: accuracy, AUC per class) and Table 3 (top tagging:
+accuracy, AUC, eps_s at eps_b = 0.1, 0.01, 0.001), each value with its +- std over test folds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from jbot.evaluate.metrics import EPS_B_TARGETS
+
+
+def columns(class_names: tuple[str, ...]) -> list[str]:
+    if len(class_names) == 2:
+        return ["acc", "auc"] + [f"eps_s_at_{t:g}" for t in EPS_B_TARGETS]
+    return ["acc"] + [f"auc_{c}" for c in class_names]
+
+
+def results_table(title: str, rows: dict[str, dict[str, float]], class_names: tuple[str, ...],
+                  prefix: str = "test/") -> Table:
+    """``rows``: {row label: metrics with keys ``{prefix}{column}`` and ``{prefix}{column}_std``}."""
+    cols = columns(class_names)
+    table = Table(title=title)
+    table.add_column("")
+    for col in cols:
+        table.add_column(col.replace("eps_s_at_", "εs@εb="), justify="right")
+    for label, metrics in rows.items():
+        cells = []
+        for col in cols:
+            value = metrics.get(f"{prefix}{col}")
+            std = metrics.get(f"{prefix}{col}_std")
+            cells.append("-" if value is None else f"{value:.4f} ± {std:.4f}" if std is not None else f"{value:.4f}")
+        table.add_row(label, *cells)
+    return table
+
+
+def write_json(path: str | Path, payload: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float))
+    return path

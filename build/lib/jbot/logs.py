@@ -1,0 +1,43 @@
+"""Quiet by default: jbot prints its own lines and progress bars; MLflow and Optuna speak only of problems.
+
+``configure`` runs before MLflow or Optuna is imported (MLflow reads its level and its progress-bar switch from the
+environment at import); ``--verbose`` leaves their logging as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+VERBOSE_ENV = "JBOT_VERBOSE"
+QUIET_ENV = {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+THIRD_PARTY = ("mlflow", "optuna", "alembic", "urllib3", "huey")
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV) == "1"
+
+
+def configure(verbose_: bool) -> None:
+    """Set the logging of jbot's dependencies for this process (and the worker processes it starts)."""
+    os.environ[VERBOSE_ENV] = "1" if verbose_ else "0"
+    if verbose_:
+        return
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    for name in THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_optuna()
+    # third-party warnings about their own internals (a user can act on none of them)
+    for module in ("mlflow", "optuna", "alembic", "sqlalchemy", "pydantic"):
+        warnings.filterwarnings("ignore", module=module)
+
+
+def quiet_optuna() -> None:
+    """Optuna installs its own INFO handler on first use: lower it (called again where Optuna is imported)."""
+    import sys
+
+    optuna = sys.modules.get("optuna")
+    if optuna is not None and not verbose():
+        optuna.logging.set_verbosity(logging.WARNING)

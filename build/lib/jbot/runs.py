@@ -1,0 +1,205 @@
+"""Tracked commands: each wraps one engine function in one MLflow run (params, tags, metrics, artifacts, model).
+
+The engine (data/, model/, ssl/, train/, evaluate/) never imports mlflow; this module joins it to tracking/.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jbot.config import JbotConfig
+from jbot.data.splits import Split, make_split
+from jbot.evaluate.probe import ProbeResult, run_probe
+from jbot.evaluate.table import write_json
+from jbot.plots import learning_curves, write_html
+from jbot.tracking.mlflow import MlflowRun, store_uri, tracked_run
+from jbot.tracking.models import load_from_uri, log_jbot_model, provenance
+from jbot.train.checkpoint import LoadedModel
+from jbot.train.device import pick_device
+from jbot.train.pretrain import EpochReport, PretrainResult, pretrain
+
+EXAMPLE_JETS = 4
+
+
+def load_split(cfg: JbotConfig, preset: str | None = None) -> Split:
+    d = cfg.data
+    return make_split(d.dir, preset or d.preset, d.n_train, d.n_val, d.n_test, d.seed)
+
+
+def _data_tags(split: Split, device: str) -> dict[str, str]:
+    return {"jbot.data_fingerprint": split.fingerprint, "jbot.preset": split.preset, "jbot.device": device,
+            "jbot.n_train": str(len(split.train))}
+
+
+def _log_json_and_curves(run: MlflowRun, out_dir: Path, name: str, metrics: dict[str, float],
+                         history: dict[str, list[float]] | None = None) -> None:
+    run.log_artifact(write_json(out_dir / f"{name}.json", metrics), "metrics")
+    if history:
+        fig = learning_curves({k: v for k, v in history.items() if "seconds" not in k and "jets_per_s" not in k},
+                              f"{name}: learning curves")
+        run.log_artifact(write_html(fig, out_dir / "learning_curves.html"), "plots")
+
+
+@dataclass
+class TrackedResult:
+    run_id: str
+    model_uri: str | None
+    payload: Any
+
+
+def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, experiment: str | None = None,
+                     on_step: Callable[[int], None] | None = None,
+                     on_epoch: Callable[[EpochReport], bool | None] | None = None,
+                     parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+                     on_start: Callable[[str], None] | None = None) -> TrackedResult:
+    split = load_split(cfg)
+    device = str(pick_device(cfg.pretrain.device))
+    out_dir = Path(cfg.pretrain.out_dir)
+    all_tags = {**_data_tags(split, device), **(tags or {})}
+    if resume is not None:
+        all_tags["jbot.resumed_from"] = str(resume)
+    with tracked_run(cfg, "pretrain", experiment=experiment, tags=all_tags,
+                     parent_run_id=parent_run_id) as run:
+        if on_start is not None:
+            on_start(run.run_id)
+        try:
+            result: PretrainResult = pretrain(cfg, split, out_dir, run, resume, on_step, on_epoch)
+        except KeyboardInterrupt:
+            if (out_dir / "checkpoint.pt").is_file():  # the last completed epoch, saved atomically
+                run.log_artifact(out_dir / "checkpoint.pt", "checkpoints")
+            raise
+        final = {f"final/{k.split('/', 1)[1]}": v[-1] for k, v in result.history.items() if k.startswith("train/")}
+        if result.knn_acc is not None:
+            final["val/knn_acc"] = result.knn_acc
+        final["train/wall_seconds"] = result.seconds
+        run.log_metrics(final, step=result.epochs)
+        run.log_artifact(result.checkpoint, "checkpoints")
+        _log_json_and_curves(run, out_dir, "pretrain", final, result.history)
+        model_uri = log_jbot_model(result.checkpoint, split.train.x[:EXAMPLE_JETS])
+    return TrackedResult(run.run_id, model_uri, result)
+
+
+def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | None = None,
+                  experiment: str | None = None) -> TrackedResult:
+    uri = store_uri(cfg)
+    loaded: LoadedModel = load_from_uri(source, uri)
+    split = load_split(cfg, preset)
+    device = pick_device(cfg.pretrain.device)
+    tags = {**_data_tags(split, str(device)), **provenance(source, uri)}
+    with tracked_run(cfg, "probe", experiment=experiment, tags=tags) as run:
+        result: ProbeResult = run_probe(loaded.encoder, split, cfg.probe, device)
+        run.log_metrics(result.metrics)
+        folder = out_dir or Path(tempfile.mkdtemp(prefix="jbot-probe-"))
+        _log_json_and_curves(run, folder, "probe", result.metrics)
+        from jbot.plots import embedding_map
+
+        fig = embedding_map(result.test_embedding, split.test.y, split.class_names, "frozen [CLS] (test jets)")
+        run.log_artifact(write_html(fig, folder / "embedding_map.html"), "plots")
+    return TrackedResult(run.run_id, None, result)
+
+
+def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, experiment: str | None = None,
+                     parent_run_id: str | None = None,
+                     on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
+                     tags: dict[str, str] | None = None, on_start: Callable[[str], None] | None = None,
+                     evaluate_test: bool = True) -> TrackedResult:
+    """Fine-tune ``source`` (or train from scratch when None). With ``evaluate_test`` the test metrics are
+    computed once on the restored best weights and the classifier is logged as a model; sweep trials pass False
+    (they are selected on validation accuracy only)."""
+    from jbot.evaluate.metrics import classification_metrics
+    from jbot.plots import roc_curves
+    from jbot.train.checkpoint import save_checkpoint
+    from jbot.train.finetune import classifier_state, finetune, predict_proba
+
+    uri = store_uri(cfg)
+    loaded = load_from_uri(source, uri) if source is not None else None
+    if loaded is not None:
+        cfg = cfg.model_copy(update={"model": loaded.encoder.cfg})
+    split = load_split(cfg, cfg.finetune.task)
+    device = pick_device(cfg.pretrain.device)
+    all_tags = {**_data_tags(split, str(device)), "jbot.from_scratch": str(loaded is None).lower(), **(tags or {})}
+    if source is not None:
+        all_tags.update(provenance(source, uri))
+    with tracked_run(cfg, "finetune", experiment=experiment, tags=all_tags,
+                     parent_run_id=parent_run_id) as run:
+        if on_start is not None:
+            on_start(run.run_id)
+
+        def log_epoch(epoch: int, metrics: dict[str, float]) -> bool | None:
+            run.log_metrics(metrics, step=epoch)
+            return on_epoch(epoch, metrics) if on_epoch is not None else None
+
+        result = finetune(cfg, split, loaded.encoder if loaded else None, on_epoch=log_epoch,
+                          head=loaded.classifier if loaded else None)
+        if result.continued_head:
+            run.set_tags({"jbot.continued_head": "true"})
+        metrics = {"val/best_acc": result.best_val_acc, "train/best_epoch": float(result.best_epoch),
+                   "train/n_jets": float(result.n_train), "train/wall_seconds": result.seconds}
+        probs = None
+        if evaluate_test:
+            probs = predict_proba(result.model, split.test.x, device)
+            metrics.update({f"test/{k}": v for k, v in classification_metrics(
+                split.test.y, probs, split.class_names, cfg.probe.n_folds).items()})
+        run.log_metrics(metrics)
+        ckpt = save_checkpoint(out_dir / "classifier.pt", classifier_state(result, cfg, split.class_names, metrics))
+        run.log_artifact(ckpt, "checkpoints")
+        _log_json_and_curves(run, out_dir, "finetune", metrics, result.history)
+        model_uri = None
+        if probs is not None:
+            roc = write_html(roc_curves(split.test.y, probs, split.class_names), out_dir / "roc.html")
+            run.log_artifact(roc, "plots")
+            model_uri = log_jbot_model(ckpt, split.train.x[:EXAMPLE_JETS])
+    return TrackedResult(run.run_id, model_uri, {"metrics": metrics, "result": result, "checkpoint": ckpt,
+                                                 "class_names": split.class_names, "split": split})
+
+
+def tracked_import(checkpoint: Path, state: dict[str, Any], tracking_uri: str,
+                   register: str | None = None) -> TrackedResult:
+    """Log an imported published checkpoint as a model in the store ``tracking_uri`` (tagged with the source
+    files' hashes); optionally register it there. The payload is the registered version (or None)."""
+    from jbot.config import build_config, with_overrides
+    from jbot.tracking.mlflow import connect
+
+    cfg = with_overrides(build_config(state["config"]), {"tracking.uri": tracking_uri})
+    tags = {f"jbot.source.{k}": str(v) for k, v in state["source"].items()}
+    with tracked_run(cfg, "import", tags=tags) as run:
+        run.log_artifact(checkpoint, "checkpoints")
+        example = np.zeros((EXAMPLE_JETS, cfg.model.n_particles, cfg.model.n_features), np.float32)
+        example[:, :5, 2] = 0.2
+        example[:, :5, 3] = 1.0
+        model_uri = log_jbot_model(checkpoint, example)
+    version = None
+    if register:
+        import mlflow
+
+        connect(tracking_uri)
+        version = mlflow.register_model(model_uri, register).version
+    return TrackedResult(run.run_id, model_uri, version)
+
+
+def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None, experiment: str | None = None,
+                    notes: list[str] | None = None) -> TrackedResult:
+    """Every anomaly score of a frozen encoder on the ``qg`` preset; report + metrics logged as artifacts."""
+    from jbot.anomaly.detect import run_anomaly
+    from jbot.anomaly.report import text_table, write_report
+
+    uri = store_uri(cfg)
+    loaded = load_from_uri(source, uri)
+    split = load_split(cfg, "qg")
+    device = pick_device(cfg.pretrain.device)
+    tags = {**_data_tags(split, str(device)), **provenance(source, uri)}
+    with tracked_run(cfg, "anomaly", experiment=experiment, tags=tags) as run:
+        result = run_anomaly(loaded.encoder, split, cfg.anomaly, device)
+        run.log_metrics({f"test/{k}": v for k, v in result.metrics.items()})
+        prov = {"model": source, **{k.removeprefix("jbot."): v for k, v in tags.items()}, "mlflow_run": run.run_id}
+        folder = out_dir or Path(tempfile.mkdtemp(prefix="jbot-anomaly-"))
+        paths = write_report(result, folder, prov, notes or [])
+        for path in paths.values():
+            run.log_artifact(path, "report")
+    return TrackedResult(run.run_id, None, {"result": result, "paths": paths, "table": text_table(result)})

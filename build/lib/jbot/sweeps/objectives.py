@@ -1,0 +1,211 @@
+"""The three studies: fine-tuning, anomaly-score settings, pre-training. Each trial is an MLflow child run of
+the study's parent run, tagged with its trial number and final state; the trial stores its run id as the user
+attribute ``mlflow_run_id``."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+
+from jbot.config import JbotConfig, with_overrides
+from jbot.sweeps.study import Sweep, SweepOutcome, log_study_summary, run_worker
+from jbot.tracking.mlflow import connect, store_uri
+
+
+def _state_tag(sweep: Sweep, trial: optuna.Trial, state: str) -> None:
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        connect(store_uri(sweep.cfg)).set_tag(run_id, "jbot.trial_state", state)
+
+
+def tracked_trial(sweep: Sweep, trial: optuna.Trial, body: Callable[[JbotConfig, dict[str, str]], float]) -> float:
+    """Suggest a config, run ``body`` (which opens the child run), tag the final state, re-raise failures."""
+    overrides = sweep.space.suggest(trial)
+    cfg = with_overrides(sweep.cfg, overrides)
+    tags = {"jbot.study": sweep.name, "jbot.trial": str(trial.number), "jbot.trial_state": "RUNNING"}
+    try:
+        value = body(cfg, tags)
+    except optuna.TrialPruned:
+        _state_tag(sweep, trial, "PRUNED")
+        raise
+    except BaseException as exc:
+        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
+        _state_tag(sweep, trial, "FAIL")
+        raise
+    if not np.isfinite(value):
+        _state_tag(sweep, trial, "FAIL")
+        raise ValueError(f"trial {trial.number}: objective is {value}")
+    _state_tag(sweep, trial, "COMPLETE")
+    return value
+
+
+def _reporter(trial: optuna.Trial, key: str, flag: dict[str, bool]) -> Callable[[int, dict[str, float]], bool]:
+    def report(step: int, metrics: dict[str, float]) -> bool:
+        if key in metrics:
+            trial.report(metrics[key], step)
+            if trial.should_prune():
+                flag["pruned"] = True
+                return True
+        return False
+
+    return report
+
+
+# ------------------------------------------------------------------------------------------ fine-tuning
+
+
+def finetune_objective(sweep: Sweep, source: str, work_dir: Path) -> Callable[[optuna.Trial, str], float]:
+    from jbot.runs import tracked_finetune
+
+    def objective(trial: optuna.Trial, parent: str) -> float:
+        def body(cfg: JbotConfig, tags: dict[str, str]) -> float:
+            flag = {"pruned": False}
+            res = tracked_finetune(cfg, source, out_dir=work_dir / f"trial-{trial.number}",
+                                   experiment=sweep.mlflow_experiment,
+                                   parent_run_id=parent, tags=tags, evaluate_test=False,
+                                   on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
+                                   on_epoch=_reporter(trial, "val/acc", flag))
+            if flag["pruned"]:
+                raise optuna.TrialPruned()
+            return float(res.payload["metrics"][sweep.space.objective])
+
+        return tracked_trial(sweep, trial, body)
+
+    return objective
+
+
+def finish_finetune(sweep: Sweep, outcome: SweepOutcome, register: str | None) -> dict[str, Any]:
+    """Test metrics of the best trial, computed once; its classifier logged as a model; optional registration."""
+    import mlflow
+
+    from jbot.evaluate.metrics import classification_metrics
+    from jbot.runs import EXAMPLE_JETS, load_split
+    from jbot.tracking.models import load_from_uri, log_jbot_model
+    from jbot.tracking.registry import register_best
+    from jbot.train.device import pick_device
+
+    summary = log_study_summary(outcome, store_uri(sweep.cfg), Path(tempfile.mkdtemp(prefix="jbot-sweep-")))
+    best_run = summary.get("best_run_id")
+    if not best_run or outcome.n_complete < sweep.n_trials:
+        return summary  # the test set is looked at once, when the study is done
+    if outcome.study.user_attrs.get("finalized_best_run") == best_run:
+        summary["finalized_by_another_worker"] = True
+        return summary
+    outcome.study.set_user_attr("finalized_best_run", best_run)
+    client = connect(store_uri(sweep.cfg))
+    run = client.get_run(best_run)
+    if "test/acc" not in run.data.metrics:
+        ckpt = Path(client.download_artifacts(best_run, "checkpoints/classifier.pt", tempfile.mkdtemp()))
+        loaded = load_from_uri(str(ckpt), store_uri(sweep.cfg))
+        cfg = with_overrides(sweep.cfg, summary["best_params"])
+        split = load_split(cfg, cfg.finetune.task)
+        device = pick_device(cfg.pretrain.device)
+        import torch
+
+        with torch.no_grad():
+            cls, _ = loaded.encoder.to(device)(torch.as_tensor(split.test.x, device=device))
+            probs = loaded.probabilities(cls).cpu().numpy()
+        metrics = {f"test/{k}": v for k, v in classification_metrics(split.test.y, probs, split.class_names,
+                                                                     cfg.probe.n_folds).items()}
+        for rid in (best_run, outcome.parent_run_id):
+            for k, v in metrics.items():
+                client.log_metric(rid, k, float(v))
+        with mlflow.start_run(run_id=best_run):
+            log_jbot_model(ckpt, split.train.x[:EXAMPLE_JETS])
+        summary["test"] = metrics
+    if register:
+        reg = register_best(client, sweep.mlflow_experiment, sweep.space.objective, register, "max" if
+                            sweep.space.direction == "maximize" else "min", "champion",
+                            parent_run_id=outcome.parent_run_id)
+        summary["registered"] = f"{reg.name}/{reg.version}"
+    if outcome.n_complete >= sweep.n_trials:
+        client.set_terminated(outcome.parent_run_id, "FINISHED")
+    return summary
+
+
+# --------------------------------------------------------------------------------------- anomaly scores
+
+
+def anomaly_objective(sweep: Sweep, source: str) -> Callable[[optuna.Trial, str], float]:
+    """Embeddings are computed once per worker; each trial fits one score on a reference subset and evaluates
+    the combined AUC on the validation split (labelled W, Z, t: as the paper tuned)."""
+    from jbot.anomaly.detect import signal_metrics
+    from jbot.anomaly.scores import l2_normalise, make_scores
+    from jbot.evaluate.embed import embed
+    from jbot.runs import load_split
+    from jbot.tracking.mlflow import tracked_run
+    from jbot.tracking.models import load_from_uri, provenance
+    from jbot.train.device import pick_device
+
+    loaded = load_from_uri(source, store_uri(sweep.cfg))
+    split = load_split(sweep.cfg, "qg")
+    device = pick_device(sweep.cfg.pretrain.device)
+    largest = int(max(sweep.space.params["anomaly.reference_size"].high or 0, sweep.cfg.anomaly.reference_size)) \
+        if "anomaly.reference_size" in sweep.space.params else sweep.cfg.anomaly.reference_size
+    rng = np.random.default_rng(sweep.cfg.sweep.seed)
+    order = rng.permutation(len(split.train))[:largest]
+    ref_all = l2_normalise(embed(loaded.encoder.to(device), split.train.x[order], device=device)[0])
+    ref_labels = split.train.origin[order]
+    val_emb = l2_normalise(embed(loaded.encoder, split.val.x, device=device)[0])
+    base_tags = provenance(source, store_uri(sweep.cfg))
+
+    def objective(trial: optuna.Trial, parent: str) -> float:
+        def body(cfg: JbotConfig, tags: dict[str, str]) -> float:
+            with tracked_run(cfg, "anomaly", experiment=sweep.mlflow_experiment, parent_run_id=parent,
+                             tags={**base_tags, **tags}) as run:
+                trial.set_user_attr("mlflow_run_id", run.run_id)
+                score = next(s for s in make_scores(cfg.anomaly, cfg.sweep.seed) if s.name == cfg.anomaly.score)
+                n_ref = min(cfg.anomaly.reference_size, len(ref_all))
+                score.fit(ref_all[:n_ref], ref_labels[:n_ref])
+                metrics = signal_metrics(score.score(val_emb), split.val.origin, n_folds=2)
+                logged = {f"val/{k.replace('/', '_')}": v for k, v in metrics.items() if not k.endswith("_std")}
+                run.log_metrics(logged)
+            return float(logged[sweep.space.objective])
+
+        return tracked_trial(sweep, trial, body)
+
+    return objective
+
+
+# ----------------------------------------------------------------------------------------- pre-training
+
+
+def pretrain_objective(sweep: Sweep, work_dir: Path) -> Callable[[optuna.Trial, str], float]:
+    from jbot.runs import tracked_pretrain
+
+    def objective(trial: optuna.Trial, parent: str) -> float:
+        def body(cfg: JbotConfig, tags: dict[str, str]) -> float:
+            cfg = with_overrides(cfg, {"pretrain.out_dir": str(work_dir / f"trial-{trial.number}")})
+            flag = {"pruned": False}
+            report = _reporter(trial, "val/knn_acc", flag)
+            res = tracked_pretrain(cfg, experiment=sweep.mlflow_experiment,
+                                   parent_run_id=parent, tags=tags,
+                                   on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
+                                   on_epoch=lambda r: report(r.epoch, r.metrics))
+            if flag["pruned"]:
+                raise optuna.TrialPruned()
+            if res.payload.knn_acc is None:
+                raise ValueError("pre-training sweeps need a validation split (data.n_val > 0)")
+            return float(res.payload.knn_acc)
+
+        return tracked_trial(sweep, trial, body)
+
+    return objective
+
+
+def run_sweep(sweep: Sweep, objective: Callable[[optuna.Trial, str], float],
+              finish: Callable[[SweepOutcome], dict[str, Any]] | None = None) -> tuple[SweepOutcome, dict[str, Any]]:
+    outcome = run_worker(sweep, objective)
+    if finish is not None:
+        summary = finish(outcome)
+    else:
+        summary = log_study_summary(outcome, store_uri(sweep.cfg), Path(tempfile.mkdtemp(prefix="jbot-sweep-")))
+        if outcome.n_complete >= sweep.n_trials:
+            connect(store_uri(sweep.cfg)).set_terminated(
+                outcome.parent_run_id, "FINISHED")
+    return outcome, summary

@@ -1,0 +1,84 @@
+"""Search spaces as YAML files (pydantic-validated): edit ranges without touching code. jbot ships one per sweep
+kind (``jbot/configs/sweeps/<kind>.yaml``, package data); ``--space`` takes a user's own file by path.
+
+    objective: val/acc          # what the study optimises (reported by the trial)
+    direction: maximize
+    params:
+      finetune.llrd_decay: {type: float, low: 0.6, high: 0.8}
+      finetune.lr: {type: float, low: 4.0e-5, high: 2.0e-3, log: true}
+      finetune.batch_size: {type: categorical, choices: [256, 512, 1024]}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from jbot.config import ConfigError, JbotConfig, format_validation_error, read_yaml, with_overrides
+from jbot.paths import find_yaml
+
+
+class ParamSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamSpec:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"a {self.type} parameter needs low <= high (got {self.low}, {self.high})")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log-scaled parameter needs low > 0")
+        return self
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        if self.type == "categorical":
+            return trial.suggest_categorical(name, list(self.choices or ()))
+        assert self.low is not None and self.high is not None
+        if self.type == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+
+
+class SearchSpace(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    objective: str
+    direction: Literal["maximize", "minimize"] = "maximize"
+    params: dict[str, ParamSpec] = Field(min_length=1)
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {name: spec.suggest(trial, name) for name, spec in self.params.items()}
+
+    def check_against(self, cfg: JbotConfig) -> None:
+        """Every parameter must name a config field that accepts its values (low, high, each choice)."""
+        for name, spec in self.params.items():
+            samples = list(spec.choices or ()) if spec.type == "categorical" else [spec.low, spec.high]
+            for value in samples:
+                if spec.type == "int" and value is not None:
+                    value = int(value)
+                try:
+                    with_overrides(cfg, {name: value})
+                except ConfigError as exc:
+                    raise ConfigError(f"search space parameter {name} = {value!r}: {exc}") from None
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """A search space from a file, or the shipped one of that name (``finetune``, ``anomaly.yaml``, ...)."""
+    found = find_yaml(path, "sweeps")
+    tree = read_yaml(found)
+    try:
+        return SearchSpace.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(f"{found}: " + format_validation_error(exc, SearchSpace)) from None

@@ -1,0 +1,231 @@
+"""Optuna studies: storage, sampler and pruner, one MLflow parent run per study, child runs per trial.
+
+Storage: default ``sqlite:///<working folder>/sweeps/optuna.db`` (``jbot.paths``; separate from MLflow's
+database: both own an ``alembic_version`` table); ``postgresql://...`` (or any SQLAlchemy URL) for many workers,
+with heartbeats so a killed worker's trial is failed and re-queued; or a journal file (``*.log`` /
+``journal:PATH``). ``--trials`` is a total of COMPLETE trials across all workers; trials already running when the
+budget is reached still finish (overshoot at most workers - 1). Re-running the same command resumes the study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from jbot.config import JbotConfig, flatten
+from jbot.errors import JbotError
+from jbot.logs import quiet_optuna
+from jbot.paths import default_optuna_storage, redact
+from jbot.sweeps.spaces import SearchSpace
+from jbot.tracking.mlflow import connect, experiment_id, git_commit, store_uri
+
+quiet_optuna()
+HEARTBEAT_SECONDS = 2
+GRACE_SECONDS = 6
+PARENT_ATTR = "mlflow_parent_run_id"
+# A worker needs two connections at once (its trials and the heartbeat thread): many workers on one database
+# server must not exhaust its client slots.
+SERVER_POOL = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2}
+
+
+class SweepError(JbotError, RuntimeError):
+    pass
+
+
+def default_storage() -> str:
+    url = default_optuna_storage()
+    Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def make_storage(url: str | None, attempts: int = 5) -> Any:
+    """Open (and on first use create) the storage. Workers started together on a fresh database race to create
+    Optuna's tables: the loser sees a duplicate-object error and retries once the winner is done."""
+    url = url or default_storage()
+    if url.startswith("journal:") or url.endswith(".log"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                                  engine_kwargs=None if url.startswith("sqlite") else SERVER_POOL)
+        except Exception as exc:  # sqlalchemy raises many types for a bad or unreachable database
+            racing = "already exists" in str(exc) or "UniqueViolation" in str(exc)
+            if racing and attempt + 1 < attempts:
+                time.sleep(1.0 + attempt)
+                continue
+            raise SweepError(f"cannot open the Optuna storage {redact(url)}: {type(exc).__name__}: {exc}") from None
+    raise AssertionError("unreachable")
+
+
+def is_shared(url: str | None) -> bool:
+    return bool(url) and not str(url).startswith("sqlite")
+
+
+@dataclass
+class Sweep:
+    """Everything a worker needs; ``objective(trial, parent_run_id)`` returns the value to optimise."""
+
+    kind: str
+    space: SearchSpace
+    cfg: JbotConfig
+    n_trials: int
+    identity: dict[str, Any]
+    storage: str | None = None
+    study_name: str | None = None
+    experiment: str | None = None
+    extra_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        if self.study_name:
+            return self.study_name
+        blob = json.dumps({"kind": self.kind, **self.identity, "space": self.space.model_dump(mode="json")},
+                          sort_keys=True, default=str)
+        return f"jbot-{self.kind}-{hashlib.sha1(blob.encode()).hexdigest()[:8]}"
+
+    @property
+    def mlflow_experiment(self) -> str:
+        return self.experiment or f"jbot-sweep-{self.kind}"
+
+
+def _sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
+    # workers sharing a database get different seeds, or they would propose the same start-up trials
+    seed = sweep.cfg.sweep.seed + (os.getpid() if is_shared(sweep.storage) else 0)
+    if sweep.cfg.sweep.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, sweep.n_trials // 3)))
+
+
+def _pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
+    if sweep.cfg.sweep.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=sweep.cfg.sweep.pruner_startup_trials,
+                                       n_warmup_steps=sweep.cfg.sweep.pruner_warmup_steps)
+
+
+def _create_parent(sweep: Sweep, study: optuna.Study) -> str:
+    uri = store_uri(sweep.cfg)
+    client = connect(uri)
+    exp = experiment_id(client, sweep.mlflow_experiment, uri)
+    run = client.create_run(exp, run_name=sweep.name, tags={
+        "jbot.study": sweep.name, "jbot.sweep_kind": sweep.kind, "jbot.git_commit": git_commit(),
+        "jbot.role": "sweep-parent"})
+    params = {"sweep.study_name": sweep.name, "sweep.storage": redact(sweep.storage or default_storage()),
+              "sweep.n_trials": sweep.n_trials, "sweep.objective": sweep.space.objective,
+              "sweep.direction": sweep.space.direction, **sweep.extra_params}
+    params.update({f"space.{k}": json.dumps(v.model_dump(mode="json", exclude_none=True))
+                   for k, v in sweep.space.params.items()})
+    params.update(flatten(sweep.cfg))
+    for k, v in params.items():
+        client.log_param(run.info.run_id, k, str(v)[:6000])
+    study.set_user_attr(PARENT_ATTR, run.info.run_id)
+    return run.info.run_id
+
+
+def open_study(sweep: Sweep) -> tuple[optuna.Study, str]:
+    """Create the study (and its MLflow parent run) or join it; returns (study, parent run id)."""
+    storage = make_storage(sweep.storage)
+    common = {"storage": storage, "sampler": _sampler(sweep), "pruner": _pruner(sweep)}
+    try:
+        study = optuna.create_study(study_name=sweep.name, direction=sweep.space.direction, load_if_exists=False,
+                                    **common)
+        return study, _create_parent(sweep, study)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=sweep.name, **common)
+    if study.direction.name.lower() != sweep.space.direction:
+        raise SweepError(f"study {sweep.name} optimises {study.direction.name.lower()}, the space says "
+                         f"{sweep.space.direction}; pick another --study-name")
+    for _ in range(120):  # the worker that created the study is creating the parent run
+        parent = study.user_attrs.get(PARENT_ATTR)
+        if parent:
+            return study, str(parent)
+        time.sleep(0.5)
+        study = optuna.load_study(study_name=sweep.name, **common)
+    raise SweepError(f"study {sweep.name} has no MLflow parent run (attribute {PARENT_ATTR})")
+
+
+def completed(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def _give_up_after_failures(limit: int) -> Callable[[optuna.Study, FrozenTrial], None]:
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        if len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) >= limit:
+            study.stop()
+
+    return callback
+
+
+@dataclass
+class SweepOutcome:
+    study: optuna.Study
+    parent_run_id: str
+    n_complete: int
+    n_pruned: int
+    n_failed: int
+    seconds: float
+
+
+def run_worker(sweep: Sweep, objective: Callable[[optuna.Trial, str], float]) -> SweepOutcome:
+    """Run trials until the study holds ``n_trials`` COMPLETE trials (counted across all workers)."""
+    study, parent = open_study(sweep)
+    start = time.perf_counter()
+    if completed(study) < sweep.n_trials:
+        study.optimize(lambda trial: objective(trial, parent), n_trials=None, catch=(Exception,),
+                       gc_after_trial=True,
+                       callbacks=[MaxTrialsCallback(sweep.n_trials, states=(TrialState.COMPLETE,)),
+                                  _give_up_after_failures(max(5, sweep.n_trials))])
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return SweepOutcome(study, parent, states.count(TrialState.COMPLETE), states.count(TrialState.PRUNED),
+                        states.count(TrialState.FAIL), time.perf_counter() - start)
+
+
+def log_study_summary(outcome: SweepOutcome, tracking_uri: str, out_dir: Path) -> dict[str, Any]:
+    """Best value and params and Optuna's plotly figures (self-contained HTML) on the parent run."""
+    from optuna import visualization as vis
+
+    from jbot.plots import write_html
+
+    study = outcome.study
+    client = connect(tracking_uri)
+    run_id = outcome.parent_run_id
+    summary: dict[str, Any] = {"n_complete": outcome.n_complete, "n_pruned": outcome.n_pruned,
+                               "n_failed": outcome.n_failed}
+    if outcome.n_complete:
+        best = study.best_trial
+        summary.update({"best_value": best.value, "best_trial": best.number, "best_params": best.params,
+                        "best_run_id": best.user_attrs.get("mlflow_run_id")})
+        client.log_metric(run_id, "sweep/best_value", float(best.value or 0.0))
+        client.set_tag(run_id, "jbot.best_trial", str(best.number))
+        client.set_tag(run_id, "jbot.best_params", json.dumps(best.params)[:5000])
+        if summary["best_run_id"]:
+            client.set_tag(run_id, "jbot.best_run_id", summary["best_run_id"])
+    for key in ("n_complete", "n_pruned", "n_failed"):
+        client.log_metric(run_id, f"sweep/{key}", float(summary[key]))
+    figures: dict[str, Callable[[optuna.Study], Any]] = {
+        "optimization_history": vis.plot_optimization_history, "parallel_coordinate":
+               vis.plot_parallel_coordinate, "slice": vis.plot_slice, "param_importances": vis.plot_param_importances}
+    for name, make in figures.items():
+        try:
+            client.log_artifact(run_id, str(write_html(make(study), out_dir / f"{name}.html")), "plots")
+        except (ValueError, RuntimeError, ZeroDivisionError):
+            pass  # too few complete trials for this figure
+    return summary

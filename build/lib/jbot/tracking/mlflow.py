@@ -1,0 +1,156 @@
+"""MLflow runs: the tracking target, one run per command, params/tags/metrics/artifacts, failure states.
+
+The tracking target is resolved once per command (``jbot.paths.resolve_tracking_uri``: ``--tracking-uri``, config
+``tracking.uri``, env ``MLFLOW_TRACKING_URI``, else the embedded SQLite store under ``mlruns/`` in the working
+folder) and stored in the config as ``tracking.uri``; everything below reads it from there (``store_uri``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import tempfile
+import time
+import traceback
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+import jbot
+from jbot.config import JbotConfig, flatten, to_yaml
+from jbot.errors import JbotError
+from jbot.paths import redact, resolve_tracking_uri
+
+MAX_PARAM_LENGTH = 6000
+
+
+class TrackingError(JbotError, RuntimeError):
+    """The tracking server or store cannot be used; raised before any training starts."""
+
+
+def store_uri(cfg: JbotConfig) -> str:
+    """The tracking URI of a command's config (already resolved by the CLI; resolved here for library callers)."""
+    return resolve_tracking_uri(None, cfg.tracking.uri)
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Artifact folder beside a SQLite database (absolute); a server decides its own."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        return (db.parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def connect(uri: str, timeout: float = 5.0) -> MlflowClient:
+    """Point MLflow at ``uri``; an http(s) server must answer its health check within ``timeout`` seconds."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+                resp.read()
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server at {redact(uri)} ({reason}). Start it, fix --tracking-uri"
+                " / tracking.uri / MLFLOW_TRACKING_URI, or unset them to use the embedded store under mlruns/."
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    root = _artifact_root(uri)
+    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+
+
+def git_commit() -> str:
+    """The commit of the jbot source checkout this package runs from; "unknown" for an installed package."""
+    checkout = Path(jbot.__file__).resolve().parent.parent
+    if not (checkout / ".git").exists():
+        return "unknown"
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True,
+                             timeout=5, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class MlflowRun:
+    """The Tracker of one MLflow run (params, metrics with steps, artifacts, tags)."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start:start + 100], synchronous=True)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[start:start + 500], synchronous=True)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+
+@contextlib.contextmanager
+def tracked_run(cfg: JbotConfig, command: str, *, experiment: str | None = None,
+                run_name: str | None = None, tags: dict[str, str] | None = None,
+                parent_run_id: str | None = None) -> Iterator[MlflowRun]:
+    """One MLflow run in experiment ``jbot-{command}`` (or ``experiment`` / ``tracking.experiment``).
+
+    Logs the flattened resolved config as params and ``config.yaml``. An exception ends the run FAILED with the
+    traceback as the artifact ``error/traceback.txt``; Ctrl-C ends it KILLED (the caller saved its checkpoint).
+    """
+    uri = store_uri(cfg)
+    client = connect(uri)
+    exp_id = experiment_id(client, experiment or cfg.tracking.experiment or f"jbot-{command}", uri)
+    all_tags = {"jbot.version": jbot.__version__, "jbot.git_commit": git_commit(), "jbot.command": command,
+                **(tags or {})}
+    if parent_run_id:  # the tag MLflow nests by; works across processes (the parent need not be active here)
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags,
+                              nested=mlflow.active_run() is not None,
+                              log_system_metrics=cfg.tracking.log_system_metrics)
+    run = MlflowRun(client, active.info.run_id)
+    try:
+        run.log_params({**flatten(cfg), "tracking.uri": redact(uri)})
+        run.log_text(to_yaml(cfg), "config.yaml")
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            run.log_text("".join(traceback.format_exception(exc)), "error/traceback.txt")
+            run.set_tags({"jbot.error": f"{type(exc).__name__}: {exc}"[:5000]})
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def download_run_artifact(client: MlflowClient, run_id: str, path: str) -> Path:
+    dest = Path(tempfile.mkdtemp(prefix="jbot-"))
+    return Path(client.download_artifacts(run_id, path, str(dest)))

@@ -1,0 +1,155 @@
+"""Encoders and classifiers as MLflow models: a pyfunc model around a jbot checkpoint artifact.
+
+``mlflow.pyfunc.load_model(uri).predict(x)`` with ``x`` (N, 30, 4) float32 returns the [CLS] embeddings (N, D), or
+class probabilities (N, C) for a classifier; ``load_from_uri`` restores jbot's own ``JetEncoder`` (and head) from
+the same artifact, for any ``runs:/``, ``models:/name/version``, ``models:/name@alias`` URI, run id or local path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel
+from mlflow.types import Schema, TensorSpec
+
+import jbot
+from jbot.paths import RUN_ID, is_model_source
+from jbot.train.checkpoint import CheckpointError, LoadedModel, load_model
+
+# The signature below is the schema; MLflow's hints about type-hinted predict methods and cloudpickle are noise.
+warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning, module="mlflow")
+warnings.filterwarnings("ignore", message=".*Add type hints.*", category=UserWarning)
+
+CHECKPOINT_KEY = "checkpoint"
+MODEL_NAME = "model"
+
+
+class JbotPyfunc(PythonModel):
+    """predict(x (N, P, F)) -> [CLS] (N, D), or probabilities (N, C) when the checkpoint holds a classifier."""
+
+    def load_context(self, context: Any) -> None:
+        self.model = load_model(context.artifacts[CHECKPOINT_KEY])
+
+    # no type hints here: MLflow would try to derive a schema from them; the logged signature is the schema
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        x = np.asarray(model_input, dtype=np.float32)
+        enc = self.model.encoder
+        if x.ndim != 3 or x.shape[2] != enc.cfg.n_features:
+            raise ValueError(f"expected jets (N, P, {enc.cfg.n_features}), got shape {x.shape}")
+        outs = []
+        with torch.no_grad():
+            for start in range(0, len(x), 4096):
+                cls, _ = enc.eval()(torch.as_tensor(x[start:start + 4096]))
+                outs.append((self.model.probabilities(cls) if self.model.classifier is not None else cls).numpy())
+        return np.concatenate(outs) if outs else np.zeros((0, enc.cfg.d_model), np.float32)
+
+
+def log_jbot_model(checkpoint: str | Path, example: np.ndarray) -> str:
+    """Log ``checkpoint`` as a pyfunc model of the active run; returns the model URI."""
+    loaded = load_model(checkpoint)
+    n_out = len(loaded.class_names) if loaded.classifier is not None else loaded.encoder.cfg.d_model
+    _, n_particles, n_features = example.shape
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_particles, n_features))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_out))]),
+    )
+    with _quiet("mlflow.pyfunc"):
+        info = _log_pyfunc(checkpoint, signature, example)
+    mlflow.set_tag("jbot.model_uri", info.model_uri)
+    return info.model_uri
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):  # type: ignore[no-untyped-def]
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _log_pyfunc(checkpoint: str | Path, signature: ModelSignature, example: np.ndarray) -> Any:
+    return mlflow.pyfunc.log_model(
+        name=MODEL_NAME, python_model=JbotPyfunc(), artifacts={CHECKPOINT_KEY: str(checkpoint)},
+        signature=signature, input_example=example.astype(np.float32),
+        pip_requirements=[f"jbot=={jbot.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+                          f"mlflow=={mlflow.__version__}"],
+    )
+
+
+def _find_checkpoint(folder: Path) -> Path:
+    found = sorted(folder.rglob("*.pt"))
+    if not found:
+        raise CheckpointError(f"no jbot checkpoint inside the downloaded model at {folder}")
+    return found[0]
+
+
+def resolve_checkpoint(source: str, tracking_uri: str) -> Path:
+    """A local checkpoint path for a path, run id, ``runs:/`` or ``models:/`` URI (downloaded once to a temp dir)
+    from the store ``tracking_uri`` (the command's resolved URI)."""
+    from jbot.tracking.mlflow import connect
+
+    path = Path(source)
+    if path.is_file():
+        return path
+    if not is_model_source(source):
+        raise CheckpointError(f"{source}: no such checkpoint file, run id or runs:/ / models:/ URI")
+    client = connect(tracking_uri)
+    if RUN_ID.match(source):
+        try:
+            run = client.get_run(source)
+        except mlflow.exceptions.MlflowException as exc:
+            raise CheckpointError(f"run {source} not found in the tracking store ({exc})") from None
+        uri = run.data.tags.get("jbot.model_uri")
+        if uri is None:
+            raise CheckpointError(f"run {source} logged no jbot model")
+        source = uri
+    dest = Path(tempfile.mkdtemp(prefix="jbot-model-"))
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest),
+                                                    tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    except mlflow.exceptions.MlflowException as exc:
+        raise CheckpointError(f"{source}: cannot be loaded from the tracking store ({exc.message})") from None
+    return _find_checkpoint(Path(local))
+
+
+def load_from_uri(source: str, tracking_uri: str) -> LoadedModel:
+    return load_model(resolve_checkpoint(source, tracking_uri))
+
+
+def provenance(source: str, tracking_uri: str) -> dict[str, str]:
+    """Tags that name where an encoder came from: the upstream run and registered model version."""
+    from jbot.tracking.mlflow import connect
+
+    tags = {"jbot.source": source}
+    if RUN_ID.match(source):
+        tags["jbot.upstream_run"] = source
+    elif source.startswith("runs:/"):
+        tags["jbot.upstream_run"] = source[len("runs:/"):].split("/")[0]
+    elif source.startswith("models:/"):
+        ref = source[len("models:/"):]
+        client = connect(tracking_uri)
+        try:
+            if "@" in ref:
+                name, alias = ref.split("@", 1)
+                mv = client.get_model_version_by_alias(name, alias)
+            elif "/" in ref:
+                name, version = ref.split("/", 1)
+                mv = client.get_model_version(name, version)
+            else:
+                return tags
+        except mlflow.exceptions.MlflowException:
+            return tags
+        tags.update({"jbot.upstream_run": mv.run_id or "", "jbot.upstream_model": f"{mv.name}/{mv.version}"})
+    return tags

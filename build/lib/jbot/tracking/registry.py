@@ -1,0 +1,120 @@
+"""The Model Registry: ``jbot register best`` (idempotent per run), aliases, listing."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from jbot.tracking.mlflow import TrackingError
+
+
+@dataclass
+class Registered:
+    name: str
+    version: str
+    run_id: str
+    metric: str
+    value: float
+    alias: str | None
+    created: bool
+
+
+def best_run(client: MlflowClient, experiment: str, metric: str, mode: str = "max",
+             filter_string: str | None = None, parent_run_id: str | None = None) -> mlflow.entities.Run:
+    """The best FINISHED run with ``metric`` and a logged jbot model."""
+    if mode not in ("max", "min"):
+        raise TrackingError(f"--mode must be max or min, not {mode!r}")
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise TrackingError(f"no experiment named {experiment!r} in the tracking store")
+    clauses = ["attributes.status = 'FINISHED'"]
+    if filter_string:
+        clauses.append(f"({filter_string})" if " or " in filter_string.lower() else filter_string)
+    if parent_run_id:
+        clauses.append(f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    query = " and ".join(clauses)
+    try:
+        runs = client.search_runs([exp.experiment_id], filter_string=query,
+                                  order_by=[f"metrics.`{metric}` {'DESC' if mode == 'max' else 'ASC'}"],
+                                  max_results=1000)
+    except mlflow.exceptions.MlflowException as exc:
+        raise TrackingError(f"invalid run filter {filter_string!r}: {exc.message}") from None
+    candidates = [r for r in runs if metric in r.data.metrics and "jbot.model_uri" in r.data.tags]
+    if not candidates:
+        raise TrackingError(
+            f"no run matches: experiment {experiment!r}, FINISHED, with metric {metric!r} and a logged model"
+            + (f", filter {filter_string!r}" if filter_string else "")
+            + (f", parent run {parent_run_id}" if parent_run_id else "")
+            + f" ({len(runs)} finished runs searched)"
+        )
+    return candidates[0]
+
+
+def register_best(client: MlflowClient, experiment: str, metric: str, name: str, mode: str = "max",
+                  alias: str | None = "champion", filter_string: str | None = None,
+                  parent_run_id: str | None = None) -> Registered:
+    """Register the best run's model under ``name`` (reusing the version if that run is registered already),
+    tag the version with the metric, run and sweep, and point ``alias`` at it."""
+    run = best_run(client, experiment, metric, mode, filter_string, parent_run_id)
+    run_id = run.info.run_id
+    value = run.data.metrics[metric]
+    existing: list[mlflow.entities.model_registry.ModelVersion] = []
+    if client.search_registered_models(filter_string=f"name = '{name}'"):
+        existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if existing:
+        version, created = str(min(int(v.version) for v in existing)), False
+    else:
+        mlflow.register_model(run.data.tags["jbot.model_uri"], name)
+        version, created = _deduplicate(client, name, run_id), True
+    tags = {"jbot.metric": metric, "jbot.metric_value": repr(value), "jbot.run_id": run_id,
+            "jbot.experiment": experiment,
+            "jbot.sweep": run.data.tags.get("mlflow.parentRunId", "")}
+    for key, val in tags.items():
+        _retry(functools.partial(client.set_model_version_tag, name, version, key, val))
+    if alias:
+        _retry(lambda: client.set_registered_model_alias(name, alias, version))
+    return Registered(name, version, run_id, metric, value, alias, created)
+
+
+def _retry(call: Callable[[], object], attempts: int = 4) -> None:
+    """Concurrent writers (sweep workers finishing together) can collide on a store's insert-or-update."""
+    for attempt in range(attempts):
+        try:
+            call()
+            return
+        except mlflow.exceptions.MlflowException:
+            if attempt + 1 == attempts:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def _deduplicate(client: MlflowClient, name: str, run_id: str) -> str:
+    """Keep the oldest version of ``run_id``: two sweep workers finishing together may both have registered it."""
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    versions = sorted({int(v.version) for v in found})  # a set: a store may list one version twice
+    for extra in versions[1:]:
+        try:
+            client.delete_model_version(name, str(extra))
+        except mlflow.exceptions.MlflowException:
+            pass  # the other worker deleted it first
+    return str(versions[0])
+
+
+def list_versions(client: MlflowClient, name: str) -> list[dict[str, str]]:
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        raise TrackingError(f"no registered model named {name!r}")
+    model = client.get_registered_model(name)
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    rows = []
+    for mv in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda m: int(m.version)):
+        rows.append({"version": str(mv.version), "aliases": ", ".join(aliases.get(str(mv.version), [])),
+                     "run_id": mv.run_id or "", "metric": mv.tags.get("jbot.metric", ""),
+                     "value": mv.tags.get("jbot.metric_value", "")})
+    return rows

@@ -1,0 +1,110 @@
+"""Checkpoints: plain tensors and primitives, written atomically, loaded with ``weights_only=True`` (no pickled
+code runs on load). A checkpoint carries its resolved config, so it alone rebuilds the encoder."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jbot.config import ModelConfig
+from jbot.errors import JbotError
+from jbot.model.encoder import JetEncoder
+from jbot.model.heads import ClassifierHead
+
+FORMAT = "jbot-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(JbotError, ValueError):
+    pass
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write to a temp file in the same folder, then rename: a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        raise CheckpointError(f"{path}: not a readable jbot checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a jbot checkpoint (no '{FORMAT}' marker)")
+    return state
+
+
+def _prefixed(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def encoder_from_state(state: dict[str, Any], which: str = "student") -> JetEncoder:
+    """Rebuild the encoder (``student`` or ``teacher`` backbone) from a loaded checkpoint alone."""
+    model_cfg = ModelConfig.model_validate(state["config"]["model"])
+    encoder = JetEncoder(model_cfg)
+    weights = state.get("encoder") if which == "encoder" else _prefixed(state[which], "encoder.")
+    if weights is None:
+        raise CheckpointError(f"checkpoint holds no '{which}' weights")
+    encoder.load_state_dict(weights)
+    encoder.eval()
+    return encoder
+
+
+def load_encoder(path: str | Path, which: str = "student") -> JetEncoder:
+    """The encoder of any jbot checkpoint: pre-training (student by default), fine-tuned or imported."""
+    state = load_checkpoint(path)
+    key = which if which in state else "encoder"
+    return encoder_from_state(state, key)
+
+
+@dataclass
+class LoadedModel:
+    """An encoder and, for fine-tuned or imported classifier checkpoints, its classifier head."""
+
+    encoder: JetEncoder
+    classifier: ClassifierHead | None
+    class_names: tuple[str, ...]
+    state: dict[str, Any]
+
+    @torch.no_grad()
+    def probabilities(self, cls: torch.Tensor) -> torch.Tensor:
+        if self.classifier is None:
+            raise CheckpointError("this model has no classifier head")
+        return torch.softmax(self.classifier(cls).float(), dim=-1)
+
+
+def model_from_state(state: dict[str, Any]) -> LoadedModel:
+    encoder = encoder_from_state(state, "student" if "student" in state else "encoder")
+    head = None
+    names: tuple[str, ...] = ()
+    if "classifier" in state:
+        weights = state["classifier"]
+        last = max(int(k.split(".")[1]) for k in weights if k.endswith(".weight"))
+        n_classes = weights[f"net.{last}.weight"].shape[0]
+        head = ClassifierHead(encoder.cfg.d_model, n_classes)
+        head.load_state_dict(weights)
+        head.eval()
+        names = tuple(state.get("class_names") or (f"class{i}" for i in range(n_classes)))
+    return LoadedModel(encoder, head, names, state)
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    return model_from_state(load_checkpoint(path))

@@ -1,0 +1,28 @@
+"""Device and precision choices (fast path on CUDA: bf16 autocast + torch.compile unless disabled)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from jbot.config import ConfigError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA device is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def use_compile(device: torch.device, setting: str) -> bool:
+    return setting == "on" or (setting == "auto" and device.type == "cuda")

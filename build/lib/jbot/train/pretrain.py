@@ -1,0 +1,230 @@
+"""jBOT pre-training (SPEC §6): AdamW, warm-up then constant (or cosine) LR, EMA teacher, per-epoch monitors.
+
+The training set lives on the device as one tensor, shuffled by index every epoch. Nothing leaves the device
+inside an epoch: loss terms and the first non-finite step are accumulated there and read once per epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jbot.config import JbotConfig
+from jbot.data.splits import Split
+from jbot.errors import JbotError
+from jbot.evaluate.embed import embed
+from jbot.evaluate.knn import knn_classify
+from jbot.ssl.center import Centers
+from jbot.ssl.method import TERMS, Distillation, JBOTNetwork
+from jbot.ssl.schedules import lr_schedule, momentum_schedule
+from jbot.ssl.teacher import ema_update, make_teacher
+from jbot.tracking.base import NullTracker, Tracker
+from jbot.train.checkpoint import load_checkpoint, save_checkpoint
+from jbot.train.device import autocast, pick_device, use_compile
+
+KNN_REFERENCE = 20_000
+
+
+class TrainingDiverged(JbotError, RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class PretrainResult:
+    checkpoint: Path
+    epochs: int
+    history: dict[str, list[float]] = field(default_factory=dict)
+    knn_acc: float | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    epochs: int
+    metrics: dict[str, float]
+
+
+def build_networks(cfg: JbotConfig) -> tuple[JBOTNetwork, JBOTNetwork]:
+    """Student with seeded initial weights, teacher as its frozen copy (same initial weights)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.pretrain.seed)
+        student = JBOTNetwork(cfg.model, cfg.pretrain.dropout)
+    return student, make_teacher(student)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases, LayerNorm gains and the [CLS] / [MASK] tokens (DINO convention)."""
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(("cls_token", "mask_token")) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Pretrainer:
+    def __init__(self, cfg: JbotConfig, split: Split, out_dir: str | Path, tracker: Tracker | None = None) -> None:
+        self.cfg, self.split, self.tracker = cfg, split, tracker or NullTracker()
+        self.out_dir = Path(out_dir)
+        tc = cfg.pretrain
+        self.device = pick_device(tc.device)
+        self.x = torch.as_tensor(split.train.x, dtype=torch.float32, device=self.device)  # (N, P, F)
+        n = self.x.shape[0]
+        self.batch = min(tc.batch_size, n)
+        self.steps = max(1, n // self.batch)
+        total = tc.epochs * self.steps
+        peak = tc.base_lr * self.batch / 256
+        self.lr = lr_schedule(peak, total, int(round(tc.warmup_epochs * self.steps)), tc.lr_schedule, tc.min_lr)
+        self.momentum = momentum_schedule(tc.teacher_momentum, tc.teacher_momentum_final, total)
+        self.student, self.teacher = build_networks(cfg)
+        self.student.to(self.device)
+        self.teacher.to(self.device)
+        self.centers = Centers(cfg.model.d_proj, tc.center_momentum).to(self.device)
+        self.method = Distillation(self.student, self.teacher, self.centers, cfg.augment, cfg.mask, tc)
+        self.optimizer = torch.optim.AdamW(param_groups(self.student, tc.weight_decay), lr=float(self.lr[0]))
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(tc.seed)
+        self.epoch = 0
+        self.history: dict[str, list[float]] = {}
+        self._loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.method.losses
+        if use_compile(self.device, tc.compile):
+            self._loss_fn = torch.compile(self.method.losses)  # type: ignore[assignment]
+
+    # ------------------------------------------------------------------ state
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.model_dump(mode="json"),
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "centers": self.centers.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "rng": {"generator": self.gen.get_state(), "torch": torch.get_rng_state()},
+            "history": self.history,
+            "data_fingerprint": self.split.fingerprint,
+        }
+
+    def restore(self, path: str | Path) -> None:
+        state = load_checkpoint(path)
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.centers.load_state_dict(state["centers"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self.gen.set_state(state["rng"]["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, xb: torch.Tensor, it: int) -> torch.Tensor:
+        """One full step (views, masking, teacher, student, losses, backward, AdamW, EMA, centres) on a batch
+        already on the device; returns the detached loss terms (no host sync)."""
+        tc = self.cfg.pretrain
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(self.lr[it])
+        views, masked = self.method.views(xb, self.gen)
+        with autocast(self.device, tc.precision):
+            terms = self._loss_fn(views, masked)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms[0].backward()
+        if tc.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), tc.grad_clip)
+        self.optimizer.step()
+        ema_update(self.teacher, self.student, float(self.momentum[it]))
+        return terms.detach()
+
+    def run_epoch(self, on_step: Callable[[int], None] | None = None) -> dict[str, float]:
+        self.student.train()
+        perm = torch.randperm(self.x.shape[0], generator=self.gen, device=self.device)
+        sums = torch.zeros(len(TERMS), device=self.device)
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        start = time.perf_counter()
+        for i in range(self.steps):
+            terms = self.train_step(self.x[perm[i * self.batch:(i + 1) * self.batch]], self.epoch * self.steps + i)
+            sums += terms
+            bad = ~torch.isfinite(terms[0]) & (first_bad < 0)
+            first_bad = torch.where(bad, torch.full_like(first_bad, i), first_bad)
+            if on_step is not None:
+                on_step(i)
+        values = (sums / self.steps).tolist()  # the one host sync of the epoch
+        bad_step = int(first_bad)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        if bad_step >= 0:
+            raise TrainingDiverged(
+                f"loss became NaN/inf at epoch {self.epoch + 1}, step {bad_step + 1} of {self.steps}; "
+                f"the last good checkpoint (epoch {self.epoch}) is kept at {self.checkpoint_path}. "
+                "Try a lower pretrain.base_lr, pretrain.grad_clip, or a larger pretrain.warmup_epochs."
+            )
+        it_last = (self.epoch + 1) * self.steps - 1
+        metrics = {f"train/{name}": v for name, v in zip(TERMS, values, strict=True)}
+        metrics.update({
+            "train/lr": float(self.lr[it_last]),
+            "train/teacher_momentum": float(self.momentum[it_last]),
+            "train/center_norm_cls": float(self.centers.cls.norm()),
+            "train/center_norm_part": float(self.centers.part.norm()),
+            "train/jets_per_s": self.steps * self.batch / elapsed,
+            "train/epoch_seconds": elapsed,
+        })
+        return metrics
+
+    def knn_accuracy(self) -> float | None:
+        """k-NN probe (k from config) on frozen student [CLS]: train subset -> validation subset."""
+        tc, split = self.cfg.pretrain, self.split
+        classes = np.unique(split.train.y)
+        rng = np.random.default_rng(tc.seed)
+        ref = rng.permutation(len(split.train))[:KNN_REFERENCE]
+        val_idx = np.flatnonzero(np.isin(split.val.y, classes))
+        val_idx = rng.permutation(val_idx)[:tc.knn_val_size]
+        if len(val_idx) == 0:
+            return None  # no validation split (data.n_val = 0): nothing to monitor
+        encoder = self.student.encoder
+        ref_emb, _ = embed(encoder, split.train.x[ref], device=self.device)
+        val_emb, _ = embed(encoder, split.val.x[val_idx], device=self.device)
+        pred = knn_classify(ref_emb, split.train.y[ref], val_emb, k=tc.knn_k)
+        return float((pred == split.val.y[val_idx]).mean())
+
+    def fit(self, on_step: Callable[[int], None] | None = None,
+            on_epoch: Callable[[EpochReport], bool | None] | None = None) -> PretrainResult:
+        """``on_epoch`` may return True to stop after this epoch (a pruned sweep trial)."""
+        tc = self.cfg.pretrain
+        start = time.perf_counter()
+        knn = None
+        while self.epoch < tc.epochs:
+            metrics = self.run_epoch(on_step)
+            self.epoch += 1
+            last = self.epoch == tc.epochs
+            if (tc.knn_every and self.epoch % tc.knn_every == 0) or last:
+                knn = self.knn_accuracy()
+                if knn is not None:
+                    metrics["val/knn_acc"] = knn
+            for k, v in metrics.items():
+                self.history.setdefault(k, []).append(v)
+            self.tracker.log_metrics(metrics, step=self.epoch)
+            save_checkpoint(self.checkpoint_path, self.state())
+            if on_epoch is not None and on_epoch(EpochReport(self.epoch, tc.epochs, metrics)):
+                break
+        return PretrainResult(self.checkpoint_path, self.epoch, self.history, knn, time.perf_counter() - start)
+
+
+def pretrain(cfg: JbotConfig, split: Split, out_dir: str | Path, tracker: Tracker | None = None,
+             resume: str | Path | None = None, on_step: Callable[[int], None] | None = None,
+             on_epoch: Callable[[EpochReport], bool | None] | None = None) -> PretrainResult:
+    """Train (or continue from ``resume``) and return the final checkpoint and monitors."""
+    trainer = Pretrainer(cfg, split, out_dir, tracker)
+    if resume is not None:
+        trainer.restore(resume)
+    return trainer.fit(on_step, on_epoch)
