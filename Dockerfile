@@ -1,13 +1,13 @@
-# jbot worker image: CPU PyTorch, jbot with the generate extra. GPU hosts: build FROM a CUDA PyTorch image.
+# jbot worker image: CPU PyTorch, then jbot installed from its wheel (non-editable: the configs and sweep spaces
+# are package data). GPU hosts: build FROM a CUDA PyTorch image.
 FROM python:3.11-slim
 
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
-WORKDIR /opt/jbot
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
-COPY pyproject.toml README.md ./
-COPY jbot ./jbot
-COPY configs ./configs
-COPY sweeps/*.yaml ./sweeps/
-RUN pip install ".[generate]"
+COPY pyproject.toml README.md /tmp/jbot-src/
+COPY jbot /tmp/jbot-src/jbot
+RUN pip install "/tmp/jbot-src[generate]" && rm -rf /tmp/jbot-src
+# stores a command makes without a server (mlruns/, sweeps/) go under the working folder
+WORKDIR /work
 ENTRYPOINT ["jbot"]
 CMD ["--help"]

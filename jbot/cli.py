@@ -95,8 +95,8 @@ def progress_bar() -> Progress:
 def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Print the resolved configuration (YAML + --set overrides)."""
     with user_errors():
-        cfg = resolve(config, set_)
-    console.print(to_yaml(cfg), end="", highlight=False)
+        cfg = load_config(config, set_ or [])
+    console.print(to_yaml(cfg), end="", highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------------------ data
