@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -20,8 +21,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from jbot.config import ConfigError, GenerateConfig, JbotConfig, load_config, to_yaml, with_overrides
+from jbot.config import (
+    ConfigError,
+    GenerateConfig,
+    JbotConfig,
+    format_validation_error,
+    load_config,
+    to_yaml,
+    with_overrides,
+)
 from jbot.errors import JbotError
+from jbot.io import scratch_dir
 from jbot.paths import is_model_source, resolve_tracking_uri
 
 app = typer.Typer(help="jBOT: self-distilled jet representations, MLflow-native.", no_args_is_help=True,
@@ -118,8 +128,8 @@ def data_generate(
         try:
             cfg = GenerateConfig(jets_per_class=jets_per_class, workers=workers, seed=seed, chunk_size=chunk_size,
                                  classes=tuple(c.strip().lower() for c in classes.split(",") if c.strip()))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, GenerateConfig, "invalid generator options")) from None
         start = time.perf_counter()
         with progress_bar() as bar:
             task = bar.add_task("generating jets", total=jets_per_class * len(cfg.classes))
@@ -190,22 +200,31 @@ def pretrain_cmd(
     preset: Annotated[str | None, typer.Option(help="5class | tqg | qg (overrides data.preset)")] = None,
     device: DeviceOpt = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (overrides pretrain.out_dir)")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint (its own config is used)")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue from this checkpoint: its own config, with --set/--out/--data/--device on top")] = None,
+    allow_other_data: Annotated[bool, typer.Option(
+        "--allow-other-data", help="With --resume: continue on data whose fingerprint differs")] = False,
     tracking_uri: TrackingOpt = None,
     experiment: ExperimentOpt = None,
 ) -> None:
     """Pre-train a jBOT encoder by self-distillation (SPEC §2-6), tracked in MLflow."""
-    from jbot.config import build_config
+    from jbot.config import resume_config
 
     with user_errors():
-        cfg = resolve(config, _overrides(set_, **{"data.dir": data, "data.preset": preset, "pretrain.device": device,
-                                                  "pretrain.out_dir": out}), tracking_uri)
-        if resume is not None:
+        overrides = _overrides(set_, **{"data.dir": data, "data.preset": preset, "pretrain.device": device,
+                                        "pretrain.out_dir": out})
+        if resume is None:
+            cfg = resolve(config, overrides, tracking_uri)
+        else:
+            if config is not None:
+                raise ConfigError("--resume continues with the checkpoint's own config: change fields with --set, "
+                                  "--out, --data or --device, not --config")
             if not resume.is_file():
                 raise ConfigError(f"--resume {resume}: checkpoint not found")
             from jbot.train.checkpoint import load_checkpoint
 
-            cfg = with_overrides(build_config(load_checkpoint(resume)["config"]), {"tracking.uri": cfg.tracking.uri})
+            saved = resume_config(load_checkpoint(resume)["config"], overrides)
+            cfg = with_overrides(saved, {"tracking.uri": resolve_tracking_uri(tracking_uri, saved.tracking.uri)})
         require_data(cfg)
         console.print(f"pre-training jBOT (D={cfg.model.d_model}, L={cfg.model.n_layers}, H={cfg.model.n_heads}) "
                       f"on {cfg.data.preset} jets from {cfg.data.dir} for {cfg.pretrain.epochs} epochs")
@@ -221,8 +240,17 @@ def pretrain_cmd(
                                   f" ({m['train/jets_per_s']:.0f} jets/s{knn})")
                 bar.update(task, description=f"epoch {report.epoch + 1}", completed=0)
 
-            tracked = tracked_pretrain(cfg, resume=resume, experiment=experiment,
-                                       on_step=lambda i: bar.advance(task), on_epoch=on_epoch)
+            try:
+                tracked = tracked_pretrain(cfg, resume=resume, experiment=experiment, allow_other_data=allow_other_data,
+                                           on_step=lambda i: bar.advance(task), on_epoch=on_epoch)
+            except KeyboardInterrupt:
+                ckpt = Path(cfg.pretrain.out_dir) / "checkpoint.pt"
+                bar.stop()
+                err_console.print("interrupted: " + (
+                    f"the last completed epoch is saved in {ckpt}; continue with `jbot pretrain --resume {ckpt}`"
+                    if ckpt.is_file() else "no epoch had completed, nothing was saved"), highlight=False,
+                    soft_wrap=True)
+                raise typer.Exit(code=130) from None
     result = tracked.payload
     table = Table(title="jBOT pre-training")
     table.add_column("metric")
@@ -353,7 +381,7 @@ def embed_cmd(
     model: ModelOpt,
     input_: Annotated[Path, typer.Option("--input", help="JetNet-layout HDF5 file or .npz holding x (N, 30, 4)")],
     out: Annotated[Path, typer.Option(help="Output .npz: cls, particles and (classifiers) probs")],
-    batch_size: Annotated[int, typer.Option(help="Jets per batch")] = 4096,
+    batch_size: Annotated[int, typer.Option(help="Jets per batch", min=1)] = 4096,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -600,14 +628,13 @@ def sweep_finetune_cmd(
 ) -> None:
     """Search LLRD decay, learning rate (and dropout, batch size) on validation accuracy; test metrics of the
     best trial once at the end."""
-    import tempfile
 
     with user_errors():
         sweep = _sweep("finetune", trials, config, set_, data, space, storage, study_name, tracking_uri, experiment,
                        {"model": model, "fraction": fraction}, {"finetune.fraction": fraction})
         from jbot.sweeps.objectives import finetune_objective, finish_finetune, run_sweep
 
-        work = Path(tempfile.mkdtemp(prefix="jbot-sweep-finetune-"))
+        work = scratch_dir("sweep-finetune-")
         try:
             outcome, summary = run_sweep(sweep, finetune_objective(sweep, model, work),
                                          lambda o: finish_finetune(sweep, o, register))
@@ -658,7 +685,6 @@ def sweep_pretrain_cmd(
 ) -> None:
     """Search model size, masking, temperatures, KoLeo weight and learning rate on the validation k-NN probe
     accuracy (reported every pretrain.knn_every epochs, pruned by the median rule)."""
-    import tempfile
 
     with user_errors():
         sweep = _sweep("pretrain", trials, config, set_, data, space, storage, study_name, tracking_uri,
@@ -666,7 +692,7 @@ def sweep_pretrain_cmd(
         from jbot.sweeps.objectives import pretrain_objective, run_sweep
 
         try:
-            outcome, summary = run_sweep(sweep, pretrain_objective(sweep, Path(tempfile.mkdtemp(prefix="jbot-"))))
+            outcome, summary = run_sweep(sweep, pretrain_objective(sweep, scratch_dir("sweep-pretrain-")))
         except KeyboardInterrupt:
             _interrupted("pretrain")
     _print_sweep(outcome, summary)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types import Schema, TensorSpec
 
 import jbot
+from jbot.io import scratch_dir
 from jbot.paths import RUN_ID, is_model_source
 from jbot.train.checkpoint import CheckpointError, LoadedModel, load_model
 
@@ -110,7 +110,7 @@ def resolve_checkpoint(source: str, tracking_uri: str) -> Path:
         if uri is None:
             raise CheckpointError(f"run {source} logged no jbot model")
         source = uri
-    dest = Path(tempfile.mkdtemp(prefix="jbot-model-"))
+    dest = scratch_dir("model-")
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest),
                                                     tracking_uri=tracking_uri, registry_uri=tracking_uri)
