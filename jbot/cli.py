@@ -72,6 +72,17 @@ def user_errors() -> Iterator[None]:
     except (JbotError, FileNotFoundError) as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
+    except Exception as exc:
+        from jbot.io import free_space, is_disk_full
+        from jbot.paths import home
+
+        if not is_disk_full(exc):
+            raise
+        err_console.print(f"[bold red]error:[/] the disk is full ({type(exc).__name__} while writing; "
+                          f"{free_space(home())} free under {home()}, the working folder). Files and runs written "
+                          "before are intact; free some space and run the command again.",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
 
 
 def resolve(config: Path | None, overrides: list[str] | None, tracking_uri: str | None = None) -> JbotConfig:
@@ -94,8 +105,9 @@ def require_model(source: str) -> None:
 
 
 def progress_bar() -> Progress:
+    """A bar that disappears when its work ends (or fails): what stays is the command's own lines."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console)
+                    TimeRemainingColumn(), console=console, transient=True)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -221,10 +233,13 @@ def pretrain_cmd(
                                   "--out, --data or --device, not --config")
             if not resume.is_file():
                 raise ConfigError(f"--resume {resume}: checkpoint not found")
+            from jbot.runs import check_more_epochs
             from jbot.train.checkpoint import load_checkpoint
 
-            saved = resume_config(load_checkpoint(resume)["config"], overrides)
+            state = load_checkpoint(resume)
+            saved = resume_config(state["config"], overrides)
             cfg = with_overrides(saved, {"tracking.uri": resolve_tracking_uri(tracking_uri, saved.tracking.uri)})
+            check_more_epochs(cfg, state, resume)
         require_data(cfg)
         console.print(f"pre-training jBOT (D={cfg.model.d_model}, L={cfg.model.n_layers}, H={cfg.model.n_heads}) "
                       f"on {cfg.data.preset} jets from {cfg.data.dir} for {cfg.pretrain.epochs} epochs")

@@ -17,20 +17,30 @@ from pathlib import Path
 
 from jbot.errors import JbotError
 
+NEARLY_FULL = 1 << 20  # bytes
+
 
 class WriteError(JbotError, OSError):
     """A file could not be written; the message names it and the free space. The previous file is intact."""
 
 
-def free_space(path: str | Path) -> str:
-    """Free space on the disk holding ``path`` (or its nearest existing parent), human-readable."""
+def free_bytes(path: str | Path) -> int | None:
+    """Free bytes on the disk holding ``path`` (or its nearest existing parent); None if unknown."""
     probe = Path(path).absolute()
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     try:
-        free = float(shutil.disk_usage(probe).free)
+        return shutil.disk_usage(probe).free
     except OSError:
+        return None
+
+
+def free_space(path: str | Path) -> str:
+    """Free space on the disk holding ``path``, human-readable."""
+    found = free_bytes(path)
+    if found is None:
         return "unknown space"
+    free = float(found)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if free < 1024 or unit == "TiB":
             return f"{free:.0f} {unit}" if unit == "B" else f"{free:.1f} {unit}"
@@ -54,7 +64,9 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def write_error(path: Path, exc: BaseException) -> WriteError:
-    if is_disk_full(exc):
+    free = free_bytes(path.parent)
+    # torch reports a short write as RuntimeError("... unexpected pos ..."), without errno
+    if is_disk_full(exc) or (isinstance(exc, RuntimeError) and free is not None and free < NEARLY_FULL):
         reason = "the disk is full"
     elif isinstance(exc, OSError) and exc.strerror:
         reason = exc.strerror.lower()

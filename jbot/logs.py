@@ -47,6 +47,20 @@ class _NoInterruptTraceback(logging.Filter):
         return True
 
 
+class _NoCaughtTraceback(logging.Filter):
+    """MLflow logs some exceptions with their traceback before raising them; jbot reports the exception itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return verbose() or not record.exc_info
+
+
+def quiet_mlflow() -> None:
+    """Called once MLflow is imported (its handlers exist only then)."""
+    for handler in logging.getLogger("mlflow").handlers:
+        if not any(isinstance(f, _NoCaughtTraceback) for f in handler.filters):
+            handler.addFilter(_NoCaughtTraceback())
+
+
 def quiet_optuna() -> None:
     """Optuna installs its own INFO handler on first use: lower it (called again where Optuna is imported)."""
     import sys

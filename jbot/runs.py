@@ -91,16 +91,20 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
     return TrackedResult(run.run_id, model_uri, result)
 
 
+def check_more_epochs(cfg: JbotConfig, state: dict[str, Any], resume: str | Path) -> None:
+    done = int(state.get("epoch", 0))
+    if cfg.pretrain.epochs <= done:
+        raise ConfigError(f"{resume} has already trained {done} epochs (pretrain.epochs = {cfg.pretrain.epochs}); "
+                          f"to train on, pass --set pretrain.epochs=N with N > {done}")
+
+
 def check_resumable(cfg: JbotConfig, split: Split, resume: str | Path, allow_other_data: bool) -> str | None:
     """Refuse a resume that would train nothing or on other data; returns the checkpoint's MLflow run id."""
     from jbot.data.jetnet import DataError
     from jbot.train.checkpoint import load_checkpoint
 
     state = load_checkpoint(resume)
-    done = int(state.get("epoch", 0))
-    if cfg.pretrain.epochs <= done:
-        raise ConfigError(f"{resume} has already trained {done} epochs (pretrain.epochs = {cfg.pretrain.epochs}); "
-                          f"to train on, pass --set pretrain.epochs=N with N > {done}")
+    check_more_epochs(cfg, state, resume)
     saved = state.get("data_fingerprint")
     if saved and saved != split.fingerprint and not allow_other_data:
         raise DataError(f"{resume} was trained on data with fingerprint {saved[:16]}, but {cfg.data.dir} "

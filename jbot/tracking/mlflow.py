@@ -28,8 +28,10 @@ import jbot
 from jbot.config import JbotConfig, flatten, to_yaml
 from jbot.errors import JbotError
 from jbot.io import scratch_dir
+from jbot.logs import quiet_mlflow
 from jbot.paths import redact, resolve_tracking_uri
 
+quiet_mlflow()
 MAX_PARAM_LENGTH = 6000
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -20,8 +21,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from jbot.config import ConfigError, GenerateConfig, JbotConfig, load_config, to_yaml, with_overrides
+from jbot.config import (
+    ConfigError,
+    GenerateConfig,
+    JbotConfig,
+    format_validation_error,
+    load_config,
+    to_yaml,
+    with_overrides,
+)
 from jbot.errors import JbotError
+from jbot.io import scratch_dir
 from jbot.paths import is_model_source, resolve_tracking_uri
 
 app = typer.Typer(help="jBOT: self-distilled jet representations, MLflow-native.", no_args_is_help=True,
@@ -62,6 +72,17 @@ def user_errors() -> Iterator[None]:
     except (JbotError, FileNotFoundError) as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
+    except Exception as exc:
+        from jbot.io import free_space, is_disk_full
+        from jbot.paths import home
+
+        if not is_disk_full(exc):
+            raise
+        err_console.print(f"[bold red]error:[/] the disk is full ({type(exc).__name__} while writing; "
+                          f"{free_space(home())} free under {home()}, the working folder). Files and runs written "
+                          "before are intact; free some space and run the command again.",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
 
 
 def resolve(config: Path | None, overrides: list[str] | None, tracking_uri: str | None = None) -> JbotConfig:
@@ -84,8 +105,9 @@ def require_model(source: str) -> None:
 
 
 def progress_bar() -> Progress:
+    """A bar that disappears when its work ends (or fails): what stays is the command's own lines."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console)
+                    TimeRemainingColumn(), console=console, transient=True)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -95,8 +117,8 @@ def progress_bar() -> Progress:
 def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Print the resolved configuration (YAML + --set overrides)."""
     with user_errors():
-        cfg = resolve(config, set_)
-    console.print(to_yaml(cfg), end="", highlight=False)
+        cfg = load_config(config, set_ or [])
+    console.print(to_yaml(cfg), end="", highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -118,8 +140,8 @@ def data_generate(
         try:
             cfg = GenerateConfig(jets_per_class=jets_per_class, workers=workers, seed=seed, chunk_size=chunk_size,
                                  classes=tuple(c.strip().lower() for c in classes.split(",") if c.strip()))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, GenerateConfig, "invalid generator options")) from None
         start = time.perf_counter()
         with progress_bar() as bar:
             task = bar.add_task("generating jets", total=jets_per_class * len(cfg.classes))
@@ -190,22 +212,34 @@ def pretrain_cmd(
     preset: Annotated[str | None, typer.Option(help="5class | tqg | qg (overrides data.preset)")] = None,
     device: DeviceOpt = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (overrides pretrain.out_dir)")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint (its own config is used)")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue from this checkpoint: its own config, with --set/--out/--data/--device on top")] = None,
+    allow_other_data: Annotated[bool, typer.Option(
+        "--allow-other-data", help="With --resume: continue on data whose fingerprint differs")] = False,
     tracking_uri: TrackingOpt = None,
     experiment: ExperimentOpt = None,
 ) -> None:
     """Pre-train a jBOT encoder by self-distillation (SPEC §2-6), tracked in MLflow."""
-    from jbot.config import build_config
+    from jbot.config import resume_config
 
     with user_errors():
-        cfg = resolve(config, _overrides(set_, **{"data.dir": data, "data.preset": preset, "pretrain.device": device,
-                                                  "pretrain.out_dir": out}), tracking_uri)
-        if resume is not None:
+        overrides = _overrides(set_, **{"data.dir": data, "data.preset": preset, "pretrain.device": device,
+                                        "pretrain.out_dir": out})
+        if resume is None:
+            cfg = resolve(config, overrides, tracking_uri)
+        else:
+            if config is not None:
+                raise ConfigError("--resume continues with the checkpoint's own config: change fields with --set, "
+                                  "--out, --data or --device, not --config")
             if not resume.is_file():
                 raise ConfigError(f"--resume {resume}: checkpoint not found")
+            from jbot.runs import check_more_epochs
             from jbot.train.checkpoint import load_checkpoint
 
-            cfg = with_overrides(build_config(load_checkpoint(resume)["config"]), {"tracking.uri": cfg.tracking.uri})
+            state = load_checkpoint(resume)
+            saved = resume_config(state["config"], overrides)
+            cfg = with_overrides(saved, {"tracking.uri": resolve_tracking_uri(tracking_uri, saved.tracking.uri)})
+            check_more_epochs(cfg, state, resume)
         require_data(cfg)
         console.print(f"pre-training jBOT (D={cfg.model.d_model}, L={cfg.model.n_layers}, H={cfg.model.n_heads}) "
                       f"on {cfg.data.preset} jets from {cfg.data.dir} for {cfg.pretrain.epochs} epochs")
@@ -221,8 +255,17 @@ def pretrain_cmd(
                                   f" ({m['train/jets_per_s']:.0f} jets/s{knn})")
                 bar.update(task, description=f"epoch {report.epoch + 1}", completed=0)
 
-            tracked = tracked_pretrain(cfg, resume=resume, experiment=experiment,
-                                       on_step=lambda i: bar.advance(task), on_epoch=on_epoch)
+            try:
+                tracked = tracked_pretrain(cfg, resume=resume, experiment=experiment, allow_other_data=allow_other_data,
+                                           on_step=lambda i: bar.advance(task), on_epoch=on_epoch)
+            except KeyboardInterrupt:
+                ckpt = Path(cfg.pretrain.out_dir) / "checkpoint.pt"
+                bar.stop()
+                err_console.print("interrupted: " + (
+                    f"the last completed epoch is saved in {ckpt}; continue with `jbot pretrain --resume {ckpt}`"
+                    if ckpt.is_file() else "no epoch had completed, nothing was saved"), highlight=False,
+                    soft_wrap=True)
+                raise typer.Exit(code=130) from None
     result = tracked.payload
     table = Table(title="jBOT pre-training")
     table.add_column("metric")
@@ -345,7 +388,7 @@ def import_keras_cmd(
     extra = f" + classifier ({len(state['class_names'])} classes)" if classifier else ""
     console.print(f"imported D={m['d_model']}, H={m['n_heads']}, L={m['n_layers']}{extra} -> {out}")
     console.print(f"MLflow run {tracked.run_id}, model {tracked.model_uri}"
-                  + (f", registered as {register} version {tracked.payload}" if register else ""))
+                  + (f", registered as {register} version {tracked.payload}" if register else ""), soft_wrap=True)
 
 
 @app.command("embed")
@@ -353,7 +396,7 @@ def embed_cmd(
     model: ModelOpt,
     input_: Annotated[Path, typer.Option("--input", help="JetNet-layout HDF5 file or .npz holding x (N, 30, 4)")],
     out: Annotated[Path, typer.Option(help="Output .npz: cls, particles and (classifiers) probs")],
-    batch_size: Annotated[int, typer.Option(help="Jets per batch")] = 4096,
+    batch_size: Annotated[int, typer.Option(help="Jets per batch", min=1)] = 4096,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -547,14 +590,14 @@ def _sweep(kind: str, trials: int, config: Path | None, set_: list[str] | None, 
            space: Path | None, storage: str | None, study_name: str | None, tracking_uri: str | None,
            experiment: str | None, identity: dict[str, Any], extra: dict[str, Any] | None = None) -> Any:
     cfg = resolve(config, _overrides(set_, **{"data.dir": data, **(extra or {})}), tracking_uri)
-    from jbot.sweeps.spaces import load_space
-
-    search = load_space(space or f"{kind}.yaml")
-    search.check_against(cfg)
     if "model" in identity:
         require_model(identity["model"])
     require_data(cfg, {"finetune": cfg.finetune.task, "anomaly": "qg"}.get(kind))
+    from jbot.sweeps.spaces import load_space
     from jbot.sweeps.study import Sweep
+
+    search = load_space(space or f"{kind}.yaml")
+    search.check_against(cfg)
 
     return Sweep(kind, search, cfg, trials, {"data": str(cfg.data.dir), **identity},
                  storage or cfg.sweep.storage, study_name or cfg.sweep.study_name, experiment,
@@ -600,14 +643,13 @@ def sweep_finetune_cmd(
 ) -> None:
     """Search LLRD decay, learning rate (and dropout, batch size) on validation accuracy; test metrics of the
     best trial once at the end."""
-    import tempfile
 
     with user_errors():
         sweep = _sweep("finetune", trials, config, set_, data, space, storage, study_name, tracking_uri, experiment,
                        {"model": model, "fraction": fraction}, {"finetune.fraction": fraction})
         from jbot.sweeps.objectives import finetune_objective, finish_finetune, run_sweep
 
-        work = Path(tempfile.mkdtemp(prefix="jbot-sweep-finetune-"))
+        work = scratch_dir("sweep-finetune-")
         try:
             outcome, summary = run_sweep(sweep, finetune_objective(sweep, model, work),
                                          lambda o: finish_finetune(sweep, o, register))
@@ -658,7 +700,6 @@ def sweep_pretrain_cmd(
 ) -> None:
     """Search model size, masking, temperatures, KoLeo weight and learning rate on the validation k-NN probe
     accuracy (reported every pretrain.knn_every epochs, pruned by the median rule)."""
-    import tempfile
 
     with user_errors():
         sweep = _sweep("pretrain", trials, config, set_, data, space, storage, study_name, tracking_uri,
@@ -666,7 +707,7 @@ def sweep_pretrain_cmd(
         from jbot.sweeps.objectives import pretrain_objective, run_sweep
 
         try:
-            outcome, summary = run_sweep(sweep, pretrain_objective(sweep, Path(tempfile.mkdtemp(prefix="jbot-"))))
+            outcome, summary = run_sweep(sweep, pretrain_objective(sweep, scratch_dir("sweep-pretrain-")))
         except KeyboardInterrupt:
             _interrupted("pretrain")
     _print_sweep(outcome, summary)

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from jbot.errors import JbotError
 from jbot.paths import DEFAULT_CONFIG, Traversable, find_yaml
@@ -24,7 +32,24 @@ class ConfigError(JbotError, ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    """Frozen, unknown keys rejected, numbers finite, and a boolean is never taken for a number."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            kinds = _number_kinds(cls.model_fields[info.field_name].annotation)
+            if kinds and bool not in kinds:
+                raise ValueError(f"expected a number, got the boolean {value}")
+        return value
+
+
+def _number_kinds(annotation: Any) -> set[type]:
+    """The scalar types a field accepts when it accepts int or float (empty otherwise)."""
+    args = set(get_args(annotation)) if get_args(annotation) else {annotation}
+    return args if args & {int, float} else set()
 
 
 class DataConfig(Section):
@@ -270,7 +295,8 @@ def _annotation_at(model: type[BaseModel], loc: Iterable[Any]) -> str | None:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
-def format_validation_error(err: ValidationError, model: type[BaseModel] = JbotConfig) -> str:
+def format_validation_error(err: ValidationError, model: type[BaseModel] = JbotConfig,
+                            title: str = "invalid configuration") -> str:
     lines = []
     for item in err.errors():
         loc = tuple(p for p in item["loc"])
@@ -280,10 +306,10 @@ def format_validation_error(err: ValidationError, model: type[BaseModel] = JbotC
             continue
         expected = _annotation_at(model, loc)
         got = item.get("input")
-        msg = item["msg"]
+        msg = item["msg"].removeprefix("Value error, ")
         hint = f" (expected {expected}, got {got!r})" if expected and not isinstance(got, dict) else ""
-        lines.append(f"{name}: {msg}{hint}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+        lines.append(f"{msg}{hint}" if name == "<root>" else f"{name}: {msg}{hint}")
+    return f"{title}:\n  " + "\n  ".join(lines)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -350,6 +376,33 @@ def with_overrides(cfg: JbotConfig, overrides: Mapping[str, Any]) -> JbotConfig:
     for key, value in overrides.items():
         _apply(tree, key.split("."), value)
     return build_config(tree)
+
+
+# What a resumed pre-training may change: how long, where, on what hardware, monitoring and tracking, and the
+# sections it does not use. The model, augmentations, masking, optimiser and split must stay as trained.
+RESUMABLE = ("pretrain.epochs", "pretrain.out_dir", "pretrain.device", "pretrain.precision", "pretrain.compile",
+             "pretrain.knn_every", "pretrain.knn_val_size", "data.dir", "tracking.", "finetune.", "probe.",
+             "anomaly.", "sweep.")
+
+
+def resume_config(saved: Mapping[str, Any], overrides: Iterable[str]) -> JbotConfig:
+    """A checkpoint's config with ``--set`` overrides on top; changing a field a resumed run cannot change is an
+    error naming it."""
+    original = build_config(saved)
+    tree = original.model_dump(mode="json")
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply(tree, keys, value)
+    cfg = build_config(tree)
+    before, after = flatten(original), flatten(cfg)
+    fixed = sorted(k for k in after if after[k] != before.get(k) and not k.startswith(RESUMABLE))
+    if fixed:
+        raise ConfigError(
+            "a resumed pre-training keeps the checkpoint's " + ", ".join(
+                f"{k} ({before.get(k)!r}, asked {after[k]!r})" for k in fixed)
+            + "; only " + ", ".join(p.rstrip(".") for p in RESUMABLE[:7]) + " and the tracking settings may change"
+            " (start a new run for the rest)")
+    return cfg
 
 
 def flatten(cfg: BaseModel, prefix: str = "") -> dict[str, Any]:

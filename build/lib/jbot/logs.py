@@ -34,10 +34,42 @@ def configure(verbose_: bool) -> None:
         warnings.filterwarnings("ignore", module=module)
 
 
+class _NoInterruptTraceback(logging.Filter):
+    """Optuna logs a failed trial with its whole traceback. Ctrl-C: nothing (jbot says in one line what happened);
+    another error: one line unless ``--verbose`` (the traceback is in the trial's MLflow run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, KeyboardInterrupt):
+            return False
+        if exc is not None and not verbose():
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+class _NoCaughtTraceback(logging.Filter):
+    """MLflow logs some exceptions with their traceback before raising them; jbot reports the exception itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return verbose() or not record.exc_info
+
+
+def quiet_mlflow() -> None:
+    """Called once MLflow is imported (its handlers exist only then)."""
+    for handler in logging.getLogger("mlflow").handlers:
+        if not any(isinstance(f, _NoCaughtTraceback) for f in handler.filters):
+            handler.addFilter(_NoCaughtTraceback())
+
+
 def quiet_optuna() -> None:
     """Optuna installs its own INFO handler on first use: lower it (called again where Optuna is imported)."""
     import sys
 
     optuna = sys.modules.get("optuna")
-    if optuna is not None and not verbose():
+    if optuna is None:
+        return
+    trials = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _NoInterruptTraceback) for f in trials.filters):
+        trials.addFilter(_NoInterruptTraceback())
+    if not verbose():
         optuna.logging.set_verbosity(logging.WARNING)

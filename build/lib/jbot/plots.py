@@ -8,12 +8,11 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from jbot.io import atomic_write
+
 
 def write_html(fig: go.Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(path, include_plotlyjs=True, full_html=True)
-    return path
+    return atomic_write(path, lambda tmp: fig.write_html(tmp, include_plotlyjs=True, full_html=True))
 
 
 def data_distributions(per_class: dict[str, dict[str, np.ndarray]], title: str) -> go.Figure:

@@ -5,7 +5,6 @@ The engine (data/, model/, ssl/, train/, evaluate/) never imports mlflow; this m
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from jbot.config import JbotConfig
+from jbot.config import ConfigError, JbotConfig
 from jbot.data.splits import Split, make_split
 from jbot.evaluate.probe import ProbeResult, run_probe
 from jbot.evaluate.table import write_json
+from jbot.io import scratch_dir
 from jbot.plots import learning_curves, write_html
 from jbot.tracking.mlflow import MlflowRun, store_uri, tracked_run
 from jbot.tracking.models import load_from_uri, log_jbot_model, provenance
@@ -57,19 +57,25 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
                      on_step: Callable[[int], None] | None = None,
                      on_epoch: Callable[[EpochReport], bool | None] | None = None,
                      parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-                     on_start: Callable[[str], None] | None = None) -> TrackedResult:
+                     on_start: Callable[[str], None] | None = None, allow_other_data: bool = False) -> TrackedResult:
+    """Pre-train as one MLflow run. With ``resume`` (a checkpoint), training continues from it on the same data
+    (its fingerprint must match unless ``allow_other_data``) and in its MLflow run when that run is in this store;
+    the checkpoint is written under ``cfg.pretrain.out_dir`` only."""
     split = load_split(cfg)
     device = str(pick_device(cfg.pretrain.device))
     out_dir = Path(cfg.pretrain.out_dir)
     all_tags = {**_data_tags(split, device), **(tags or {})}
+    earlier_run = None
     if resume is not None:
+        earlier_run = check_resumable(cfg, split, resume, allow_other_data)
         all_tags["jbot.resumed_from"] = str(resume)
-    with tracked_run(cfg, "pretrain", experiment=experiment, tags=all_tags,
-                     parent_run_id=parent_run_id) as run:
+    with tracked_run(cfg, "pretrain", experiment=experiment, tags=all_tags, parent_run_id=parent_run_id,
+                     continue_run=earlier_run) as run:
         if on_start is not None:
             on_start(run.run_id)
         try:
-            result: PretrainResult = pretrain(cfg, split, out_dir, run, resume, on_step, on_epoch)
+            result: PretrainResult = pretrain(cfg, split, out_dir, run, resume, on_step, on_epoch,
+                                              meta={"mlflow_run_id": run.run_id})
         except KeyboardInterrupt:
             if (out_dir / "checkpoint.pt").is_file():  # the last completed epoch, saved atomically
                 run.log_artifact(out_dir / "checkpoint.pt", "checkpoints")
@@ -85,6 +91,28 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
     return TrackedResult(run.run_id, model_uri, result)
 
 
+def check_more_epochs(cfg: JbotConfig, state: dict[str, Any], resume: str | Path) -> None:
+    done = int(state.get("epoch", 0))
+    if cfg.pretrain.epochs <= done:
+        raise ConfigError(f"{resume} has already trained {done} epochs (pretrain.epochs = {cfg.pretrain.epochs}); "
+                          f"to train on, pass --set pretrain.epochs=N with N > {done}")
+
+
+def check_resumable(cfg: JbotConfig, split: Split, resume: str | Path, allow_other_data: bool) -> str | None:
+    """Refuse a resume that would train nothing or on other data; returns the checkpoint's MLflow run id."""
+    from jbot.data.jetnet import DataError
+    from jbot.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(resume)
+    check_more_epochs(cfg, state, resume)
+    saved = state.get("data_fingerprint")
+    if saved and saved != split.fingerprint and not allow_other_data:
+        raise DataError(f"{resume} was trained on data with fingerprint {saved[:16]}, but {cfg.data.dir} "
+                        f"({split.preset}) has {split.fingerprint[:16]}: other files or another split. Resume on "
+                        "the same data, or pass --allow-other-data to continue on these jets")
+    return (state.get("meta") or {}).get("mlflow_run_id")
+
+
 def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | None = None,
                   experiment: str | None = None) -> TrackedResult:
     uri = store_uri(cfg)
@@ -95,7 +123,7 @@ def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | 
     with tracked_run(cfg, "probe", experiment=experiment, tags=tags) as run:
         result: ProbeResult = run_probe(loaded.encoder, split, cfg.probe, device)
         run.log_metrics(result.metrics)
-        folder = out_dir or Path(tempfile.mkdtemp(prefix="jbot-probe-"))
+        folder = out_dir or scratch_dir("probe-")
         _log_json_and_curves(run, folder, "probe", result.metrics)
         from jbot.plots import embedding_map
 
@@ -176,10 +204,10 @@ def tracked_import(checkpoint: Path, state: dict[str, Any], tracking_uri: str,
         model_uri = log_jbot_model(checkpoint, example)
     version = None
     if register:
-        import mlflow
+        from jbot.tracking.registry import register_model
 
         connect(tracking_uri)
-        version = mlflow.register_model(model_uri, register).version
+        version = register_model(model_uri, register)
     return TrackedResult(run.run_id, model_uri, version)
 
 
@@ -198,7 +226,7 @@ def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None
         result = run_anomaly(loaded.encoder, split, cfg.anomaly, device)
         run.log_metrics({f"test/{k}": v for k, v in result.metrics.items()})
         prov = {"model": source, **{k.removeprefix("jbot."): v for k, v in tags.items()}, "mlflow_run": run.run_id}
-        folder = out_dir or Path(tempfile.mkdtemp(prefix="jbot-anomaly-"))
+        folder = out_dir or scratch_dir("anomaly-")
         paths = write_report(result, folder, prov, notes or [])
         for path in paths.values():
             run.log_artifact(path, "report")

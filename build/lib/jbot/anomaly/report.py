@@ -13,6 +13,7 @@ from plotly.subplots import make_subplots
 from sklearn.metrics import roc_curve
 
 from jbot.anomaly.detect import SIGNALS, AnomalyResult
+from jbot.io import atomic_write_text
 from jbot.plots import embedding_map
 
 # Paper, Table 4: jBOT-S pre-trained on q, g of JetNet; AUC for W / Z / t / combined
@@ -102,10 +103,7 @@ def write_report(result: AnomalyResult, out_dir: str | Path, provenance: dict[st
     for i, fig in enumerate(figures):
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
     parts.append("</body></html>")
-    report = out / "anomaly_report.html"
-    report.write_text("\n".join(parts))
-    metrics_path = out / "anomaly_metrics.json"
-    metrics_path.write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
-    table_path = out / "anomaly_table.txt"
-    table_path.write_text(text_table(result) + "\n")
+    report = atomic_write_text(out / "anomaly_report.html", "\n".join(parts))
+    metrics_path = atomic_write_text(out / "anomaly_metrics.json", json.dumps(result.metrics, indent=2, sort_keys=True))
+    table_path = atomic_write_text(out / "anomaly_table.txt", text_table(result) + "\n")
     return {"report": report, "metrics": metrics_path, "table": table_path}

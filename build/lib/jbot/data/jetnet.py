@@ -8,8 +8,6 @@ Layout of ``{q,g,w,z,t}.hdf5``:
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import h5py
 import numpy as np
 
 from jbot.errors import JbotError
+from jbot.io import atomic_write
 
 CLASSES: tuple[str, ...] = ("q", "g", "w", "z", "t")
 CLASS_INDEX = {name: i for i, name in enumerate(CLASSES)}
@@ -48,19 +47,12 @@ def class_file(data_dir: str | Path, name: str) -> Path:
 
 def write_jetnet(path: str | Path, particles: np.ndarray, jets: np.ndarray) -> Path:
     """Write one class file atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.create_dataset(PARTICLE_KEY, data=np.asarray(particles, dtype=np.float32), compression="gzip")
             f.create_dataset(JET_KEY, data=np.asarray(jets, dtype=np.float32), compression="gzip")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def _read_dataset(f: h5py.File, path: Path, key: str) -> np.ndarray:
@@ -117,6 +109,12 @@ def validate_jets(path: str | Path, particles: np.ndarray, jets: np.ndarray, n_p
     validate_particles(path, particles, n_particles)
 
 
+# Physical ranges of relative coordinates, generous enough for any real jet (JetNet: R = 0.8, pT_rel <= ~1);
+# values beyond them are corrupt or in other units (1e30 would pass a finiteness check and make the loss NaN).
+MAX_ANGLE = 2.0
+MAX_PT_REL = 2.0
+
+
 def _check_particle_shape(path: Path, particles: np.ndarray, n_particles: int, key: str = PARTICLE_KEY) -> None:
     expected = f"(N, {n_particles}, {N_FEATURES})"
     if particles.ndim != 3 or particles.shape[1:] != (n_particles, N_FEATURES):
@@ -137,6 +135,11 @@ def validate_particles(path: str | Path, particles: np.ndarray, n_particles: int
     pads_filled = (~valid[..., None] & (particles != 0)).any(axis=(1, 2))
     _bad(path, key, "non-zero features in padded slots (valid = 0)", pads_filled)
     _bad(path, key, "pT_rel <= 0 on valid slots", (valid & (particles[..., 2] <= 0)).any(axis=1))
+    angles = np.abs(particles[..., :2]).max(axis=-1)
+    _bad(path, key, f"|eta_rel| or |phi_rel| > {MAX_ANGLE} (outside any jet of radius <= 1)",
+         (valid & (angles > MAX_ANGLE)).any(axis=1))
+    _bad(path, key, f"pT_rel > {MAX_PT_REL} on valid slots (a constituent carries at most about its jet's pT)",
+         (valid & (particles[..., 2] > MAX_PT_REL)).any(axis=1))
 
 
 def check_data_dir(data_dir: str | Path, classes: tuple[str, ...]) -> Path:
@@ -146,6 +149,8 @@ def check_data_dir(data_dir: str | Path, classes: tuple[str, ...]) -> Path:
         raise DataError(f"{data_dir}: data folder not found (make one with `jbot data generate --out {data_dir}`)")
     for name in classes:
         path = class_file(data_dir, name)
+        if path.exists() and not path.is_file():
+            raise DataError(f"{path}: the file for class '{name}' is a directory, not an HDF5 file")
         if not path.is_file():
             have = ", ".join(sorted(p.name for p in data_dir.glob("*.hdf5"))) or "no .hdf5 files"
             raise DataError(f"{path}: missing file for class '{name}' (the folder holds {have})")

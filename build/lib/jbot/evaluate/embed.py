@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from jbot.io import atomic_write
 from jbot.model.encoder import JetEncoder
 
 if TYPE_CHECKING:
@@ -50,7 +51,10 @@ def read_inputs(path: str | Path, n_particles: int = 30) -> np.ndarray:
             with np.load(path) as z:
                 if "x" not in z.files:
                     raise DataError(f"{path}: no array 'x' (the file holds {', '.join(z.files) or 'nothing'})")
-                x = np.asarray(z["x"], dtype=np.float32)
+                raw = z["x"]
+                if not np.issubdtype(raw.dtype, np.floating):
+                    raise DataError(f"{path}: array 'x' has dtype {raw.dtype}, expected floating point (float32)")
+                x = np.asarray(raw, dtype=np.float32)
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: not a readable .npz file ({exc})") from None
         validate_particles(path, x, n_particles, key="x")
@@ -79,9 +83,9 @@ def embed_to_file(model: LoadedModel, inputs: str | Path, out: str | Path, batch
     arrays = {"cls": np.concatenate(cls_out), "particles": np.concatenate(part_out)}
     if prob_out:
         arrays["probs"] = np.concatenate(prob_out)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.npz")
-    np.savez(tmp, **arrays)  # type: ignore[arg-type]
-    tmp.replace(out)
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]
+
+    atomic_write(out, write)
     return {k: v.shape for k, v in arrays.items()}

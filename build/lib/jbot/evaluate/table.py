@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from jbot.evaluate.metrics import EPS_B_TARGETS
+from jbot.io import atomic_write_text
 
 
 def columns(class_names: tuple[str, ...]) -> list[str]:
@@ -36,7 +37,4 @@ def results_table(title: str, rows: dict[str, dict[str, float]], class_names: tu
 
 
 def write_json(path: str | Path, payload: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float))
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=float))

@@ -8,8 +8,10 @@ is post-LN, k_d = floor(D / H), attention over padded slots (``mask_padding=Fals
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,12 +156,25 @@ def class_names_for(path: Path, n_classes: int) -> tuple[str, ...]:
     return names if len(names) == n_classes else tuple(f"class{i}" for i in range(n_classes))
 
 
+@contextlib.contextmanager
+def _corrupt_is_an_error(path: str | Path) -> Iterator[None]:
+    """h5py meets damaged bytes anywhere in a file (KeyError "bad object header", OSError, ...): one error."""
+    try:
+        yield
+    except KerasImportError:
+        raise
+    except (KeyError, OSError, RuntimeError, ValueError, TypeError) as exc:
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise KerasImportError(f"{path}: corrupt Keras weights file ({detail})") from None
+
+
 def import_keras(backbone: str | Path, classifier: str | Path | None = None) -> dict[str, Any]:
     """A jbot checkpoint (dict) holding the published encoder and, optionally, its classifier head."""
     from jbot.config import JbotConfig
     from jbot.model.encoder import JetEncoder
 
-    model_cfg, enc_state = read_backbone(backbone)
+    with _corrupt_is_an_error(backbone):
+        model_cfg, enc_state = read_backbone(backbone)
     encoder = JetEncoder(model_cfg)
     missing = set(encoder.state_dict()) - set(enc_state)
     if missing - {"mask_token"}:
@@ -174,7 +189,8 @@ def import_keras(backbone: str | Path, classifier: str | Path | None = None) -> 
         "source": {"backbone": str(backbone), "backbone_sha256": sha256(backbone)},
     }
     if classifier is not None:
-        n_classes, head_state = read_classifier(classifier, model_cfg.d_model)
+        with _corrupt_is_an_error(classifier):
+            n_classes, head_state = read_classifier(classifier, model_cfg.d_model)
         state.update(kind="classifier", classifier=head_state,
                      class_names=list(class_names_for(Path(classifier), n_classes)))
         state["source"].update(classifier=str(classifier), classifier_sha256=sha256(classifier))

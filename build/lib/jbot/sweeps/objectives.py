@@ -4,7 +4,7 @@ attribute ``mlflow_run_id``."""
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ import numpy as np
 import optuna
 
 from jbot.config import JbotConfig, with_overrides
+from jbot.io import scratch_dir
 from jbot.sweeps.study import Sweep, SweepOutcome, log_study_summary, run_worker
 from jbot.tracking.mlflow import connect, store_uri
 
@@ -65,11 +66,14 @@ def finetune_objective(sweep: Sweep, source: str, work_dir: Path) -> Callable[[o
     def objective(trial: optuna.Trial, parent: str) -> float:
         def body(cfg: JbotConfig, tags: dict[str, str]) -> float:
             flag = {"pruned": False}
-            res = tracked_finetune(cfg, source, out_dir=work_dir / f"trial-{trial.number}",
-                                   experiment=sweep.mlflow_experiment,
-                                   parent_run_id=parent, tags=tags, evaluate_test=False,
-                                   on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
-                                   on_epoch=_reporter(trial, "val/acc", flag))
+            out_dir = work_dir / f"trial-{trial.number}"
+            try:  # the trial's files are in its MLflow run; the local copy goes at once
+                res = tracked_finetune(cfg, source, out_dir=out_dir, experiment=sweep.mlflow_experiment,
+                                       parent_run_id=parent, tags=tags, evaluate_test=False,
+                                       on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
+                                       on_epoch=_reporter(trial, "val/acc", flag))
+            finally:
+                shutil.rmtree(out_dir, ignore_errors=True)
             if flag["pruned"]:
                 raise optuna.TrialPruned()
             return float(res.payload["metrics"][sweep.space.objective])
@@ -89,7 +93,7 @@ def finish_finetune(sweep: Sweep, outcome: SweepOutcome, register: str | None) -
     from jbot.tracking.registry import register_best
     from jbot.train.device import pick_device
 
-    summary = log_study_summary(outcome, store_uri(sweep.cfg), Path(tempfile.mkdtemp(prefix="jbot-sweep-")))
+    summary = log_study_summary(outcome, store_uri(sweep.cfg), scratch_dir("sweep-"))
     best_run = summary.get("best_run_id")
     if not best_run or outcome.n_complete < sweep.n_trials:
         return summary  # the test set is looked at once, when the study is done
@@ -100,7 +104,7 @@ def finish_finetune(sweep: Sweep, outcome: SweepOutcome, register: str | None) -
     client = connect(store_uri(sweep.cfg))
     run = client.get_run(best_run)
     if "test/acc" not in run.data.metrics:
-        ckpt = Path(client.download_artifacts(best_run, "checkpoints/classifier.pt", tempfile.mkdtemp()))
+        ckpt = Path(client.download_artifacts(best_run, "checkpoints/classifier.pt", str(scratch_dir("best-"))))
         loaded = load_from_uri(str(ckpt), store_uri(sweep.cfg))
         cfg = with_overrides(sweep.cfg, summary["best_params"])
         split = load_split(cfg, cfg.finetune.task)
@@ -204,7 +208,7 @@ def run_sweep(sweep: Sweep, objective: Callable[[optuna.Trial, str], float],
     if finish is not None:
         summary = finish(outcome)
     else:
-        summary = log_study_summary(outcome, store_uri(sweep.cfg), Path(tempfile.mkdtemp(prefix="jbot-sweep-")))
+        summary = log_study_summary(outcome, store_uri(sweep.cfg), scratch_dir("sweep-"))
         if outcome.n_complete >= sweep.n_trials:
             connect(store_uri(sweep.cfg)).set_terminated(
                 outcome.parent_run_id, "FINISHED")

@@ -9,6 +9,7 @@ budget is reached still finish (overshoot at most workers - 1). Re-running the s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -35,6 +36,8 @@ quiet_optuna()
 HEARTBEAT_SECONDS = 2
 GRACE_SECONDS = 6
 PARENT_ATTR = "mlflow_parent_run_id"
+PENDING_ATTR = "mlflow_parent_pending_since"  # set by the creating worker until the parent run exists
+PARENT_WAIT_SECONDS = 30
 # A worker needs two connections at once (its trials and the heartbeat thread): many workers on one database
 # server must not exhaust its client slots.
 SERVER_POOL = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2}
@@ -106,9 +109,10 @@ class Sweep:
         return self.experiment or f"jbot-sweep-{self.kind}"
 
 
-def _sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
-    # workers sharing a database get different seeds, or they would propose the same start-up trials
-    seed = sweep.cfg.sweep.seed + (os.getpid() if is_shared(sweep.storage) else 0)
+def _sampler(sweep: Sweep, first_worker: bool) -> optuna.samplers.BaseSampler:
+    """Seeded by ``sweep.seed``; every worker but the one that created the study adds its process id, on any
+    storage, or workers started together would propose the same start-up trials."""
+    seed = sweep.cfg.sweep.seed + (0 if first_worker else os.getpid())
     if sweep.cfg.sweep.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, sweep.n_trials // 3)))
@@ -123,43 +127,61 @@ def _pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
 
 def _create_parent(sweep: Sweep, study: optuna.Study) -> str:
     uri = store_uri(sweep.cfg)
-    client = connect(uri)
-    exp = experiment_id(client, sweep.mlflow_experiment, uri)
-    run = client.create_run(exp, run_name=sweep.name, tags={
-        "jbot.study": sweep.name, "jbot.sweep_kind": sweep.kind, "jbot.git_commit": git_commit(),
-        "jbot.role": "sweep-parent"})
-    params = {"sweep.study_name": sweep.name, "sweep.storage": redact(sweep.storage or default_storage()),
-              "sweep.n_trials": sweep.n_trials, "sweep.objective": sweep.space.objective,
-              "sweep.direction": sweep.space.direction, **sweep.extra_params}
-    params.update({f"space.{k}": json.dumps(v.model_dump(mode="json", exclude_none=True))
-                   for k, v in sweep.space.params.items()})
-    params.update(flatten(sweep.cfg))
-    for k, v in params.items():
-        client.log_param(run.info.run_id, k, str(v)[:6000])
-    study.set_user_attr(PARENT_ATTR, run.info.run_id)
-    return run.info.run_id
+    run_id = None
+    try:
+        client = connect(uri)
+        exp = experiment_id(client, sweep.mlflow_experiment, uri)
+        run_id = client.create_run(exp, run_name=sweep.name, tags={
+            "jbot.study": sweep.name, "jbot.sweep_kind": sweep.kind, "jbot.git_commit": git_commit(),
+            "jbot.role": "sweep-parent"}).info.run_id
+        params = {"sweep.study_name": sweep.name, "sweep.storage": redact(sweep.storage or default_storage()),
+                  "sweep.n_trials": sweep.n_trials, "sweep.objective": sweep.space.objective,
+                  "sweep.direction": sweep.space.direction, **sweep.extra_params}
+        params.update({f"space.{k}": json.dumps(v.model_dump(mode="json", exclude_none=True))
+                       for k, v in sweep.space.params.items()})
+        params.update(flatten(sweep.cfg))
+        params["tracking.uri"] = redact(uri)
+        for k, v in params.items():
+            client.log_param(run_id, k, str(v)[:6000])
+        study.set_user_attr(PARENT_ATTR, run_id)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            study.set_user_attr(PENDING_ATTR, 0.0)  # the next worker makes a parent at once
+            if run_id is not None:
+                client.set_terminated(run_id, "FAILED")
+        raise
+    return run_id
 
 
 def open_study(sweep: Sweep) -> tuple[optuna.Study, str]:
-    """Create the study (and its MLflow parent run) or join it; returns (study, parent run id)."""
+    """Create the study (and its MLflow parent run) or join it; returns (study, parent run id).
+
+    The tracking store is reached first, so a start that cannot log creates no study. A study whose parent run
+    was never made (its first worker failed or was killed in between) gets one from the next worker.
+    """
+    connect(store_uri(sweep.cfg))  # an unreachable server fails here, before anything is stored
     storage = make_storage(sweep.storage)
-    common = {"storage": storage, "sampler": _sampler(sweep), "pruner": _pruner(sweep)}
+    pruner = _pruner(sweep)
     try:
         study = optuna.create_study(study_name=sweep.name, direction=sweep.space.direction, load_if_exists=False,
-                                    **common)
-        return study, _create_parent(sweep, study)
+                                    storage=storage, sampler=_sampler(sweep, first_worker=True), pruner=pruner)
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=sweep.name, **common)
+        study = optuna.load_study(study_name=sweep.name, storage=storage, sampler=_sampler(sweep, False),
+                                  pruner=pruner)
+    else:
+        study.set_user_attr(PENDING_ATTR, time.time())
+        return study, _create_parent(sweep, study)
     if study.direction.name.lower() != sweep.space.direction:
         raise SweepError(f"study {sweep.name} optimises {study.direction.name.lower()}, the space says "
                          f"{sweep.space.direction}; pick another --study-name")
-    for _ in range(120):  # the worker that created the study is creating the parent run
-        parent = study.user_attrs.get(PARENT_ATTR)
-        if parent:
-            return study, str(parent)
-        time.sleep(0.5)
-        study = optuna.load_study(study_name=sweep.name, **common)
-    raise SweepError(f"study {sweep.name} has no MLflow parent run (attribute {PARENT_ATTR})")
+    while True:
+        attrs = study.user_attrs
+        if attrs.get(PARENT_ATTR):
+            return study, str(attrs[PARENT_ATTR])
+        pending = attrs.get(PENDING_ATTR)
+        if not isinstance(pending, int | float) or time.time() - pending > PARENT_WAIT_SECONDS:
+            return study, _create_parent(sweep, study)  # nobody is making it: this worker does
+        time.sleep(0.5)  # the worker that created the study is creating the parent run
 
 
 def completed(study: optuna.Study) -> int:

@@ -8,8 +8,10 @@ folder) and stored in the config as ``tracking.uri``; everything below reads it 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import socket
 import subprocess
-import tempfile
 import time
 import traceback
 import urllib.error
@@ -25,8 +27,11 @@ from mlflow.tracking import MlflowClient
 import jbot
 from jbot.config import JbotConfig, flatten, to_yaml
 from jbot.errors import JbotError
+from jbot.io import scratch_dir
+from jbot.logs import quiet_mlflow
 from jbot.paths import redact, resolve_tracking_uri
 
+quiet_mlflow()
 MAX_PARAM_LENGTH = 6000
 
 
@@ -114,28 +119,76 @@ class MlflowRun:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def reap_stale_runs(client: MlflowClient, exp_id: str) -> list[str]:
+    """Runs of this experiment left RUNNING by a jbot process of this machine that no longer exists (killed with
+    SIGKILL, or the machine lost power) are ended KILLED; returns their ids."""
+    host = socket.gethostname()
+    stale = []
+    for run in client.search_runs([exp_id], "attributes.status = 'RUNNING'", max_results=200):
+        tags = run.data.tags
+        pid = tags.get("jbot.pid", "")
+        if tags.get("jbot.host") == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            client.set_tag(run.info.run_id, "jbot.error", f"process {pid} on {host} ended without closing the run")
+            client.set_terminated(run.info.run_id, "KILLED")
+            stale.append(run.info.run_id)
+    return stale
+
+
+def _continuable(client: MlflowClient, run_id: str | None, exp_id: str) -> str | None:
+    if run_id is None:
+        return None
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None  # another store, or deleted: a new run
+    return run_id if run.info.experiment_id == exp_id and run.info.lifecycle_stage == "active" else None
+
+
 @contextlib.contextmanager
 def tracked_run(cfg: JbotConfig, command: str, *, experiment: str | None = None,
                 run_name: str | None = None, tags: dict[str, str] | None = None,
-                parent_run_id: str | None = None) -> Iterator[MlflowRun]:
+                parent_run_id: str | None = None, continue_run: str | None = None) -> Iterator[MlflowRun]:
     """One MLflow run in experiment ``jbot-{command}`` (or ``experiment`` / ``tracking.experiment``).
 
     Logs the flattened resolved config as params and ``config.yaml``. An exception ends the run FAILED with the
     traceback as the artifact ``error/traceback.txt``; Ctrl-C ends it KILLED (the caller saved its checkpoint).
+    ``continue_run``: a run of an earlier, interrupted process to continue (a resumed pre-training) when it is
+    still in this store and experiment; its params stay, fields changed since are listed in ``jbot.resume_changed``.
+    Runs left RUNNING by dead jbot processes of this machine are ended KILLED first.
     """
     uri = store_uri(cfg)
     client = connect(uri)
     exp_id = experiment_id(client, experiment or cfg.tracking.experiment or f"jbot-{command}", uri)
+    reap_stale_runs(client, exp_id)
     all_tags = {"jbot.version": jbot.__version__, "jbot.git_commit": git_commit(), "jbot.command": command,
-                **(tags or {})}
+                "jbot.host": socket.gethostname(), "jbot.pid": str(os.getpid()), **(tags or {})}
     if parent_run_id:  # the tag MLflow nests by; works across processes (the parent need not be active here)
         all_tags["mlflow.parentRunId"] = parent_run_id
-    active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags,
-                              nested=mlflow.active_run() is not None,
-                              log_system_metrics=cfg.tracking.log_system_metrics)
+    params = {**flatten(cfg), "tracking.uri": redact(uri)}
+    continued = _continuable(client, continue_run, exp_id)
+    if continued is not None:
+        logged = client.get_run(continued).data.params
+        changed = {k: v for k, v in params.items() if k in logged and logged[k] != str(v)[:MAX_PARAM_LENGTH]}
+        params = {k: v for k, v in params.items() if k not in logged}
+        all_tags["jbot.resume_changed"] = json.dumps(changed, default=str)[:5000]
+        active = mlflow.start_run(run_id=continued, tags=all_tags, log_system_metrics=cfg.tracking.log_system_metrics)
+    else:
+        active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags,
+                                  nested=mlflow.active_run() is not None,
+                                  log_system_metrics=cfg.tracking.log_system_metrics)
     run = MlflowRun(client, active.info.run_id)
     try:
-        run.log_params({**flatten(cfg), "tracking.uri": redact(uri)})
+        run.log_params(params)
         run.log_text(to_yaml(cfg), "config.yaml")
         yield run
     except KeyboardInterrupt:
@@ -152,5 +205,5 @@ def tracked_run(cfg: JbotConfig, command: str, *, experiment: str | None = None,
 
 
 def download_run_artifact(client: MlflowClient, run_id: str, path: str) -> Path:
-    dest = Path(tempfile.mkdtemp(prefix="jbot-"))
+    dest = scratch_dir("artifact-")
     return Path(client.download_artifacts(run_id, path, str(dest)))

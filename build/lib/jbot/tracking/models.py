@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +20,9 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types import Schema, TensorSpec
 
 import jbot
+from jbot.io import scratch_dir
 from jbot.paths import RUN_ID, is_model_source
 from jbot.train.checkpoint import CheckpointError, LoadedModel, load_model
-
-# The signature below is the schema; MLflow's hints about type-hinted predict methods and cloudpickle are noise.
-warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning, module="mlflow")
-warnings.filterwarnings("ignore", message=".*Add type hints.*", category=UserWarning)
 
 CHECKPOINT_KEY = "checkpoint"
 MODEL_NAME = "model"
@@ -39,8 +34,8 @@ class JbotPyfunc(PythonModel):
     def load_context(self, context: Any) -> None:
         self.model = load_model(context.artifacts[CHECKPOINT_KEY])
 
-    # no type hints here: MLflow would try to derive a schema from them; the logged signature is the schema
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+    # np.ndarray: a hint MLflow derives no schema from (the logged signature is the schema)
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         x = np.asarray(model_input, dtype=np.float32)
         enc = self.model.encoder
         if x.ndim != 3 or x.shape[2] != enc.cfg.n_features:
@@ -115,7 +110,7 @@ def resolve_checkpoint(source: str, tracking_uri: str) -> Path:
         if uri is None:
             raise CheckpointError(f"run {source} logged no jbot model")
         source = uri
-    dest = Path(tempfile.mkdtemp(prefix="jbot-model-"))
+    dest = scratch_dir("model-")
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest),
                                                     tracking_uri=tracking_uri, registry_uri=tracking_uri)

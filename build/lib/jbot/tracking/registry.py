@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,7 +71,7 @@ def register_best(client: MlflowClient, experiment: str, metric: str, name: str,
     if existing:
         version, created = str(min(int(v.version) for v in existing)), False
     else:
-        mlflow.register_model(run.data.tags["jbot.model_uri"], name)
+        register_model(run.data.tags["jbot.model_uri"], name)
         version, created = _deduplicate(client, name, run_id), True
     tags = {"jbot.metric": metric, "jbot.metric_value": repr(value), "jbot.run_id": run_id,
             "jbot.experiment": experiment,
@@ -79,6 +81,12 @@ def register_best(client: MlflowClient, experiment: str, metric: str, name: str,
     if alias:
         _retry(lambda: client.set_registered_model_alias(name, alias, version))
     return Registered(name, version, run_id, metric, value, alias, created)
+
+
+def register_model(model_uri: str, name: str) -> str:
+    """``mlflow.register_model`` in the current store, without the lines it prints (jbot says what it did)."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        return str(mlflow.register_model(model_uri, name).version)
 
 
 def _retry(call: Callable[[], object], attempts: int = 4) -> None:

@@ -3,16 +3,16 @@ code runs on load). A checkpoint carries its resolved config, so it alone rebuil
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from jbot.config import ModelConfig
 from jbot.errors import JbotError
+from jbot.io import atomic_write
 from jbot.model.encoder import JetEncoder
 from jbot.model.heads import ClassifierHead
 
@@ -25,18 +25,8 @@ class CheckpointError(JbotError, ValueError):
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write to a temp file in the same folder, then rename: a crash never leaves a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Written atomically: a crash or a full disk never leaves a half-written checkpoint (the previous one stays)."""
+    return atomic_write(path, lambda tmp: torch.save({"format": FORMAT, "version": VERSION, **state}, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -45,8 +35,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"{path}: not a readable jbot checkpoint ({type(exc).__name__}: {exc})") from None
+    except PermissionError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror})") from None
+    except Exception:  # torch raises many types for corrupt or foreign files; never retry without weights_only
+        raise CheckpointError(f"{path}: not a readable jbot checkpoint (corrupt, truncated, or not a file "
+                              "written by jbot)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a jbot checkpoint (no '{FORMAT}' marker)")
     return state
@@ -107,4 +100,19 @@ def model_from_state(state: dict[str, Any]) -> LoadedModel:
 
 
 def load_model(path: str | Path) -> LoadedModel:
-    return model_from_state(load_checkpoint(path))
+    """The encoder (and head) of a checkpoint file; a file whose contents do not fit together is one error."""
+    state = load_checkpoint(path)
+    try:
+        return model_from_state(state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: not a complete jbot checkpoint (no {exc} entry)") from None
+    except ValidationError as exc:
+        raise CheckpointError(f"{path}: its model config is invalid: "
+                              + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                              ) from None
+    except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise CheckpointError(f"{path}: the weights do not fit the checkpoint's model config ({detail[:300]})"
+                              ) from None

@@ -71,8 +71,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 class Pretrainer:
-    def __init__(self, cfg: JbotConfig, split: Split, out_dir: str | Path, tracker: Tracker | None = None) -> None:
+    def __init__(self, cfg: JbotConfig, split: Split, out_dir: str | Path, tracker: Tracker | None = None,
+                 meta: dict[str, str] | None = None) -> None:
         self.cfg, self.split, self.tracker = cfg, split, tracker or NullTracker()
+        self.meta = dict(meta or {})  # kept in the checkpoint as is (e.g. the MLflow run id)
         self.out_dir = Path(out_dir)
         tc = cfg.pretrain
         self.device = pick_device(tc.device)
@@ -93,6 +95,8 @@ class Pretrainer:
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(tc.seed)
         self.epoch = 0
+        self.saved_epoch: int | None = None  # the last epoch this run wrote to checkpoint_path
+        self.resumed_from: Path | None = None
         self.history: dict[str, list[float]] = {}
         self._loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.method.losses
         if use_compile(self.device, tc.compile):
@@ -114,6 +118,7 @@ class Pretrainer:
             "rng": {"generator": self.gen.get_state(), "torch": torch.get_rng_state()},
             "history": self.history,
             "data_fingerprint": self.split.fingerprint,
+            "meta": self.meta,
         }
 
     def restore(self, path: str | Path) -> None:
@@ -126,6 +131,7 @@ class Pretrainer:
         self.gen.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
         self.history = {k: list(v) for k, v in state["history"].items()}
+        self.resumed_from = Path(path)
 
     # ------------------------------------------------------------------ training
     def train_step(self, xb: torch.Tensor, it: int) -> torch.Tensor:
@@ -144,6 +150,13 @@ class Pretrainer:
         self.optimizer.step()
         ema_update(self.teacher, self.student, float(self.momentum[it]))
         return terms.detach()
+
+    def _kept(self) -> str:
+        if self.saved_epoch is not None:
+            return f"the last good checkpoint (epoch {self.saved_epoch}) is kept at {self.checkpoint_path}"
+        if self.resumed_from is not None:
+            return f"this run wrote no checkpoint; the one it resumed from ({self.resumed_from}) is unchanged"
+        return "no checkpoint was written (no epoch completed)"
 
     def run_epoch(self, on_step: Callable[[int], None] | None = None) -> dict[str, float]:
         self.student.train()
@@ -166,8 +179,8 @@ class Pretrainer:
         if bad_step >= 0:
             raise TrainingDiverged(
                 f"loss became NaN/inf at epoch {self.epoch + 1}, step {bad_step + 1} of {self.steps}; "
-                f"the last good checkpoint (epoch {self.epoch}) is kept at {self.checkpoint_path}. "
-                "Try a lower pretrain.base_lr, pretrain.grad_clip, or a larger pretrain.warmup_epochs."
+                f"{self._kept()}. Try a lower pretrain.base_lr, pretrain.grad_clip, or a larger "
+                "pretrain.warmup_epochs."
             )
         it_last = (self.epoch + 1) * self.steps - 1
         metrics = {f"train/{name}": v for name, v in zip(TERMS, values, strict=True)}
@@ -215,6 +228,7 @@ class Pretrainer:
                 self.history.setdefault(k, []).append(v)
             self.tracker.log_metrics(metrics, step=self.epoch)
             save_checkpoint(self.checkpoint_path, self.state())
+            self.saved_epoch = self.epoch
             if on_epoch is not None and on_epoch(EpochReport(self.epoch, tc.epochs, metrics)):
                 break
         return PretrainResult(self.checkpoint_path, self.epoch, self.history, knn, time.perf_counter() - start)
@@ -222,9 +236,10 @@ class Pretrainer:
 
 def pretrain(cfg: JbotConfig, split: Split, out_dir: str | Path, tracker: Tracker | None = None,
              resume: str | Path | None = None, on_step: Callable[[int], None] | None = None,
-             on_epoch: Callable[[EpochReport], bool | None] | None = None) -> PretrainResult:
+             on_epoch: Callable[[EpochReport], bool | None] | None = None,
+             meta: dict[str, str] | None = None) -> PretrainResult:
     """Train (or continue from ``resume``) and return the final checkpoint and monitors."""
-    trainer = Pretrainer(cfg, split, out_dir, tracker)
+    trainer = Pretrainer(cfg, split, out_dir, tracker, meta)
     if resume is not None:
         trainer.restore(resume)
     return trainer.fit(on_step, on_epoch)

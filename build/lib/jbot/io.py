@@ -1,0 +1,116 @@
+"""Files jbot writes: atomically (a temp file beside the target, then a rename), with one clear error when the disk
+is full or the folder is not writable, and scratch folders that are removed when the process ends.
+
+Torch-free and MLflow-free; every write path of jbot (checkpoints, HDF5 files, .npz, JSON, reports) goes through
+``atomic_write``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from jbot.errors import JbotError
+
+
+NEARLY_FULL = 1 << 20  # bytes
+
+
+class WriteError(JbotError, OSError):
+    """A file could not be written; the message names it and the free space. The previous file is intact."""
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Free bytes on the disk holding ``path`` (or its nearest existing parent); None if unknown."""
+    probe = Path(path).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+def free_space(path: str | Path) -> str:
+    """Free space on the disk holding ``path``, human-readable."""
+    found = free_bytes(path)
+    if found is None:
+        return "unknown space"
+    free = float(found)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if free < 1024 or unit == "TiB":
+            return f"{free:.0f} {unit}" if unit == "B" else f"{free:.1f} {unit}"
+        free /= 1024
+    return "unknown space"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """``exc`` or anything in its chain is a full disk (ENOSPC, SQLite's "database or disk is full", ...)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(current).lower()
+        if "disk is full" in text or "no space left" in text or "disk quota" in text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def write_error(path: Path, exc: BaseException) -> WriteError:
+    free = free_bytes(path.parent)
+    # torch reports a short write as RuntimeError("... unexpected pos ..."), without errno
+    if is_disk_full(exc) or (isinstance(exc, RuntimeError) and free is not None and free < NEARLY_FULL):
+        reason = "the disk is full"
+    elif isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror.lower()
+    else:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return WriteError(f"cannot write {path}: {reason} ({free_space(path.parent)} free there); "
+                      "any earlier version of the file is unchanged")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object], suffix: str = ".tmp") -> Path:
+    """Call ``write(tmp)`` on a temp file in the target's folder, then rename it onto ``path``.
+
+    A crash, a full disk or an error in ``write`` leaves ``path`` as it was and no temp file behind.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch reports a short write as RuntimeError
+        raise write_error(path, exc) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+_scratch: tempfile.TemporaryDirectory[str] | None = None
+
+
+def scratch_dir(prefix: str = "jbot-") -> Path:
+    """A new folder under this process's scratch space, removed (with everything in it) when the process ends."""
+    global _scratch
+    if _scratch is None:
+        _scratch = tempfile.TemporaryDirectory(prefix="jbot-")
+        atexit.register(_scratch.cleanup)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_scratch.name))
