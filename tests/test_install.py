@@ -9,6 +9,7 @@ wheel, never from the checkout.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -38,8 +39,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(venv, installed package folder)."""
     root = tmp_path_factory.mktemp("install")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    source = root / "src"  # what the wheel is built from (as the Dockerfile copies it): the checkout stays clean
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(PROJECT_ROOT / name, source / name)
+    shutil.copytree(PROJECT_ROOT / "jbot", source / "jbot", ignore=shutil.ignore_patterns("__pycache__"))
     _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir",
-          str(root / "dist"), str(PROJECT_ROOT)], root, env)
+          str(root / "dist"), str(source)], root, env)
     (wheel,) = (root / "dist").glob("jbot-*.whl")
     venv = root / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], root, env)
