@@ -197,8 +197,8 @@ def test_divergence_names_only_checkpoints_this_run_wrote(fake_data: Path, tmp_p
 
 
 @pytest.mark.parametrize(("column", "value", "message"), [
-    (0, 1e30, "|eta_rel| or |phi_rel| > 2.0"),
-    (1, -5.0, "|eta_rel| or |phi_rel| > 2.0"),
+    (0, 1e30, "|eta_rel| > 10 or |phi_rel| > 2 pi"),
+    (1, -7.0, "|eta_rel| > 10 or |phi_rel| > 2 pi"),
     (2, 1e30, "pT_rel > 2.0"),
 ])
 def test_physically_impossible_values_are_refused(tmp_path: Path, column: int, value: float, message: str) -> None:
