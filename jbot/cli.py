@@ -46,8 +46,8 @@ app.add_typer(register_app, name="register")
 sweep_app = typer.Typer(help="Optuna studies: fine-tuning, anomaly-score settings, pre-training.", no_args_is_help=True)
 app.add_typer(sweep_app, name="sweep")
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # long paths and URIs stay on one line (copyable)
+err_console = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="YAML config: a file, or a shipped one by name (jbot-s, jbot-b); default jbot-s")]
@@ -274,7 +274,7 @@ def pretrain_cmd(
                 "train/jets_per_s"):
         table.add_row(key, f"{result.history[key][-1]:.4g}")
     table.add_row("val/knn_acc", f"{result.knn_acc:.4f}" if result.knn_acc is not None else "-")
-    table.add_row("wall time [s]", f"{result.seconds:.1f}")
+    table.add_row("wall time (s)", f"{result.seconds:.1f}")
     table.add_row("checkpoint", str(result.checkpoint))
     table.add_row("MLflow run", tracked.run_id)
     table.add_row("model URI", str(tracked.model_uri))
