@@ -547,6 +547,7 @@ def demo_cmd(
     jets_per_class: Annotated[int, typer.Option(help="Generated jets per class")] = 2000,
     workers: Annotated[int, typer.Option(help="Pythia processes")] = 2,
     epochs: Annotated[int, typer.Option(help="Pre-training epochs")] = 12,
+    tracking_uri: TrackingOpt = None,
 ) -> None:
     """The whole story on the embedded MLflow store: generate, pre-train, probe, fine-tune vs from scratch,
     pre-train on background, register, anomaly report from the registry alias."""
@@ -554,7 +555,8 @@ def demo_cmd(
     from jbot.evaluate.table import results_table
 
     with user_errors():
-        res = run_demo(DemoSettings(out=out, jets_per_class=jets_per_class, workers=workers, epochs=epochs),
+        res = run_demo(DemoSettings(out=out, jets_per_class=jets_per_class, workers=workers, epochs=epochs,
+                                  tracking_uri=tracking_uri),
                        lambda text: console.print(f"[bold]{text}[/]"))
     pre = res["pretrain"].payload
     console.print(f"jBOT-S pre-training: {pre.epochs} epochs in {pre.seconds:.0f} s, "

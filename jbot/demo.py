@@ -26,6 +26,7 @@ class DemoSettings:
     finetune_epochs: int = 20
     anomaly_trials: int = 8
     seed: int = 1
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else the embedded store
 
 
 def demo_config(settings: DemoSettings, preset: str, out_dir: Path) -> JbotConfig:
@@ -36,7 +37,7 @@ def demo_config(settings: DemoSettings, preset: str, out_dir: Path) -> JbotConfi
         "finetune.patience=6", "finetune.lr=1e-3", "finetune.fraction=0.1", "anomaly.reference_size=2000",
         "probe.silhouette_samples=2000", "tracking.log_system_metrics=false",
     ])
-    return with_overrides(cfg, {"tracking.uri": resolve_tracking_uri()})
+    return with_overrides(cfg, {"tracking.uri": resolve_tracking_uri(settings.tracking_uri)})
 
 
 def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> dict:
