@@ -104,6 +104,11 @@ def require_model(source: str) -> None:
         raise ConfigError(f"--model {source}: no such checkpoint file, run id or runs:/ / models:/ URI")
 
 
+def settings_text(params: dict[str, Any]) -> str:
+    """``{"anomaly.knn_k": 58, "finetune.lr": 0.000123456}`` -> ``anomaly.knn_k=58, finetune.lr=0.0001235``."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) or "-"
+
+
 def progress_bar() -> Progress:
     """A bar that disappears when its work ends (or fails): what stays is the command's own lines."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -573,7 +578,7 @@ def demo_cmd(
     console.print(f"registered jbot-encoder version {reg.version} (@champion) from run {reg.run_id}")
     sweep = res["sweep"]
     console.print(f"anomaly sweep: {sweep.get('n_complete')} trials, best validation combined AUC "
-                  f"{sweep.get('best_value', float('nan')):.4f} with {sweep.get('best_params')}")
+                  f"{sweep.get('best_value', float('nan')):.4f} with {settings_text(sweep.get('best_params', {}))}")
     console.print(res["anomaly"].payload["table"], highlight=False)
     console.print(f"anomaly report: {res['anomaly'].payload['paths']['report']}")
     console.print(f"done in {res['seconds']:.0f} s. Everything is in the MLflow store {res['uri']}: "
@@ -611,7 +616,8 @@ def _print_sweep(outcome: Any, summary: dict[str, Any]) -> None:
                   f"{outcome.n_failed} failed trials ({outcome.seconds:.0f} s in this worker); "
                   f"MLflow parent run {outcome.parent_run_id}")
     if "best_value" in summary:
-        console.print(f"best trial {summary['best_trial']}: {summary['best_value']:.4f} with {summary['best_params']}"
+        console.print(f"best trial {summary['best_trial']}: {summary['best_value']:.4f} with "
+                      f"{settings_text(summary['best_params'])}"
                       f" (run {summary.get('best_run_id')})")
     for key, value in summary.get("test", {}).items():
         if not key.endswith("_std"):

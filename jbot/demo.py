@@ -83,9 +83,9 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> dict:
     tuned = with_overrides(cfgqg, summary.get("best_params", {}))
     note = (f"anomaly-score settings tuned by study {sweep.name} ({outcome.n_complete} trials) on the validation "
             "split's combined AUC, which uses labelled W, Z, t jets (as the paper tuned); test jets were not used "
-            f"for tuning. Best settings: {summary.get('best_params')}")
+            "for tuning (the settings table below holds the best trial's values)")
     anomaly = tracked_anomaly(tuned, champion, out_dir=settings.out / "anomaly", experiment="jbot-demo-anomaly",
-                              notes=[note])
+                              notes=[note], tuned=True)
     return {"pretrain": pre, "probe": probe, "finetune": ft, "scratch": fs, "qg": qg, "registered": reg,
             "sweep": summary, "anomaly": anomaly, "seconds": time.perf_counter() - start,
             "uri": store_uri(cfgqg)}

@@ -20,6 +20,15 @@ from jbot.errors import JbotError
 NEARLY_FULL = 1 << 20  # bytes
 
 
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 class WriteError(JbotError, OSError):
     """A file could not be written; the message names it and the free space. The previous file is intact."""
 
@@ -91,6 +100,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], suffix: str 
     tmp = Path(name)
     try:
         write(tmp)
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes owner-only files; the result gets the user's usual mode
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch reports a short write as RuntimeError
         raise write_error(path, exc) from None

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from jbot.config import ConfigError, JbotConfig
+from jbot.config import ConfigError, JbotConfig, flatten
 from jbot.data.splits import Split, make_split
 from jbot.evaluate.probe import ProbeResult, run_probe
 from jbot.evaluate.table import write_json
@@ -38,11 +38,12 @@ def _data_tags(split: Split, device: str) -> dict[str, str]:
 
 
 def _log_json_and_curves(run: MlflowRun, out_dir: Path, name: str, metrics: dict[str, float],
-                         history: dict[str, list[float]] | None = None) -> None:
+                         history: dict[str, list[float]] | None = None,
+                         steps: dict[str, list[int]] | None = None) -> None:
     run.log_artifact(write_json(out_dir / f"{name}.json", metrics), "metrics")
     if history:
         fig = learning_curves({k: v for k, v in history.items() if "seconds" not in k and "jets_per_s" not in k},
-                              f"{name}: learning curves")
+                              f"{name}: learning curves", steps)
         run.log_artifact(write_html(fig, out_dir / "learning_curves.html"), "plots")
 
 
@@ -81,12 +82,12 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
                 run.log_artifact(out_dir / "checkpoint.pt", "checkpoints")
             raise
         final = {f"final/{k.split('/', 1)[1]}": v[-1] for k, v in result.history.items() if k.startswith("train/")}
-        if result.knn_acc is not None:
-            final["val/knn_acc"] = result.knn_acc
         final["train/wall_seconds"] = result.seconds
-        run.log_metrics(final, step=result.epochs)
+        run.log_metrics(final, step=result.epochs)  # val/knn_acc was logged at the epoch it was measured
+        if result.knn_acc is not None:
+            final["val/knn_acc"] = result.knn_acc  # in pretrain.json
         run.log_artifact(result.checkpoint, "checkpoints")
-        _log_json_and_curves(run, out_dir, "pretrain", final, result.history)
+        _log_json_and_curves(run, out_dir, "pretrain", final, result.history, result.steps)
         model_uri = log_jbot_model(result.checkpoint, split.train.x[:EXAMPLE_JETS])
     return TrackedResult(run.run_id, model_uri, result)
 
@@ -212,7 +213,8 @@ def tracked_import(checkpoint: Path, state: dict[str, Any], tracking_uri: str,
 
 
 def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None, experiment: str | None = None,
-                    notes: list[str] | None = None) -> TrackedResult:
+                    notes: list[str] | None = None, tuned: bool = False) -> TrackedResult:
+    """``tuned``: the settings come from an anomaly sweep (the report marks ``anomaly.score`` as tuned)."""
     """Every anomaly score of a frozen encoder on the ``qg`` preset; report + metrics logged as artifacts."""
     from jbot.anomaly.detect import run_anomaly
     from jbot.anomaly.report import text_table, write_report
@@ -227,7 +229,8 @@ def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None
         run.log_metrics({f"test/{k}": v for k, v in result.metrics.items()})
         prov = {"model": source, **{k.removeprefix("jbot."): v for k, v in tags.items()}, "mlflow_run": run.run_id}
         folder = out_dir or scratch_dir("anomaly-")
-        paths = write_report(result, folder, prov, notes or [])
+        settings = {k: v for k, v in flatten(cfg).items() if k.startswith("anomaly.")}
+        paths = write_report(result, folder, prov, notes or [], settings, cfg.anomaly.score if tuned else None)
         for path in paths.values():
             run.log_artifact(path, "report")
     return TrackedResult(run.run_id, None, {"result": result, "paths": paths, "table": text_table(result)})

@@ -263,6 +263,15 @@ def _no_space(*args: object, **kwargs: object) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
+def test_atomic_writes_keep_the_usual_file_mode(tmp_path: Path) -> None:
+    from jbot.io import atomic_write_text
+
+    umask = os.umask(0)
+    os.umask(umask)
+    written = atomic_write_text(tmp_path / "report.html", "<html></html>")
+    assert written.stat().st_mode & 0o777 == 0o666 & ~umask, "readable like any file the user writes"
+
+
 def test_checkpoint_on_a_full_disk_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     state = {"kind": "encoder", "weights": torch.randn(2000)}
     with small_disk(tmp_path, "512k") as disk:

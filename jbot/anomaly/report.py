@@ -14,7 +14,7 @@ from sklearn.metrics import roc_curve
 
 from jbot.anomaly.detect import SIGNALS, AnomalyResult
 from jbot.io import atomic_write_text
-from jbot.plots import embedding_map
+from jbot.plots import CLASS_COLOURS, SCORE_COLOURS, colour, embedding_map
 
 # Paper, Table 4: jBOT-S pre-trained on q, g of JetNet; AUC for W / Z / t / combined
 PUBLISHED_AUC = {
@@ -44,17 +44,21 @@ def text_table(result: AnomalyResult) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows)
 
 
-def roc_figure(result: AnomalyResult) -> go.Figure:
+def roc_figure(result: AnomalyResult, tuned: str | None = None) -> go.Figure:
+    """ROC per signal, one fixed colour per score; the tuned score is drawn thicker and named so."""
     fig = make_subplots(rows=1, cols=4, subplot_titles=[f"{c} vs q+g" for c in COLUMNS])
     background = result.origin <= 1
     for col, name in enumerate(COLUMNS, start=1):
         is_sig = result.origin >= 2 if name == "combined" else result.origin == SIGNALS[name]
         keep = background | is_sig
-        for score, values in result.scores.items():
+        for i, (score, values) in enumerate(result.scores.items()):
             fpr, tpr, _ = roc_curve(is_sig[keep], values[keep])
             ok = fpr > 0
-            fig.add_trace(go.Scatter(x=tpr[ok], y=1 / fpr[ok], mode="lines", name=score, legendgroup=score,
-                                     showlegend=col == 1), row=1, col=col)
+            label = f"{score} (tuned)" if score == tuned else score
+            fig.add_trace(go.Scatter(x=tpr[ok], y=1 / fpr[ok], mode="lines", name=label, legendgroup=score,
+                                     showlegend=col == 1,
+                                     line={"color": colour(score, SCORE_COLOURS, i), "width": 4 if score == tuned
+                                           else 2}), row=1, col=col)
         fig.update_yaxes(type="log", title_text="1/FPR" if col == 1 else None, row=1, col=col)
         fig.update_xaxes(title_text="TPR", row=1, col=col)
     fig.update_layout(title="ROC curves (background rejection, log scale)", template="plotly_white", height=420)
@@ -71,23 +75,31 @@ def distributions_figure(result: AnomalyResult) -> go.Figure:
             sel = result.origin == c
             if sel.any():
                 fig.add_trace(go.Histogram(x=np.clip(values[sel], lo, hi), name=label, legendgroup=label,
-                                           showlegend=col == 1, histnorm="probability density", opacity=0.55,
-                                           nbinsx=60), row=1, col=col)
+                                           showlegend=col == 1, marker_color=colour(label, CLASS_COLOURS, c),
+                                           histnorm="probability density", opacity=0.55, nbinsx=60),
+                              row=1, col=col)
+        fig.update_xaxes(title_text=f"{score} score (larger = more anomalous)", row=1, col=col)
+    fig.update_yaxes(title_text="density", row=1, col=1)
     fig.update_layout(barmode="overlay", title="score distributions per class", template="plotly_white", height=380)
     return fig
 
 
-def write_report(result: AnomalyResult, out_dir: str | Path, provenance: dict[str, str], notes: list[str]) -> dict:
-    """Write ``anomaly_report.html``, ``anomaly_metrics.json`` and ``anomaly_table.txt``; returns their paths."""
+def _table(rows: dict[str, object]) -> str:
+    return "<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+                               for k, v in rows.items()) + "</table>"
+
+
+def write_report(result: AnomalyResult, out_dir: str | Path, provenance: dict[str, str], notes: list[str],
+                 settings: dict[str, object] | None = None, tuned: str | None = None) -> dict:
+    """Write ``anomaly_report.html``, ``anomaly_metrics.json`` and ``anomaly_table.txt``; returns their paths.
+    ``settings``: the anomaly settings used (a table); ``tuned``: the score a sweep tuned (marked in the ROC)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    figures = [roc_figure(result), distributions_figure(result),
+    figures = [roc_figure(result, tuned), distributions_figure(result),
                embedding_map(result.test_embedding, result.origin, CLASS_NAMES, "embedding map: q, g vs W, Z, t")]
     header = "".join(f"<th>{html.escape(h)}</th>" for h in
                      ["score", *(f"AUC {c}" for c in COLUMNS), "published W / Z / t / combined"])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in auc_rows(result))
-    prov = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in provenance.items())
     parts = [
         "<html><head><meta charset='utf-8'><title>jbot anomaly report</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -98,7 +110,9 @@ def write_report(result: AnomalyResult, out_dir: str | Path, provenance: dict[st
         "of the test set. Published numbers are the paper's Table 4 (jBOT-S on JetNet), not this data.</p>",
         *(f"<p><b>Note:</b> {html.escape(n)}</p>" for n in notes),
         f"<h2>AUC</h2><table><tr>{header}</tr>{body}</table>",
-        f"<h2>Provenance</h2><table>{prov}</table>",
+        *([f"<h2>Settings{' (tuned: ' + html.escape(tuned) + ')' if tuned else ''}</h2>{_table(settings)}"]
+          if settings else []),
+        f"<h2>Provenance</h2>{_table(dict(provenance))}",
     ]
     for i, fig in enumerate(figures):
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))

@@ -42,6 +42,7 @@ class PretrainResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     knn_acc: float | None = None
     seconds: float = 0.0
+    steps: dict[str, list[int]] = field(default_factory=dict)  # the epochs each history series was measured at
 
 
 @dataclass
@@ -98,6 +99,7 @@ class Pretrainer:
         self.saved_epoch: int | None = None  # the last epoch this run wrote to checkpoint_path
         self.resumed_from: Path | None = None
         self.history: dict[str, list[float]] = {}
+        self.history_steps: dict[str, list[int]] = {}
         self._loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.method.losses
         if use_compile(self.device, tc.compile):
             self._loss_fn = torch.compile(self.method.losses)  # type: ignore[assignment]
@@ -117,6 +119,7 @@ class Pretrainer:
             "epoch": self.epoch,
             "rng": {"generator": self.gen.get_state(), "torch": torch.get_rng_state()},
             "history": self.history,
+            "history_steps": self.history_steps,
             "data_fingerprint": self.split.fingerprint,
             "meta": self.meta,
         }
@@ -131,6 +134,8 @@ class Pretrainer:
         self.gen.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
         self.history = {k: list(v) for k, v in state["history"].items()}
+        saved_steps = state.get("history_steps") or {}
+        self.history_steps = {k: list(saved_steps.get(k) or range(1, len(v) + 1)) for k, v in self.history.items()}
         self.resumed_from = Path(path)
 
     # ------------------------------------------------------------------ training
@@ -226,12 +231,14 @@ class Pretrainer:
                     metrics["val/knn_acc"] = knn
             for k, v in metrics.items():
                 self.history.setdefault(k, []).append(v)
+                self.history_steps.setdefault(k, []).append(self.epoch)
             self.tracker.log_metrics(metrics, step=self.epoch)
             save_checkpoint(self.checkpoint_path, self.state())
             self.saved_epoch = self.epoch
             if on_epoch is not None and on_epoch(EpochReport(self.epoch, tc.epochs, metrics)):
                 break
-        return PretrainResult(self.checkpoint_path, self.epoch, self.history, knn, time.perf_counter() - start)
+        return PretrainResult(self.checkpoint_path, self.epoch, self.history, knn, time.perf_counter() - start,
+                              self.history_steps)
 
 
 def pretrain(cfg: JbotConfig, split: Split, out_dir: str | Path, tracker: Tracker | None = None,
