@@ -44,7 +44,7 @@ def assert_legend_matches(fig: go.Figure, palette: dict[str, str] | None = None)
             assert colours == {palette[key.lower()]}, f"{key!r} is {colours}, not its fixed colour"
     names = [t.name for t in fig.data if t.showlegend is not False]
     colours = [trace_colour(t) for t in fig.data if t.showlegend is not False]
-    assert len(set(colours)) == len(names), f"two legend entries share a colour: {dict(zip(names, colours))}"
+    assert len(set(colours)) == len(names), f"two legend entries share a colour: {dict(zip(names, colours, strict=True))}"
 
 
 @pytest.fixture(scope="module")
