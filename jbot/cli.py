@@ -425,6 +425,30 @@ def embed_cmd(
     console.print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
 
 
+@app.command("export")
+def export_cmd(
+    model: ModelOpt,
+    out: Annotated[Path, typer.Option(help="Output file (.onnx)")],
+    format_: Annotated[str, typer.Option("--format", help="onnx (the one format so far)")] = "onnx",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Export an encoder or classifier for ONNX Runtime: inputs jets (batch, 30, 4); outputs cls, particles and,
+    for classifiers, probs, as `jbot embed` writes them (dynamic batch axis)."""
+    with user_errors():
+        if format_ != "onnx":
+            raise ConfigError(f"--format {format_!r}: only onnx is supported")
+        uri = resolve(config, set_, tracking_uri).tracking.uri
+        require_model(model)
+        from jbot.export import export_onnx
+        from jbot.tracking.models import load_from_uri
+
+        with console.status("exporting to ONNX"):
+            names = export_onnx(load_from_uri(model, str(uri)), out)
+    console.print(f"wrote {out}: inputs {', '.join(names['inputs'])} -> outputs {', '.join(names['outputs'])}")
+
+
 # -------------------------------------------------------------------------------------------- anomaly
 
 

@@ -1,0 +1,96 @@
+"""ONNX export: a jbot encoder (and classifier head) as one ONNX graph for ONNX Runtime inside experiment software.
+
+Inputs: ``jets`` (batch, P, F) float32, plus ``jet_features`` (batch, 4) for jet-conditioned encoders. Outputs, as
+``jbot embed`` writes them: ``cls`` (batch, D), ``particles`` (batch, P, D) and, for classifiers, ``probs``
+(batch, C). The batch axis is dynamic. Uses PyTorch's ``torch.export``-based exporter (needs ``onnx`` and
+``onnxscript``: ``pip install 'jbot[export]'``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from jbot.errors import JbotError
+from jbot.io import atomic_write
+from jbot.train.checkpoint import LoadedModel
+
+OPSET = 18
+
+
+class ExportError(JbotError, RuntimeError):
+    """The model cannot be exported (missing exporter packages, an unsupported model)."""
+
+
+class _Graph(torch.nn.Module):
+    """The encoder (and head) with the outputs of ``jbot embed``."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        super().__init__()
+        self.encoder = loaded.encoder.eval()
+        self.head = loaded.classifier.eval() if loaded.classifier is not None else None
+
+    def forward(self, jets: torch.Tensor, jet_features: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        cls, particles = self.encoder(jets, jet=jet_features)
+        if self.head is None:
+            return cls, particles
+        return cls, particles, torch.softmax(self.head(cls).float(), dim=-1)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter reports its internals (skipped torchvision ops, deprecations) on loggers, warnings and stdout."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
+
+
+def output_names(loaded: LoadedModel) -> list[str]:
+    return ["cls", "particles"] + (["probs"] if loaded.classifier is not None else [])
+
+
+def export_onnx(loaded: LoadedModel, out: str | Path) -> dict[str, list[str]]:
+    """Write ``out`` (atomically); returns the graph's input and output names."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise ExportError(f"ONNX export needs the packages onnx and onnxscript ({exc.name} is missing): "
+                          "pip install 'jbot[export]'") from None
+    cfg = loaded.encoder.cfg
+    graph = _Graph(loaded)
+    jets = torch.zeros(2, cfg.n_particles, cfg.n_features)
+    jets[:, :3, 2], jets[:, :3, 3] = 0.3, 1.0
+    batch = torch.export.Dim("batch")
+    args: tuple[torch.Tensor, ...] = (jets,)
+    shapes: dict[str, object] = {"jets": {0: batch}}
+    inputs = ["jets"]
+    if cfg.jet_conditioning:
+        args += (torch.zeros(2, cfg.n_jet_features),)
+        shapes["jet_features"] = {0: batch}
+        inputs.append("jet_features")
+    outputs = output_names(loaded)
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(graph, args, dynamo=True, input_names=inputs, output_names=outputs,
+                                        dynamic_shapes=shapes, opset_version=OPSET, verbose=False)
+    except Exception as exc:  # the exporter raises many types; the message names the model and the cause
+        raise ExportError(f"cannot export this model to ONNX: {type(exc).__name__}: "
+                          f"{str(exc).strip().splitlines()[0][:300]}") from None
+    assert program is not None
+    atomic_write(out, lambda tmp: program.save(str(tmp), external_data=False))
+    return {"inputs": inputs, "outputs": outputs}
