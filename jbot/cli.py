@@ -34,6 +34,31 @@ from jbot.errors import JbotError
 from jbot.io import scratch_dir
 from jbot.paths import is_model_source, resolve_tracking_uri
 
+
+def _plain_types() -> None:
+    """Help shows click's plain metavars (TEXT, PATH, INTEGER; nothing for flags), not typer's ``<bool>`` and
+    ``<list[str]>``. Left as typer draws it where typer's internals differ."""
+    from typer import core
+
+    names = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH", "list[str]": "TEXT"}
+    for cls in (getattr(core, "TyperOption", None), getattr(core, "TyperArgument", None)):
+        drawn = getattr(cls, "display_type_rich", None)
+        if cls is None or drawn is None or getattr(drawn, "jbot_plain", False):
+            continue
+
+        def plain(self: Any, ctx: Any, drawn: Any = drawn) -> str | None:
+            if self.metavar is not None:
+                return str(self.metavar)
+            if getattr(self, "is_flag", False):
+                return None
+            label = str(drawn(self, ctx) or "").strip("<>").removesuffix("...").strip("<>")
+            return names.get(label, label.upper()) or None
+
+        plain.jbot_plain = True  # type: ignore[attr-defined]
+        cls.display_type_rich = plain
+
+
+_plain_types()
 app = typer.Typer(help="jBOT: self-distilled jet representations, MLflow-native.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
 config_app = typer.Typer(help="Inspect configurations.", no_args_is_help=True)
@@ -224,7 +249,8 @@ def pretrain_cmd(
     tracking_uri: TrackingOpt = None,
     experiment: ExperimentOpt = None,
 ) -> None:
-    """Pre-train a jBOT encoder by self-distillation (SPEC §2-6), tracked in MLflow."""
+    """Pre-train a jBOT encoder by self-distillation (views, masking, EMA teacher, DINO + iBOT + KoLeo losses),
+    tracked in MLflow."""
     from jbot.config import resume_config
 
     with user_errors():
@@ -301,7 +327,7 @@ def probe_cmd(
     tracking_uri: TrackingOpt = None,
     experiment: ExperimentOpt = None,
 ) -> None:
-    """k-NN and linear probes and clustering metrics of a frozen encoder (SPEC §7)."""
+    """k-NN and linear probes and clustering metrics of a frozen encoder."""
     with user_errors():
         if preset not in ("5class", "tqg"):
             raise ConfigError(f"probe presets are 5class and tqg, not {preset!r}")
@@ -463,7 +489,7 @@ def anomaly_cmd(
     tracking_uri: TrackingOpt = None,
     experiment: ExperimentOpt = None,
 ) -> None:
-    """Anomaly-detection report of a frozen encoder pre-trained on q, g (SPEC §8), from a run or the registry."""
+    """Anomaly-detection report of a frozen encoder pre-trained on q, g, from a run or the registry."""
     with user_errors():
         cfg = resolve(config, _overrides(set_, **{"data.dir": data, "pretrain.device": device}), tracking_uri)
         require_model(model)

@@ -132,3 +132,20 @@ def test_error_exits_load_nothing_heavy(args: list[str], tmp_path: Path) -> None
                           text=True, timeout=120)
     assert "EXIT 2 HEAVY []" in proc.stdout, proc.stdout + proc.stderr
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") <= 2, proc.stderr
+
+
+def test_help_is_plain_and_self_contained() -> None:
+    """No typer type labels (<bool>, <list[str]>) and no references to files a user does not have."""
+    from typer.main import get_command
+
+    from jbot.cli import app
+
+    group = get_command(app)
+    commands = [[]] + [[name] for name in group.commands]  # type: ignore[attr-defined]
+    commands += [[g, sub] for g in ("data", "register", "sweep", "config")
+                 for sub in group.commands[g].commands]  # type: ignore[attr-defined]
+    for args in commands:
+        text = runner.invoke(app, [*args, "--help"], terminal_width=160).output
+        assert "Usage:" in text, args
+        for bad in ("<bool>", "<str>", "<list[str]>", "<path>", "SPEC"):
+            assert bad not in text, f"jbot {' '.join(args)} --help shows {bad!r}"
