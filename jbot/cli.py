@@ -573,10 +573,26 @@ def ui_cmd(
     if uri.startswith(("http://", "https://")):
         console.print(f"the tracking store is a server: open {uri}")
         return
-    console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    # its own process group, so that stopping jbot ui stops the server's workers too
-    server = subprocess.Popen(cmd, start_new_session=True)
+    with user_errors():
+        from jbot.tracking.mlflow import connect, jbot_experiments
+
+        experiments = jbot_experiments(connect(uri))
+    base = f"http://{host}:{port}"
+    console.print(f"MLflow UI for {uri} at {base} (Ctrl-C to stop)")
+    for exp in experiments:
+        console.print(f"  {exp.name:<28} {base}/#/experiments/{exp.experiment_id}/runs")
+    if not experiments:
+        console.print("  no jbot runs in this store yet")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--registry-store-uri", uri, "--host",
+           host, "--port", str(port), "--workers", "1"]
+    # one server process (no GenAI job runners), in its own process group: stopping jbot ui stops all of it
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    from jbot.logs import verbose
+
+    if not verbose():  # the server's request log and start-up notices only with --verbose
+        cmd += ["--uvicorn-opts", "--log-level warning --no-access-log"]
+        env["PYTHONWARNINGS"] = "ignore"
+    server = subprocess.Popen(cmd, start_new_session=True, env=env)
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

@@ -32,6 +32,17 @@ def load_split(cfg: JbotConfig, preset: str | None = None) -> Split:
     return make_split(d.dir, preset or d.preset, d.n_train, d.n_val, d.n_test, d.seed)
 
 
+def model_label(cfg: JbotConfig) -> str:
+    """S and B for the paper's sizes (Table 1), else D<d_model>L<n_layers>."""
+    m = cfg.model
+    return {(32, 2, 4): "S", (64, 4, 6): "B"}.get((m.d_model, m.n_layers, m.n_heads), f"D{m.d_model}L{m.n_layers}")
+
+
+def _log_split(run: MlflowRun, cfg: JbotConfig, split: Split) -> None:
+    run.log_dataset(cfg.data.dir, split.preset, split.fingerprint,
+                    {"n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test)})
+
+
 def _data_tags(split: Split, device: str) -> dict[str, str]:
     return {"jbot.data_fingerprint": split.fingerprint, "jbot.preset": split.preset, "jbot.device": device,
             "jbot.n_train": str(len(split.train))}
@@ -58,7 +69,8 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
                      on_step: Callable[[int], None] | None = None,
                      on_epoch: Callable[[EpochReport], bool | None] | None = None,
                      parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-                     on_start: Callable[[str], None] | None = None, allow_other_data: bool = False) -> TrackedResult:
+                     on_start: Callable[[str], None] | None = None, allow_other_data: bool = False,
+                     run_name: str | None = None) -> TrackedResult:
     """Pre-train as one MLflow run. With ``resume`` (a checkpoint), training continues from it on the same data
     (its fingerprint must match unless ``allow_other_data``) and in its MLflow run when that run is in this store;
     the checkpoint is written under ``cfg.pretrain.out_dir`` only."""
@@ -70,8 +82,10 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
     if resume is not None:
         earlier_run = check_resumable(cfg, split, resume, allow_other_data)
         all_tags["jbot.resumed_from"] = str(resume)
+    name = run_name or f"pretrain-{model_label(cfg)}-{split.preset}-e{cfg.pretrain.epochs}"
     with tracked_run(cfg, "pretrain", experiment=experiment, tags=all_tags, parent_run_id=parent_run_id,
-                     continue_run=earlier_run) as run:
+                     continue_run=earlier_run, run_name=name) as run:
+        _log_split(run, cfg, split)
         if on_start is not None:
             on_start(run.run_id)
         try:
@@ -121,7 +135,8 @@ def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | 
     split = load_split(cfg, preset)
     device = pick_device(cfg.pretrain.device)
     tags = {**_data_tags(split, str(device)), **provenance(source, uri)}
-    with tracked_run(cfg, "probe", experiment=experiment, tags=tags) as run:
+    with tracked_run(cfg, "probe", experiment=experiment, tags=tags, run_name=f"probe-{split.preset}") as run:
+        _log_split(run, cfg, split)
         result: ProbeResult = run_probe(loaded.encoder, split, cfg.probe, device)
         run.log_metrics(result.metrics)
         folder = out_dir or scratch_dir("probe-")
@@ -137,7 +152,7 @@ def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, expe
                      parent_run_id: str | None = None,
                      on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
                      tags: dict[str, str] | None = None, on_start: Callable[[str], None] | None = None,
-                     evaluate_test: bool = True) -> TrackedResult:
+                     evaluate_test: bool = True, run_name: str | None = None) -> TrackedResult:
     """Fine-tune ``source`` (or train from scratch when None). With ``evaluate_test`` the test metrics are
     computed once on the restored best weights and the classifier is logged as a model; sweep trials pass False
     (they are selected on validation accuracy only)."""
@@ -155,8 +170,10 @@ def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, expe
     all_tags = {**_data_tags(split, str(device)), "jbot.from_scratch": str(loaded is None).lower(), **(tags or {})}
     if source is not None:
         all_tags.update(provenance(source, uri))
-    with tracked_run(cfg, "finetune", experiment=experiment, tags=all_tags,
+    name = run_name or f"finetune-{cfg.finetune.fraction:.0%}-{'scratch' if loaded is None else 'pretrained'}"
+    with tracked_run(cfg, "finetune", experiment=experiment, tags=all_tags, run_name=name,
                      parent_run_id=parent_run_id) as run:
+        _log_split(run, cfg, split)
         if on_start is not None:
             on_start(run.run_id)
 
@@ -197,7 +214,8 @@ def tracked_import(checkpoint: Path, state: dict[str, Any], tracking_uri: str,
 
     cfg = with_overrides(build_config(state["config"]), {"tracking.uri": tracking_uri})
     tags = {f"jbot.source.{k}": str(v) for k, v in state["source"].items()}
-    with tracked_run(cfg, "import", tags=tags) as run:
+    name = "import-" + Path(str(state["source"]["backbone"])).name.split(".")[0]
+    with tracked_run(cfg, "import", tags=tags, run_name=name) as run:
         run.log_artifact(checkpoint, "checkpoints")
         example = np.zeros((EXAMPLE_JETS, cfg.model.n_particles, cfg.model.n_features), np.float32)
         example[:, :5, 2] = 0.2
@@ -224,7 +242,8 @@ def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None
     split = load_split(cfg, "qg")
     device = pick_device(cfg.pretrain.device)
     tags = {**_data_tags(split, str(device)), **provenance(source, uri)}
-    with tracked_run(cfg, "anomaly", experiment=experiment, tags=tags) as run:
+    with tracked_run(cfg, "anomaly", experiment=experiment, tags=tags, run_name=f"anomaly-{cfg.anomaly.score}") as run:
+        _log_split(run, cfg, split)
         result = run_anomaly(loaded.encoder, split, cfg.anomaly, device)
         run.log_metrics({f"test/{k}": v for k, v in result.metrics.items()})
         prov = {"model": source, **{k.removeprefix("jbot."): v for k, v in tags.items()}, "mlflow_run": run.run_id}

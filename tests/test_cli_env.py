@@ -78,6 +78,16 @@ def test_tracking_uri_only_in_the_yaml_config_is_used_by_every_command(tmp_path:
         (run,) = client.search_runs([exp.experiment_id])
         assert run.info.status == "FINISHED"
         assert run.data.params["tracking.uri"] == f"sqlite:///{store_db}"
+    names = {c: client.search_runs([client.get_experiment_by_name(f"jbot-{c}").experiment_id])[0].info.run_name
+             for c in ("pretrain", "probe", "finetune", "anomaly", "import")}
+    assert names == {"pretrain": "pretrain-D16L1-qg-e3", "probe": "probe-5class", "finetune": "finetune-100%-pretrained",
+                     "anomaly": "anomaly-knn", "import": "import-all_backbone_pretrain_32_4_2"}
+    pre = client.search_runs([client.get_experiment_by_name("jbot-pretrain").experiment_id])[0]
+    (dataset,) = pre.inputs.dataset_inputs
+    assert dataset.dataset.name == "jets (qg)" and dataset.dataset.digest == pre.data.tags["jbot.data_fingerprint"][:16]
+    assert pre.data.tags.get("mlflow.source.git.commit") == pre.data.tags["jbot.git_commit"] or \
+        pre.data.tags["jbot.git_commit"] == "unknown"
+    assert client.get_experiment_by_name("jbot-probe").tags["mlflow.experimentKind"] == "custom_model_development"
     probe_run = client.search_runs([client.get_experiment_by_name("jbot-probe").experiment_id])[0]
     assert probe_run.data.tags["jbot.upstream_model"] == "jbot-encoder/1", "the registry lookup used the same store"
     assert str(client.get_model_version_by_alias("jbot-encoder", "champion").version) == "1"

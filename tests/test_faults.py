@@ -401,11 +401,15 @@ def test_workers_of_one_sqlite_study_propose_different_parameters(tmp_path: Path
 def test_sigterm_to_jbot_ui_ends_its_server(tmp_path: Path) -> None:
     import psutil
 
+    from jbot.tracking.mlflow import connect, experiment_id
+
     port = free_port()
-    store = tmp_path / "ui-store"
+    store = f"sqlite:///{tmp_path / 'ui-store' / 'mlflow.db'}"
+    exp = experiment_id(connect(store), "jbot-pretrain", store)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    ui = subprocess.Popen([JBOT, "ui", "--port", str(port), "--tracking-uri", f"sqlite:///{store / 'mlflow.db'}"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    log = tmp_path / "ui.log"
+    ui = subprocess.Popen([JBOT, "ui", "--port", str(port), "--tracking-uri", store], stdout=log.open("w"),
+                          stderr=subprocess.STDOUT, env=env)
     try:
         for _ in range(240):
             try:
@@ -417,7 +421,10 @@ def test_sigterm_to_jbot_ui_ends_its_server(tmp_path: Path) -> None:
         else:
             pytest.fail("the MLflow UI never answered")
         server = [p for p in psutil.Process(ui.pid).children(recursive=True)]
-        assert server
+        assert server and len(server) <= 3, [p.cmdline() for p in server]
+        printed = log.read_text()
+        assert "jbot-pretrain" in printed and f"http://127.0.0.1:{port}/#/experiments/{exp}/runs" in printed
+        assert "GET /health" not in printed, "no request log unless --verbose"
         ui.send_signal(signal.SIGTERM)
         assert ui.wait(timeout=60) is not None
         gone, alive = psutil.wait_procs(server, timeout=30)

@@ -94,6 +94,7 @@ def test_resume_and_failed_trial_sqlite(inputs: tuple[Path, Path], tmp_path: Pat
     by_state = {c.data.tags["jbot.trial_state"]: c for c in children}
     assert by_state["FAIL"].info.status == "FAILED"
     assert sorted(int(c.data.tags["jbot.trial"]) for c in children) == list(range(7))
+    assert sorted(c.info.run_name for c in children) == [f"trial-{i:03d}" for i in range(7)]
     assert client.get_run(parent).data.tags["jbot.best_run_id"] in {c.info.run_id for c in children}
     assert "test/acc" in client.get_run(parent).data.metrics  # test metrics of the best trial, once
 

@@ -69,6 +69,7 @@ def finetune_objective(sweep: Sweep, source: str, work_dir: Path) -> Callable[[o
             out_dir = work_dir / f"trial-{trial.number}"
             try:  # the trial's files are in its MLflow run; the local copy goes at once
                 res = tracked_finetune(cfg, source, out_dir=out_dir, experiment=sweep.mlflow_experiment,
+                                       run_name=f"trial-{trial.number:03d}",
                                        parent_run_id=parent, tags=tags, evaluate_test=False,
                                        on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
                                        on_epoch=_reporter(trial, "val/acc", flag))
@@ -161,6 +162,7 @@ def anomaly_objective(sweep: Sweep, source: str) -> Callable[[optuna.Trial, str]
     def objective(trial: optuna.Trial, parent: str) -> float:
         def body(cfg: JbotConfig, tags: dict[str, str]) -> float:
             with tracked_run(cfg, "anomaly", experiment=sweep.mlflow_experiment, parent_run_id=parent,
+                             run_name=f"trial-{trial.number:03d}",
                              tags={**base_tags, **tags}) as run:
                 trial.set_user_attr("mlflow_run_id", run.run_id)
                 score = next(s for s in make_scores(cfg.anomaly, cfg.sweep.seed) if s.name == cfg.anomaly.score)
@@ -187,7 +189,7 @@ def pretrain_objective(sweep: Sweep, work_dir: Path) -> Callable[[optuna.Trial, 
             cfg = with_overrides(cfg, {"pretrain.out_dir": str(work_dir / f"trial-{trial.number}")})
             flag = {"pruned": False}
             report = _reporter(trial, "val/knn_acc", flag)
-            res = tracked_pretrain(cfg, experiment=sweep.mlflow_experiment,
+            res = tracked_pretrain(cfg, experiment=sweep.mlflow_experiment, run_name=f"trial-{trial.number:03d}",
                                    parent_run_id=parent, tags=tags,
                                    on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
                                    on_epoch=lambda r: report(r.epoch, r.metrics))

@@ -16,6 +16,7 @@ import time
 import traceback
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,12 +72,32 @@ def connect(uri: str, timeout: float = 5.0) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+# The MLflow UI opens an experiment of this kind on its runs table (not on GenAI traces)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        mark_model_training(client, exp)
         return exp.experiment_id
     root = _artifact_root(uri)
-    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None, tags=EXPERIMENT_KIND)
+
+
+def mark_model_training(client: MlflowClient, exp: Any) -> None:
+    """Tag an experiment made before jbot set its kind (the UI then opens it on the runs table)."""
+    for key, value in EXPERIMENT_KIND.items():
+        if exp.tags.get(key) != value:
+            client.set_experiment_tag(exp.experiment_id, key, value)
+
+
+def jbot_experiments(client: MlflowClient) -> list[Any]:
+    """The store's jbot experiments (name ``jbot-*``), marked as model-training experiments, by name."""
+    found = [e for e in client.search_experiments(max_results=1000) if e.name.startswith("jbot-")]
+    for exp in found:
+        mark_model_training(client, exp)
+    return sorted(found, key=lambda e: e.name)
 
 
 def git_commit() -> str:
@@ -117,6 +138,20 @@ class MlflowRun:
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+    def log_dataset(self, folder: str | Path, preset: str, fingerprint: str, sizes: dict[str, int]) -> None:
+        """The run's data as an MLflow dataset input (the UI's Dataset column): folder, preset, fingerprint."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(str(Path(folder).resolve()))
+        dataset = MetaDataset(source=source, name=f"{Path(folder).name} ({preset})",  # type: ignore[abstract]
+                              digest=fingerprint[:16])
+        tags = [InputTag("mlflow.data.context", "train"), *(InputTag(k, str(v)) for k, v in sizes.items())]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
 
 
 def _alive(pid: int) -> bool:
@@ -170,7 +205,9 @@ def tracked_run(cfg: JbotConfig, command: str, *, experiment: str | None = None,
     client = connect(uri)
     exp_id = experiment_id(client, experiment or cfg.tracking.experiment or f"jbot-{command}", uri)
     reap_stale_runs(client, exp_id)
-    all_tags = {"jbot.version": jbot.__version__, "jbot.git_commit": git_commit(), "jbot.command": command,
+    commit = git_commit()
+    all_tags = {"jbot.version": jbot.__version__, "jbot.git_commit": commit, "jbot.command": command,
+                **({"mlflow.source.git.commit": commit} if commit != "unknown" else {}),
                 "jbot.host": socket.gethostname(), "jbot.pid": str(os.getpid()), **(tags or {})}
     if parent_run_id:  # the tag MLflow nests by; works across processes (the parent need not be active here)
         all_tags["mlflow.parentRunId"] = parent_run_id
