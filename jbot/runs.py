@@ -84,7 +84,10 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
         all_tags["jbot.resumed_from"] = str(resume)
     name = run_name or f"pretrain-{model_label(cfg)}-{split.preset}-e{cfg.pretrain.epochs}"
     with tracked_run(cfg, "pretrain", experiment=experiment, tags=all_tags, parent_run_id=parent_run_id,
-                     continue_run=earlier_run, run_name=name) as run:
+                     continue_run=earlier_run, run_name=name,
+                     description=f"jBOT pre-training ({model_label(cfg)}: D={cfg.model.d_model}, "
+                                 f"L={cfg.model.n_layers}, H={cfg.model.n_heads}) on {split.preset} jets from "
+                                 f"{cfg.data.dir}, {cfg.pretrain.epochs} epochs") as run:
         _log_split(run, cfg, split)
         if on_start is not None:
             on_start(run.run_id)
@@ -95,11 +98,13 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
             if (out_dir / "checkpoint.pt").is_file():  # the last completed epoch, saved atomically
                 run.log_artifact(out_dir / "checkpoint.pt", "checkpoints")
             raise
+        # the last epoch's values are the last points of the per-epoch series: they go to pretrain.json only, not
+        # again as single-point metrics (which the UI would chart before the learning curves)
         final = {f"final/{k.split('/', 1)[1]}": v[-1] for k, v in result.history.items() if k.startswith("train/")}
+        run.log_metrics({"train/wall_seconds": result.seconds}, step=result.epochs)
         final["train/wall_seconds"] = result.seconds
-        run.log_metrics(final, step=result.epochs)  # val/knn_acc was logged at the epoch it was measured
         if result.knn_acc is not None:
-            final["val/knn_acc"] = result.knn_acc  # in pretrain.json
+            final["val/knn_acc"] = result.knn_acc
         run.log_artifact(result.checkpoint, "checkpoints")
         _log_json_and_curves(run, out_dir, "pretrain", final, result.history, result.steps)
         model_uri = log_jbot_model(result.checkpoint, split.train.x[:EXAMPLE_JETS])
@@ -135,7 +140,8 @@ def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | 
     split = load_split(cfg, preset)
     device = pick_device(cfg.pretrain.device)
     tags = {**_data_tags(split, str(device)), **provenance(source, uri)}
-    with tracked_run(cfg, "probe", experiment=experiment, tags=tags, run_name=f"probe-{split.preset}") as run:
+    with tracked_run(cfg, "probe", experiment=experiment, tags=tags, run_name=f"probe-{split.preset}",
+                     description=f"k-NN and linear probes and clustering of the frozen encoder {source}") as run:
         _log_split(run, cfg, split)
         result: ProbeResult = run_probe(loaded.encoder, split, cfg.probe, device)
         run.log_metrics(result.metrics)
@@ -171,7 +177,9 @@ def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, expe
     if source is not None:
         all_tags.update(provenance(source, uri))
     name = run_name or f"finetune-{cfg.finetune.fraction:.0%}-{'scratch' if loaded is None else 'pretrained'}"
+    origin = "from scratch" if loaded is None else f"fine-tuning {source}"
     with tracked_run(cfg, "finetune", experiment=experiment, tags=all_tags, run_name=name,
+                     description=f"{cfg.finetune.task} tagger, {origin}, {cfg.finetune.fraction:.0%} of the labels",
                      parent_run_id=parent_run_id) as run:
         _log_split(run, cfg, split)
         if on_start is not None:
@@ -242,7 +250,8 @@ def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None
     split = load_split(cfg, "qg")
     device = pick_device(cfg.pretrain.device)
     tags = {**_data_tags(split, str(device)), **provenance(source, uri)}
-    with tracked_run(cfg, "anomaly", experiment=experiment, tags=tags, run_name=f"anomaly-{cfg.anomaly.score}") as run:
+    with tracked_run(cfg, "anomaly", experiment=experiment, tags=tags, run_name=f"anomaly-{cfg.anomaly.score}",
+                     description=f"anomaly scores of the frozen encoder {source} (q, g background)") as run:
         _log_split(run, cfg, split)
         result = run_anomaly(loaded.encoder, split, cfg.anomaly, device)
         run.log_metrics({f"test/{k}": v for k, v in result.metrics.items()})

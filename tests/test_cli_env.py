@@ -88,6 +88,11 @@ def test_tracking_uri_only_in_the_yaml_config_is_used_by_every_command(tmp_path:
     assert pre.data.tags.get("mlflow.source.git.commit") == pre.data.tags["jbot.git_commit"] or \
         pre.data.tags["jbot.git_commit"] == "unknown"
     assert client.get_experiment_by_name("jbot-probe").tags["mlflow.experimentKind"] == "custom_model_development"
+    assert pre.data.tags["mlflow.note.content"].startswith("jBOT pre-training (D16L1")
+    assert pre.data.tags["jbot.model_uri"] in {m.model_uri for m in client.search_logged_models(
+        [pre.info.experiment_id]) if m.name == "jbot-encoder"}
+    assert "register best" in client.get_registered_model("jbot-encoder").description
+    assert "val/knn_acc" in client.get_model_version("jbot-encoder", "1").description
     probe_run = client.search_runs([client.get_experiment_by_name("jbot-probe").experiment_id])[0]
     assert probe_run.data.tags["jbot.upstream_model"] == "jbot-encoder/1", "the registry lookup used the same store"
     assert str(client.get_model_version_by_alias("jbot-encoder", "champion").version) == "1"

@@ -97,6 +97,12 @@ def test_resume_and_failed_trial_sqlite(inputs: tuple[Path, Path], tmp_path: Pat
     assert sorted(c.info.run_name for c in children) == [f"trial-{i:03d}" for i in range(7)]
     assert client.get_run(parent).data.tags["jbot.best_run_id"] in {c.info.run_id for c in children}
     assert "test/acc" in client.get_run(parent).data.metrics  # test metrics of the best trial, once
+    parent_run = client.get_run(parent)
+    best = study.best_trial
+    assert study.metric_names == ["val/best_acc"]
+    assert parent_run.data.params["sweep.study_name"] == "resume" and parent_run.data.params["sweep.n_trials"] == "4"
+    for key, value in best.params.items():  # the searched fields show the best trial's values
+        assert parent_run.data.tags[f"best.{key}"] == str(value)
 
 
 # ------------------------------------------------------------------------------ PostgreSQL, many workers

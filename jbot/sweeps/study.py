@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
@@ -134,13 +135,15 @@ def _create_parent(sweep: Sweep, study: optuna.Study) -> str:
         run_id = client.create_run(exp, run_name=sweep.name, tags={
             "jbot.study": sweep.name, "jbot.sweep_kind": sweep.kind, "jbot.git_commit": git_commit(),
             "jbot.role": "sweep-parent"}).info.run_id
-        params = {"sweep.study_name": sweep.name, "sweep.storage": redact(sweep.storage or default_storage()),
-                  "sweep.n_trials": sweep.n_trials, "sweep.objective": sweep.space.objective,
-                  "sweep.direction": sweep.space.direction, **sweep.extra_params}
+        # the base config without the searched fields (they get the best trial's values when the study ends), then
+        # the study's own settings: its real name, budget and storage
+        params: dict[str, Any] = {k: v for k, v in flatten(sweep.cfg).items() if k not in sweep.space.params}
+        params.update({"sweep.study_name": sweep.name, "sweep.storage": redact(sweep.storage or default_storage()),
+                       "sweep.n_trials": sweep.n_trials, "sweep.objective": sweep.space.objective,
+                       "sweep.direction": sweep.space.direction, **sweep.extra_params,
+                       "tracking.uri": redact(uri)})
         params.update({f"space.{k}": json.dumps(v.model_dump(mode="json", exclude_none=True))
                        for k, v in sweep.space.params.items()})
-        params.update(flatten(sweep.cfg))
-        params["tracking.uri"] = redact(uri)
         for k, v in params.items():
             client.log_param(run_id, k, str(v)[:6000])
         study.set_user_attr(PARENT_ATTR, run_id)
@@ -165,6 +168,9 @@ def open_study(sweep: Sweep) -> tuple[optuna.Study, str]:
     try:
         study = optuna.create_study(study_name=sweep.name, direction=sweep.space.direction, load_if_exists=False,
                                     storage=storage, sampler=_sampler(sweep, first_worker=True), pruner=pruner)
+        with warnings.catch_warnings():  # experimental in Optuna 5
+            warnings.simplefilter("ignore")
+            study.set_metric_names([sweep.space.objective])  # optuna-dashboard names the objective
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=sweep.name, storage=storage, sampler=_sampler(sweep, False),
                                   pruner=pruner)
@@ -204,6 +210,7 @@ class SweepOutcome:
     n_pruned: int
     n_failed: int
     seconds: float
+    n_trials: int = 0  # the budget of COMPLETE trials
 
 
 def run_worker(sweep: Sweep, objective: Callable[[optuna.Trial, str], float]) -> SweepOutcome:
@@ -217,7 +224,7 @@ def run_worker(sweep: Sweep, objective: Callable[[optuna.Trial, str], float]) ->
                                   _give_up_after_failures(max(5, sweep.n_trials))])
     states = [t.state for t in study.get_trials(deepcopy=False)]
     return SweepOutcome(study, parent, states.count(TrialState.COMPLETE), states.count(TrialState.PRUNED),
-                        states.count(TrialState.FAIL), time.perf_counter() - start)
+                        states.count(TrialState.FAIL), time.perf_counter() - start, sweep.n_trials)
 
 
 def log_study_summary(outcome: SweepOutcome, tracking_uri: str, out_dir: Path) -> dict[str, Any]:
@@ -238,6 +245,11 @@ def log_study_summary(outcome: SweepOutcome, tracking_uri: str, out_dir: Path) -
         client.log_metric(run_id, "sweep/best_value", float(best.value or 0.0))
         client.set_tag(run_id, "jbot.best_trial", str(best.number))
         client.set_tag(run_id, "jbot.best_params", json.dumps(best.params)[:5000])
+        for key, value in best.params.items():
+            client.set_tag(run_id, f"best.{key}", str(value))
+            if outcome.n_complete >= outcome.n_trials:  # the searched fields' params: the best trial's values
+                with contextlib.suppress(mlflow.exceptions.MlflowException):  # kept from an earlier, shorter study
+                    client.log_param(run_id, key, str(value))
         if summary["best_run_id"]:
             client.set_tag(run_id, "jbot.best_run_id", summary["best_run_id"])
     for key in ("n_complete", "n_pruned", "n_failed"):

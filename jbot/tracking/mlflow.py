@@ -192,7 +192,8 @@ def _continuable(client: MlflowClient, run_id: str | None, exp_id: str) -> str |
 @contextlib.contextmanager
 def tracked_run(cfg: JbotConfig, command: str, *, experiment: str | None = None,
                 run_name: str | None = None, tags: dict[str, str] | None = None,
-                parent_run_id: str | None = None, continue_run: str | None = None) -> Iterator[MlflowRun]:
+                parent_run_id: str | None = None, continue_run: str | None = None,
+                description: str | None = None) -> Iterator[MlflowRun]:
     """One MLflow run in experiment ``jbot-{command}`` (or ``experiment`` / ``tracking.experiment``).
 
     Logs the flattened resolved config as params and ``config.yaml``. An exception ends the run FAILED with the
@@ -209,6 +210,8 @@ def tracked_run(cfg: JbotConfig, command: str, *, experiment: str | None = None,
     all_tags = {"jbot.version": jbot.__version__, "jbot.git_commit": commit, "jbot.command": command,
                 **({"mlflow.source.git.commit": commit} if commit != "unknown" else {}),
                 "jbot.host": socket.gethostname(), "jbot.pid": str(os.getpid()), **(tags or {})}
+    if description:  # the run's description in the UI
+        all_tags["mlflow.note.content"] = description
     if parent_run_id:  # the tag MLflow nests by; works across processes (the parent need not be active here)
         all_tags["mlflow.parentRunId"] = parent_run_id
     params = {**flatten(cfg), "tracking.uri": redact(uri)}

@@ -25,7 +25,6 @@ from jbot.paths import RUN_ID, is_model_source
 from jbot.train.checkpoint import CheckpointError, LoadedModel, load_model
 
 CHECKPOINT_KEY = "checkpoint"
-MODEL_NAME = "model"
 
 
 class JbotPyfunc(PythonModel):
@@ -57,8 +56,9 @@ def log_jbot_model(checkpoint: str | Path, example: np.ndarray) -> str:
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_particles, n_features))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_out))]),
     )
+    name = "jbot-classifier" if loaded.classifier is not None else "jbot-encoder"
     with _quiet("mlflow.pyfunc"):
-        info = _log_pyfunc(checkpoint, signature, example)
+        info = _log_pyfunc(checkpoint, signature, example, name)
     mlflow.set_tag("jbot.model_uri", info.model_uri)
     return info.model_uri
 
@@ -74,9 +74,9 @@ def _quiet(logger: str):  # type: ignore[no-untyped-def]
         log.setLevel(level)
 
 
-def _log_pyfunc(checkpoint: str | Path, signature: ModelSignature, example: np.ndarray) -> Any:
+def _log_pyfunc(checkpoint: str | Path, signature: ModelSignature, example: np.ndarray, name: str) -> Any:
     return mlflow.pyfunc.log_model(
-        name=MODEL_NAME, python_model=JbotPyfunc(), artifacts={CHECKPOINT_KEY: str(checkpoint)},
+        name=name, python_model=JbotPyfunc(), artifacts={CHECKPOINT_KEY: str(checkpoint)},
         signature=signature, input_example=example.astype(np.float32),
         pip_requirements=[f"jbot=={jbot.__version__}", f"torch=={torch.__version__.split('+')[0]}",
                           f"mlflow=={mlflow.__version__}"],

@@ -78,6 +78,12 @@ def register_best(client: MlflowClient, experiment: str, metric: str, name: str,
             "jbot.sweep": run.data.tags.get("mlflow.parentRunId", "")}
     for key, val in tags.items():
         _retry(functools.partial(client.set_model_version_tag, name, version, key, val))
+    if not client.get_registered_model(name).description:
+        _retry(lambda: client.update_registered_model(
+            name, description="jBOT encoders and classifiers registered by `jbot register best`; each version's "
+                              "tags name the run, experiment and metric it was chosen by"))
+    _retry(lambda: client.update_model_version(
+        name, version, description=f"best of experiment {experiment} by {metric} = {value:.4g} (run {run_id})"))
     if alias:
         _retry(lambda: client.set_registered_model_alias(name, alias, version))
     return Registered(name, version, run_id, metric, value, alias, created)
