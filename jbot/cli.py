@@ -112,7 +112,10 @@ def user_errors() -> Iterator[None]:
 
 def resolve(config: Path | None, overrides: list[str] | None, tracking_uri: str | None = None) -> JbotConfig:
     """The command's config, with ``tracking.uri`` resolved once (flag > config > env > embedded)."""
-    cfg = load_config(config, overrides or [])
+    return with_store(load_config(config, overrides or []), tracking_uri)
+
+
+def with_store(cfg: JbotConfig, tracking_uri: str | None) -> JbotConfig:
     return with_overrides(cfg, {"tracking.uri": resolve_tracking_uri(tracking_uri, cfg.tracking.uri)})
 
 
@@ -268,8 +271,7 @@ def pretrain_cmd(
             from jbot.train.checkpoint import load_checkpoint
 
             state = load_checkpoint(resume)
-            saved = resume_config(state["config"], overrides)
-            cfg = with_overrides(saved, {"tracking.uri": resolve_tracking_uri(tracking_uri, saved.tracking.uri)})
+            cfg = with_store(resume_config(state["config"], overrides), tracking_uri)
             check_more_epochs(cfg, state, resume)
         require_data(cfg)
         console.print(f"pre-training jBOT (D={cfg.model.d_model}, L={cfg.model.n_layers}, H={cfg.model.n_heads}) "

@@ -49,11 +49,6 @@ def _shipped(folder: str) -> Traversable:
     return resources.files("jbot").joinpath("configs", *([folder] if folder else []))
 
 
-def shipped_names(folder: str = "") -> list[str]:
-    """Names of the YAML files shipped in ``jbot/configs`` (``folder="sweeps"``: the search spaces)."""
-    return sorted(p.name for p in _shipped(folder).iterdir() if p.name.endswith(".yaml"))
-
-
 def find_yaml(name: str | Path, folder: str = "") -> Path | Traversable:
     """A user's file by path if it exists, else the shipped file of that name (``jbot-b`` or ``jbot-b.yaml``).
 

@@ -240,8 +240,8 @@ def tracked_import(checkpoint: Path, state: dict[str, Any], tracking_uri: str,
 
 def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None, experiment: str | None = None,
                     notes: list[str] | None = None, tuned: bool = False) -> TrackedResult:
-    """``tuned``: the settings come from an anomaly sweep (the report marks ``anomaly.score`` as tuned)."""
-    """Every anomaly score of a frozen encoder on the ``qg`` preset; report + metrics logged as artifacts."""
+    """Every anomaly score of a frozen encoder on the ``qg`` preset; report + metrics logged as artifacts.
+    ``tuned``: the settings come from an anomaly sweep (the report marks ``anomaly.score`` as tuned)."""
     from jbot.anomaly.detect import run_anomaly
     from jbot.anomaly.report import text_table, write_report
 

@@ -93,6 +93,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
+    """Until ``url``/health answers; an error if ``proc`` exits first or nothing answers in time."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1).read()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode}") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not become healthy in {seconds:.0f} s") from None
+            time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def running_mlflow_server(backend: str, artifacts: Path, workers: int = 1) -> Iterator[str]:
     """A real `mlflow server` process on a free port (proxied artifacts); yields its URL once healthy."""
@@ -105,16 +120,7 @@ def running_mlflow_server(backend: str, artifacts: Path, workers: int = 1) -> It
                             env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1).read()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"mlflow server exited with {proc.returncode}") from None
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("mlflow server did not become healthy in 120 s")
+        wait_healthy(url, proc)
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

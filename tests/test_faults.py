@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from jbot.sweeps.spaces import load_space
 from jbot.sweeps.study import PARENT_ATTR, Sweep, open_study
 from jbot.train.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from jbot.train.pretrain import Pretrainer, TrainingDiverged
-from tests.conftest import fake_jets, free_port, write_fake_folder
+from tests.conftest import fake_jets, free_port, wait_healthy, write_fake_folder
 from tests.test_pretrain import TINY
 from tests.test_tracking import _tiny_checkpoint
 
@@ -411,15 +410,7 @@ def test_sigterm_to_jbot_ui_ends_its_server(tmp_path: Path) -> None:
     ui = subprocess.Popen([JBOT, "ui", "--port", str(port), "--tracking-uri", store], stdout=log.open("w"),
                           stderr=subprocess.STDOUT, env=env)
     try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-                break
-            except OSError:
-                assert ui.poll() is None, "jbot ui exited early"
-                time.sleep(0.5)
-        else:
-            pytest.fail("the MLflow UI never answered")
+        wait_healthy(f"http://127.0.0.1:{port}", ui)
         server = [p for p in psutil.Process(ui.pid).children(recursive=True)]
         assert server and len(server) <= 3, [p.cmdline() for p in server]
         printed = log.read_text()

@@ -79,10 +79,6 @@ def make_storage(url: str | None, attempts: int = 5) -> Any:
     raise AssertionError("unreachable")
 
 
-def is_shared(url: str | None) -> bool:
-    return bool(url) and not str(url).startswith("sqlite")
-
-
 @dataclass
 class Sweep:
     """Everything a worker needs; ``objective(trial, parent_run_id)`` returns the value to optimise."""

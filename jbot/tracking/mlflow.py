@@ -28,7 +28,6 @@ from mlflow.tracking import MlflowClient
 import jbot
 from jbot.config import JbotConfig, flatten, to_yaml
 from jbot.errors import JbotError
-from jbot.io import scratch_dir
 from jbot.logs import quiet_mlflow
 from jbot.paths import redact, resolve_tracking_uri
 
@@ -179,14 +178,15 @@ def reap_stale_runs(client: MlflowClient, exp_id: str) -> list[str]:
     return stale
 
 
-def _continuable(client: MlflowClient, run_id: str | None, exp_id: str) -> str | None:
+def _continuable(client: MlflowClient, run_id: str | None, exp_id: str) -> Any:
+    """The run to continue, if it is still in this store and experiment (else None: a new run)."""
     if run_id is None:
         return None
     try:
         run = client.get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        return None  # another store, or deleted: a new run
-    return run_id if run.info.experiment_id == exp_id and run.info.lifecycle_stage == "active" else None
+        return None  # another store, or deleted
+    return run if run.info.experiment_id == exp_id and run.info.lifecycle_stage == "active" else None
 
 
 @contextlib.contextmanager
@@ -217,11 +217,12 @@ def tracked_run(cfg: JbotConfig, command: str, *, experiment: str | None = None,
     params = {**flatten(cfg), "tracking.uri": redact(uri)}
     continued = _continuable(client, continue_run, exp_id)
     if continued is not None:
-        logged = client.get_run(continued).data.params
+        logged = continued.data.params
         changed = {k: v for k, v in params.items() if k in logged and logged[k] != str(v)[:MAX_PARAM_LENGTH]}
         params = {k: v for k, v in params.items() if k not in logged}
         all_tags["jbot.resume_changed"] = json.dumps(changed, default=str)[:5000]
-        active = mlflow.start_run(run_id=continued, tags=all_tags, log_system_metrics=cfg.tracking.log_system_metrics)
+        active = mlflow.start_run(run_id=continued.info.run_id, tags=all_tags,
+                                  log_system_metrics=cfg.tracking.log_system_metrics)
     else:
         active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags,
                                   nested=mlflow.active_run() is not None,
@@ -243,7 +244,3 @@ def tracked_run(cfg: JbotConfig, command: str, *, experiment: str | None = None,
     else:
         mlflow.end_run("FINISHED")
 
-
-def download_run_artifact(client: MlflowClient, run_id: str, path: str) -> Path:
-    dest = scratch_dir("artifact-")
-    return Path(client.download_artifacts(run_id, path, str(dest)))
