@@ -789,5 +789,31 @@ def sweep_pretrain_cmd(
     _print_sweep(outcome, summary)
 
 
+@app.command("dashboard")
+def dashboard_cmd(
+    storage: StorageOpt = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port)")] = 8080,
+) -> None:
+    """Open optuna-dashboard on the sweeps' study storage (default: sweeps/optuna.db here); Ctrl-C stops it."""
+    from jbot.logs import verbose
+
+    with user_errors():
+        from jbot.paths import redact
+        from jbot.sweeps.dashboard import open_storage, serve, study_links
+
+        url, opened = open_storage(storage)
+
+        def ready(base: str) -> None:
+            console.print(f"optuna-dashboard for {redact(url)} at {base} (Ctrl-C to stop)")
+            links = study_links(opened, base)
+            for name, link in links:
+                console.print(f"  {name:<28} {link}")
+            if not links:
+                console.print("  no studies in this storage yet")
+
+        serve(opened, host, port, quiet=not verbose(), on_ready=ready)
+
+
 def main() -> None:  # pragma: no cover
     app()

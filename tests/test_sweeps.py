@@ -105,6 +105,49 @@ def test_resume_and_failed_trial_sqlite(inputs: tuple[Path, Path], tmp_path: Pat
         assert parent_run.data.tags[f"best.{key}"] == str(value)
 
 
+def test_conditional_space_is_validated(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    head = "objective: v\nparams:\n  anomaly.score: {type: categorical, choices: [knn, gmm]}\n"
+    for line, message in [("  anomaly.knn_k: {type: int, low: 5, high: 9, when: {anomaly.scor: [knn]}}", "listed above"),
+                          ("  anomaly.knn_k: {type: int, low: 5, high: 9, when: {anomaly.score: [knm]}}", "choices are"),
+                          ("  anomaly.knn_k: {type: int, low: 5, high: 9, when: {anomaly.knn_k: 5}}", "listed above")]:
+        bad.write_text(head + line + "\n")
+        with pytest.raises(ValueError, match=message):
+            load_space(bad)
+
+
+def test_anomaly_sweep_samples_each_score_its_own_settings(inputs: tuple[Path, Path], tmp_path: Path) -> None:
+    data, encoder = inputs
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    result = runner.invoke(app, ["sweep", "anomaly", "--model", str(encoder), "--trials", "8", "--data", str(data),
+                                 "--storage", storage, "--study-name", "scores", "--tracking-uri", tracking,
+                                 "--set", "sweep.sampler=random", "--set", "anomaly.reference_size=200",
+                                 "--set", "tracking.log_system_metrics=false"])
+    assert result.exit_code == 0, result.output
+    space = load_space("anomaly")
+    own = {name: spec.when["anomaly.score"] for name, spec in space.params.items() if spec.when}
+    study = optuna.load_study(study_name="scores", storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 8 and len({t.params["anomaly.score"] for t in complete}) > 1
+    for trial in complete:  # a score's settings appear only in that score's trials
+        score = trial.params["anomaly.score"]
+        assert {k for k in trial.params if k in own} == {k for k, scores in own.items() if score in scores}
+    assert study.metric_names == ["val/combined/auc"]
+    importances = optuna.importance.get_param_importances(study)
+    assert {"anomaly.score", "anomaly.reference_size"} <= set(importances)  # PED-ANOVA: conditional-aware
+    client = MlflowClient(tracking)
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    exp = client.get_experiment_by_name("jbot-sweep-anomaly")
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    for child in children:  # the anomaly run's test/{score}/{signal}/{metric}, less the score (a param here)
+        assert {"val/combined/auc", "val/W/auc", "val/t/tpr_at_fpr_0.1"} <= set(child.data.metrics)
+        assert not any(k.count("/") != 2 for k in child.data.metrics if k.startswith("val/"))
+    best = study.best_trial
+    assert parent.data.metrics["sweep/best_value"] == pytest.approx(best.value)
+    assert parent.data.params["anomaly.score"] == best.params["anomaly.score"]
+
+
 # ------------------------------------------------------------------------------ PostgreSQL, many workers
 # Connections are counted: PostgreSQL allows 100 clients. The test process opens one Optuna storage per test with
 # no connection pool (each query borrows and returns one connection) and disposes of it; workers and the MLflow
@@ -234,3 +277,43 @@ def test_compose_topology() -> None:
     assert "/optuna" in worker["command"], "Optuna gets its own database"
     assert worker["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert "CREATE DATABASE optuna" in (PROJECT_ROOT / "docker" / "postgres-init.sql").read_text()
+
+
+def test_dashboard_serves_the_study_storage(tmp_path: Path) -> None:
+    """`jbot dashboard` on a real SQLite study store: prints the study's page, answers HTTP, stops on SIGTERM."""
+    import json
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    missing = subprocess.run([JBOT, "dashboard"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "no Optuna storage" in missing.stderr
+    assert not (tmp_path / "sweeps").exists()  # nothing created by looking
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="watched", storage=storage, direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=3)
+    port = free_port()
+    log = tmp_path / "dashboard.log"
+    proc = subprocess.Popen([JBOT, "dashboard", "--storage", storage, "--port", str(port)], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as answer:
+                    summaries = json.load(answer)["study_summaries"]
+                break
+            except OSError:
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "the dashboard did not answer"
+                time.sleep(0.5)
+        assert [s["study_name"] for s in summaries] == ["watched"]
+        page = f"http://127.0.0.1:{port}/dashboard/studies/{summaries[0]['study_id']}"
+        with urllib.request.urlopen(page, timeout=10) as answer:
+            assert answer.status == 200 and b"<html" in answer.read().lower()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        printed = log.read_text()
+        assert page in printed and "GET /" not in printed  # its link, and no request log without --verbose
+    finally:
+        _stop([proc])

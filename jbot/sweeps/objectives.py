@@ -169,7 +169,8 @@ def anomaly_objective(sweep: Sweep, source: str) -> Callable[[optuna.Trial, str]
                 n_ref = min(cfg.anomaly.reference_size, len(ref_all))
                 score.fit(ref_all[:n_ref], ref_labels[:n_ref])
                 metrics = signal_metrics(score.score(val_emb), split.val.origin, n_folds=2)
-                logged = {f"val/{k.replace('/', '_')}": v for k, v in metrics.items() if not k.endswith("_std")}
+                # the anomaly run's scheme, test/{score}/{signal}/{metric}, less the score: one per trial (a param)
+                logged = {f"val/{k}": v for k, v in metrics.items() if not k.endswith("_std")}
                 run.log_metrics(logged)
             return float(logged[sweep.space.objective])
 
