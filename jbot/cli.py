@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +34,8 @@ from jbot.config import (
 from jbot.errors import JbotError
 from jbot.io import scratch_dir
 from jbot.paths import is_model_source, resolve_tracking_uri
+from jbot.sweeps.kinds import KINDS as SWEEP_KINDS
+from jbot.sweeps.kinds import SweepKind
 
 
 def _plain_types() -> None:
@@ -121,8 +124,8 @@ def with_store(cfg: JbotConfig, tracking_uri: str | None) -> JbotConfig:
 
 def require_data(cfg: JbotConfig, preset: str | None = None) -> None:
     """Fail on a missing data folder or class file before torch and MLflow are loaded."""
+    from jbot.data.classes import PRESET_CLASSES
     from jbot.data.jetnet import check_data_dir
-    from jbot.data.splits import PRESET_CLASSES
 
     check_data_dir(cfg.data.dir, PRESET_CLASSES.get(preset or cfg.data.preset, ()))
 
@@ -661,20 +664,20 @@ StudyOpt = Annotated[str | None, typer.Option("--study-name", help="Study name (
 SpaceOpt = Annotated[Path | None, typer.Option("--space", help="Search space YAML (default: the shipped <kind>.yaml)")]
 
 
-def _sweep(kind: str, trials: int, config: Path | None, set_: list[str] | None, data: Path | None,
+def _sweep(kind: SweepKind, trials: int, config: Path | None, set_: list[str] | None, data: Path | None,
            space: Path | None, storage: str | None, study_name: str | None, tracking_uri: str | None,
-           experiment: str | None, identity: dict[str, Any], extra: dict[str, Any] | None = None) -> Any:
-    cfg = resolve(config, _overrides(set_, **{"data.dir": data, **(extra or {})}), tracking_uri)
+           experiment: str | None, identity: dict[str, Any], fields: dict[str, Any]) -> Any:
+    cfg = resolve(config, _overrides(set_, **{"data.dir": data, **fields}), tracking_uri)
     if "model" in identity:
         require_model(identity["model"])
-    require_data(cfg, {"finetune": cfg.finetune.task, "anomaly": "qg"}.get(kind))
+    require_data(cfg, kind.preset(cfg))
     from jbot.sweeps.spaces import load_space
     from jbot.sweeps.study import Sweep
 
-    search = load_space(space or f"{kind}.yaml")
+    search = load_space(space or f"{kind.name}.yaml")
     search.check_against(cfg)
 
-    return Sweep(kind, search, cfg, trials, {"data": str(cfg.data.dir), **identity},
+    return Sweep(kind.name, search, cfg, trials, {"data": str(cfg.data.dir), **identity},
                  storage or cfg.sweep.storage, study_name or cfg.sweep.study_name, experiment,
                  {f"sweep.{k}": v for k, v in identity.items()})
 
@@ -702,91 +705,47 @@ def _interrupted(kind: str) -> None:
     raise typer.Exit(code=130)
 
 
-@sweep_app.command("finetune")
-def sweep_finetune_cmd(
-    model: ModelOpt,
-    trials: TrialsOpt = 30,
-    fraction: Annotated[float | None, typer.Option(help="Class-balanced share of the training split")] = None,
-    register: Annotated[str | None, typer.Option(help="Register the best trial's classifier under this name")] = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    data: DataOpt = None,
-    space: SpaceOpt = None,
-    storage: StorageOpt = None,
-    study_name: StudyOpt = None,
-    tracking_uri: TrackingOpt = None,
-    experiment: ExperimentOpt = None,
-) -> None:
-    """Search LLRD decay, learning rate (and dropout, batch size) on validation accuracy; test metrics of the
-    best trial once at the end."""
+def _sweep_command(kind: SweepKind) -> Callable[..., None]:
+    """``jbot sweep <kind>``: [--model], --trials, the kind's own options, then the options every sweep takes."""
 
-    with user_errors():
-        sweep = _sweep("finetune", trials, config, set_, data, space, storage, study_name, tracking_uri, experiment,
-                       {"model": model, "fraction": fraction}, {"finetune.fraction": fraction})
-        from jbot.sweeps.objectives import finetune_objective, finish_finetune, run_sweep
+    def command(**given: Any) -> None:
+        extras = {o.name: given[o.name] for o in kind.options}
+        fields = {o.field: extras[o.name] for o in kind.options if o.field}
+        identity = {**({"model": given["model"]} if kind.uses_model else {}),
+                    **{o.name: extras[o.name] for o in kind.options if o.field}}
+        with user_errors():
+            sweep = _sweep(kind, given["trials"], given["config"], given["set_"], given["data"], given["space"],
+                           given["storage"], given["study_name"], given["tracking_uri"], given["experiment"],
+                           identity, fields)
+            from jbot.sweeps.objectives import run_sweep
 
-        work = scratch_dir("sweep-finetune-")
-        try:
-            outcome, summary = run_sweep(sweep, finetune_objective(sweep, model, work),
-                                         lambda o: finish_finetune(sweep, o, register))
-        except KeyboardInterrupt:
-            _interrupted("finetune")
-    _print_sweep(outcome, summary)
+            objective, finish = kind.start(sweep, given.get("model"), extras, scratch_dir(f"sweep-{kind.name}-"))
+            try:
+                outcome, summary = run_sweep(sweep, objective, finish)
+            except KeyboardInterrupt:
+                _interrupted(kind.name)
+        _print_sweep(outcome, summary)
+        if kind.note:
+            console.print(kind.note)
 
-
-@sweep_app.command("anomaly")
-def sweep_anomaly_cmd(
-    model: ModelOpt,
-    trials: TrialsOpt = 30,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    data: DataOpt = None,
-    space: SpaceOpt = None,
-    storage: StorageOpt = None,
-    study_name: StudyOpt = None,
-    tracking_uri: TrackingOpt = None,
-    experiment: ExperimentOpt = None,
-) -> None:
-    """Tune anomaly-score settings on the validation split's combined AUC (labelled W, Z, t, as the paper did)."""
-    with user_errors():
-        sweep = _sweep("anomaly", trials, config, set_, data, space, storage, study_name, tracking_uri, experiment,
-                       {"model": model})
-        from jbot.sweeps.objectives import anomaly_objective, run_sweep
-
-        try:
-            outcome, summary = run_sweep(sweep, anomaly_objective(sweep, model))
-        except KeyboardInterrupt:
-            _interrupted("anomaly")
-    _print_sweep(outcome, summary)
-    console.print("note: tuned on labelled W, Z, t jets of the validation split; run `jbot anomaly` with the best "
-                  "settings (--set anomaly.<field>=...) for test metrics")
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("model", keyword, annotation=ModelOpt)] if kind.uses_model else []
+    params.append(inspect.Parameter("trials", keyword, annotation=TrialsOpt, default=kind.trials))
+    params += [inspect.Parameter(o.name, keyword, default=None,
+                                 annotation=Annotated[o.type, typer.Option(f"--{o.name}", help=o.help)])
+               for o in kind.options]
+    params += [inspect.Parameter(name, keyword, annotation=annotation, default=None) for name, annotation in (
+        ("config", ConfigOpt), ("set_", SetOpt), ("data", DataOpt), ("space", SpaceOpt), ("storage", StorageOpt),
+        ("study_name", StudyOpt), ("tracking_uri", TrackingOpt), ("experiment", ExperimentOpt))]
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+    command.__doc__ = kind.help
+    command.__name__ = f"sweep_{kind.name}_cmd"
+    return command
 
 
-@sweep_app.command("pretrain")
-def sweep_pretrain_cmd(
-    trials: TrialsOpt = 10,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    data: DataOpt = None,
-    space: SpaceOpt = None,
-    storage: StorageOpt = None,
-    study_name: StudyOpt = None,
-    tracking_uri: TrackingOpt = None,
-    experiment: ExperimentOpt = None,
-) -> None:
-    """Search model size, masking, temperatures, KoLeo weight and learning rate on the validation k-NN probe
-    accuracy (reported every pretrain.knn_every epochs, pruned by the median rule)."""
-
-    with user_errors():
-        sweep = _sweep("pretrain", trials, config, set_, data, space, storage, study_name, tracking_uri,
-                       experiment, {})
-        from jbot.sweeps.objectives import pretrain_objective, run_sweep
-
-        try:
-            outcome, summary = run_sweep(sweep, pretrain_objective(sweep, scratch_dir("sweep-pretrain-")))
-        except KeyboardInterrupt:
-            _interrupted("pretrain")
-    _print_sweep(outcome, summary)
+for _kind in SWEEP_KINDS.values():
+    sweep_app.command(_kind.name)(_sweep_command(_kind))
 
 
 @app.command("dashboard")

@@ -197,7 +197,7 @@ class ProbeConfig(Section):
 class AnomalyConfig(Section):
     """SPEC §8: anomaly scores on l2-normalised [CLS] embeddings."""
 
-    score: Literal["knn", "cosine", "mahalanobis", "gmm"] = "knn"  # the one `jbot sweep anomaly` tunes
+    score: str = "knn"  # the one `jbot sweep anomaly` tunes: a key of jbot.anomaly.scores.SCORES
     reference_size: int = Field(default=20000, gt=0)
     knn_k: int = Field(default=30, gt=0)
     cosine_k: int = Field(default=30, gt=0)
@@ -209,6 +209,15 @@ class AnomalyConfig(Section):
     gmm_reg: float = Field(default=1e-5, ge=0.0)
     chunk_size: int = Field(default=256, gt=0)  # queries per k-NN block (memory ~ 32768 x this floats)
     n_folds: int = Field(default=10, ge=2)
+
+    @field_validator("score")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from jbot.anomaly.scores import SCORES  # numpy only: the registry of scores
+
+        if value not in SCORES:
+            raise ValueError(f"unknown score {value!r}; choose from {', '.join(SCORES)}")
+        return value
 
 
 class SweepConfig(Section):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jbot.config import GenerateConfig, JbotConfig, load_config, with_overrides
+from jbot.data.classes import CLASSES
 from jbot.paths import resolve_tracking_uri
 
 
@@ -52,7 +53,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> dict:
 
     start = time.perf_counter()
     jets = settings.out / "jets"
-    if not all((jets / f"{c}.hdf5").is_file() for c in "qgwzt"):
+    if not all((jets / f"{c}.hdf5").is_file() for c in CLASSES):
         say(f"1/6 generating {settings.jets_per_class} jets per class with Pythia8 + FastJet")
         generate(GenerateConfig(jets_per_class=settings.jets_per_class, workers=settings.workers,
                                 seed=settings.seed), jets)

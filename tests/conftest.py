@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jbot.data.jetnet import CLASSES, class_file, write_jetnet
+from jbot.data.classes import CLASSES
+from jbot.data.jetnet import class_file, write_jetnet
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the checkout (for files that are not package data)
 POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"

@@ -11,7 +11,7 @@ from sklearn.neighbors import NearestNeighbors
 from typer.testing import CliRunner
 
 from jbot.anomaly.detect import signal_metrics
-from jbot.anomaly.scores import CosineScore, GmmScore, KnnScore, MahalanobisScore, l2_normalise
+from jbot.anomaly.scores import SCORES, CosineScore, GmmScore, KnnScore, MahalanobisScore, l2_normalise, make_score
 from jbot.cli import app
 from tests.test_pretrain import TINY
 
@@ -23,6 +23,23 @@ def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ref[labels == 1] = l2_normalise(ref[labels == 1] + 0.5)
     test = l2_normalise(rng.normal(size=(150, 6)))
     return ref, labels, test
+
+
+def test_score_registry_is_the_one_list_of_scores() -> None:
+    """``anomaly.score`` accepts exactly the registered scores; each builds from the config under its own name;
+    the shipped anomaly sweep searches all of them."""
+    from jbot.config import ConfigError, JbotConfig, with_overrides
+    from jbot.sweeps.spaces import load_space
+
+    ref, labels, test = _data()
+    for name in SCORES:
+        cfg = with_overrides(JbotConfig(), {"anomaly.score": name})
+        score = make_score(cfg.anomaly.score, cfg.anomaly)
+        assert score.name == name
+        assert np.isfinite(score.fit(ref, labels).score(test)).all()
+    with pytest.raises(ConfigError, match="choose from " + ", ".join(SCORES)):
+        with_overrides(JbotConfig(), {"anomaly.score": "isolation_forest"})
+    assert list(load_space("anomaly").params["anomaly.score"].choices or ()) == list(SCORES)
 
 
 def test_knn_against_sklearn_for_several_chunks() -> None:

@@ -14,12 +14,12 @@ import torch
 
 from jbot.anomaly.scores import AnomalyScore, l2_normalise, make_scores
 from jbot.config import AnomalyConfig
+from jbot.data.classes import CLASS_LABELS, SIGNALS, is_background, is_signal
 from jbot.data.splits import Part, Split
 from jbot.evaluate.embed import embed
 from jbot.evaluate.metrics import auc, eps_s_at_eps_b, fold_std
 from jbot.model.encoder import JetEncoder
 
-SIGNALS = {"W": 2, "Z": 3, "t": 4}
 FPR_TARGETS = (0.1, 0.01, 0.001)
 
 
@@ -33,14 +33,14 @@ def _tpr_on(s: np.ndarray, sig: np.ndarray, fpr: float) -> Callable[[np.ndarray]
 
 def signal_metrics(scores: np.ndarray, origin: np.ndarray, n_folds: int = 10, seed: int = 0) -> dict[str, float]:
     """``{signal}/auc``, ``{signal}/tpr_at_fpr_{f}`` and their ``_std`` for W, Z, t and ``combined``."""
-    background = origin <= 1
+    background = is_background(origin)
     out: dict[str, float] = {}
-    groups = {**{name: origin == idx for name, idx in SIGNALS.items()}, "combined": origin >= 2}
-    for name, is_signal in groups.items():
-        keep = background | is_signal
-        if not is_signal.any():
+    groups = {**{CLASS_LABELS[s]: is_signal(origin, s) for s in SIGNALS}, "combined": is_signal(origin)}
+    for name, signal in groups.items():
+        keep = background | signal
+        if not signal.any():
             continue
-        s, sig, strat = scores[keep], is_signal[keep], origin[keep]
+        s, sig, strat = scores[keep], signal[keep], origin[keep]
         named: dict[str, Callable[[np.ndarray], float]] = {"auc": _auc_on(s, sig)}
         for f in FPR_TARGETS:
             named[f"tpr_at_fpr_{f:g}"] = _tpr_on(s, sig, f)

@@ -12,7 +12,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from sklearn.metrics import roc_curve
 
-from jbot.anomaly.detect import SIGNALS, AnomalyResult
+from jbot.anomaly.detect import AnomalyResult
+from jbot.data.classes import LABELS, is_background, is_signal
 from jbot.io import atomic_write_text
 from jbot.plots import CLASS_COLOURS, SCORE_COLOURS, colour, embedding_map
 
@@ -24,7 +25,6 @@ PUBLISHED_AUC = {
     "gmm": (0.806, 0.820, 0.820, 0.816),
 }
 COLUMNS = ("W", "Z", "t", "combined")
-CLASS_NAMES = ("q", "g", "W", "Z", "t")
 
 
 def auc_rows(result: AnomalyResult) -> list[list[str]]:
@@ -47,9 +47,9 @@ def text_table(result: AnomalyResult) -> str:
 def roc_figure(result: AnomalyResult, tuned: str | None = None) -> go.Figure:
     """ROC per signal, one fixed colour per score; the tuned score is drawn thicker and named so."""
     fig = make_subplots(rows=1, cols=4, subplot_titles=[f"{c} vs q+g" for c in COLUMNS])
-    background = result.origin <= 1
+    background = is_background(result.origin)
     for col, name in enumerate(COLUMNS, start=1):
-        is_sig = result.origin >= 2 if name == "combined" else result.origin == SIGNALS[name]
+        is_sig = is_signal(result.origin) if name == "combined" else is_signal(result.origin, name)
         keep = background | is_sig
         for i, (score, values) in enumerate(result.scores.items()):
             fpr, tpr, _ = roc_curve(is_sig[keep], values[keep])
@@ -71,7 +71,7 @@ def distributions_figure(result: AnomalyResult) -> go.Figure:
     for col, score in enumerate(names, start=1):
         values = result.scores[score]
         lo, hi = np.quantile(values, [0.001, 0.999])
-        for c, label in enumerate(CLASS_NAMES):
+        for c, label in enumerate(LABELS):
             sel = result.origin == c
             if sel.any():
                 fig.add_trace(go.Histogram(x=np.clip(values[sel], lo, hi), name=label, legendgroup=label,
@@ -96,7 +96,7 @@ def write_report(result: AnomalyResult, out_dir: str | Path, provenance: dict[st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = [roc_figure(result, tuned), distributions_figure(result),
-               embedding_map(result.test_embedding, result.origin, CLASS_NAMES, "embedding map: q, g vs W, Z, t")]
+               embedding_map(result.test_embedding, result.origin, LABELS, "embedding map: q, g vs W, Z, t")]
     header = "".join(f"<th>{html.escape(h)}</th>" for h in
                      ["score", *(f"AUC {c}" for c in COLUMNS), "published W / Z / t / combined"])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in auc_rows(result))

@@ -1,19 +1,21 @@
 """Anomaly scores on l2-normalised [CLS] embeddings (SPEC §8); larger score = more anomalous.
 
-Each score is a small fit/score object: ``fit(reference, labels)`` on background jets, ``score(z)``.
+Each score is a small fit/score object: ``fit(reference, labels)`` on background jets, ``score(z)``, built from
+the config by ``from_config``. ``@register`` puts it in ``SCORES``, the one list of scores: ``anomaly.score``
+accepts its keys, ``jbot anomaly`` evaluates all of them, ``jbot sweep anomaly`` builds the one it tunes. A new
+score is a class here (and its test). This module imports only numpy, so the config can check names against it;
+torch and scikit-learn load when a score is used.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
-from sklearn.mixture import GaussianMixture
 
-from jbot.config import AnomalyConfig
-from jbot.evaluate.knn import knn_search, top_cosine
+if TYPE_CHECKING:
+    from jbot.config import AnomalyConfig
 
 
 def l2_normalise(z: np.ndarray) -> np.ndarray:
@@ -23,11 +25,33 @@ def l2_normalise(z: np.ndarray) -> np.ndarray:
 class AnomalyScore(Protocol):
     name: str
 
+    @classmethod
+    def from_config(cls, cfg: AnomalyConfig, seed: int) -> AnomalyScore: ...
+
     def fit(self, reference: np.ndarray, labels: np.ndarray) -> AnomalyScore: ...
 
     def score(self, z: np.ndarray) -> np.ndarray: ...
 
 
+SCORES: dict[str, type[AnomalyScore]] = {}
+
+
+def register(cls: Any) -> Any:
+    """Class decorator: the score becomes a choice of ``anomaly.score`` under its ``name``."""
+    SCORES[cls.name] = cls
+    return cls
+
+
+def make_score(name: str, cfg: AnomalyConfig, seed: int = 0) -> AnomalyScore:
+    return SCORES[name].from_config(cfg, seed)
+
+
+def make_scores(cfg: AnomalyConfig, seed: int = 0) -> list[AnomalyScore]:
+    """Every registered score, in registration order."""
+    return [make_score(name, cfg, seed) for name in SCORES]
+
+
+@register
 class KnnScore:
     """Mean Euclidean distance to the k nearest reference vectors (exact, chunked)."""
 
@@ -36,15 +60,26 @@ class KnnScore:
     def __init__(self, k: int = 30, chunk_size: int = 256) -> None:
         self.k, self.chunk_size = k, chunk_size
 
+    @classmethod
+    def from_config(cls, cfg: AnomalyConfig, seed: int) -> KnnScore:
+        return cls(cfg.knn_k, cfg.chunk_size)
+
     def fit(self, reference: np.ndarray, labels: np.ndarray | None = None) -> KnnScore:
+        import torch
+
         self.reference = torch.as_tensor(reference, dtype=torch.float32)
         return self
 
     def score(self, z: np.ndarray) -> np.ndarray:
+        import torch
+
+        from jbot.evaluate.knn import knn_search
+
         dist, _ = knn_search(torch.as_tensor(z, dtype=torch.float32), self.reference, self.k, self.chunk_size)
         return dist.mean(1).double().numpy()
 
 
+@register
 class CosineScore:
     """-tau log((1/k) sum over the top-k of exp(cos / tau)): a soft maximum of the cosine similarity, negated."""
 
@@ -53,17 +88,28 @@ class CosineScore:
     def __init__(self, k: int = 30, temperature: float = 0.05, chunk_size: int = 256) -> None:
         self.k, self.temperature, self.chunk_size = k, temperature, chunk_size
 
+    @classmethod
+    def from_config(cls, cfg: AnomalyConfig, seed: int) -> CosineScore:
+        return cls(cfg.cosine_k, cfg.cosine_temp, cfg.chunk_size)
+
     def fit(self, reference: np.ndarray, labels: np.ndarray | None = None) -> CosineScore:
+        import torch
+
         self.reference = torch.as_tensor(l2_normalise(reference), dtype=torch.float32)
         return self
 
-    @torch.no_grad()
     def score(self, z: np.ndarray) -> np.ndarray:
+        import torch
+
+        from jbot.evaluate.knn import top_cosine
+
         q = torch.as_tensor(l2_normalise(z), dtype=torch.float32)
-        top = top_cosine(q, self.reference, self.k, self.chunk_size).double()
+        with torch.no_grad():
+            top = top_cosine(q, self.reference, self.k, self.chunk_size).double()
         return (-self.temperature * (torch.logsumexp(top / self.temperature, dim=1) - math.log(top.shape[1]))).numpy()
 
 
+@register
 class MahalanobisScore:
     """min over background classes c of (z - mu_c)^T Sigma^-1 (z - mu_c), shared covariance (+ reg I):
     within-class (paper) or the total covariance of the reference (published code)."""
@@ -72,6 +118,10 @@ class MahalanobisScore:
 
     def __init__(self, covariance: str = "within", reg: float = 1e-8) -> None:
         self.covariance, self.reg = covariance, reg
+
+    @classmethod
+    def from_config(cls, cfg: AnomalyConfig, seed: int) -> MahalanobisScore:
+        return cls(cfg.mahalanobis_cov, cfg.mahalanobis_reg)
 
     def fit(self, reference: np.ndarray, labels: np.ndarray) -> MahalanobisScore:
         z = np.asarray(reference, dtype=np.float64)
@@ -91,6 +141,7 @@ class MahalanobisScore:
         return np.einsum("ncd,de,nce->nc", d, self.precision, d).min(axis=1)
 
 
+@register
 class GmmScore:
     """Negative log-likelihood under a Gaussian mixture fitted on the reference set."""
 
@@ -99,7 +150,13 @@ class GmmScore:
     def __init__(self, components: int = 4, covariance: str = "full", reg: float = 1e-5, seed: int = 0) -> None:
         self.components, self.covariance, self.reg, self.seed = components, covariance, reg, seed
 
+    @classmethod
+    def from_config(cls, cfg: AnomalyConfig, seed: int) -> GmmScore:
+        return cls(cfg.gmm_components, cfg.gmm_covariance, cfg.gmm_reg, seed)
+
     def fit(self, reference: np.ndarray, labels: np.ndarray | None = None) -> GmmScore:
+        from sklearn.mixture import GaussianMixture
+
         self.gmm = GaussianMixture(n_components=self.components, covariance_type=self.covariance,
                                    reg_covar=self.reg, random_state=self.seed).fit(reference)
         return self
@@ -107,11 +164,3 @@ class GmmScore:
     def score(self, z: np.ndarray) -> np.ndarray:
         return -self.gmm.score_samples(z)
 
-
-def make_scores(cfg: AnomalyConfig, seed: int = 0) -> list[AnomalyScore]:
-    return [
-        KnnScore(cfg.knn_k, cfg.chunk_size),
-        CosineScore(cfg.cosine_k, cfg.cosine_temp, cfg.chunk_size),
-        MahalanobisScore(cfg.mahalanobis_cov, cfg.mahalanobis_reg),
-        GmmScore(cfg.gmm_components, cfg.gmm_covariance, cfg.gmm_reg, seed),
-    ]

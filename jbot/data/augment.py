@@ -12,8 +12,7 @@ import math
 import torch
 
 from jbot.config import AugmentConfig
-
-ETA, PHI, PT, VALID = 0, 1, 2, 3
+from jbot.data.classes import ETA, PHI, PT, VALID
 
 
 def _uniform(shape: tuple[int, ...], gen: torch.Generator, device: torch.device, lo: float, hi: float) -> torch.Tensor:

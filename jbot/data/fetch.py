@@ -16,7 +16,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from jbot.data.jetnet import CLASSES, DataError
+from jbot.data.classes import CLASSES
+from jbot.data.jetnet import DataError
 
 ZENODO_RECORD = 6975118  # JetNet, 30 particles (doi 10.5281/zenodo.6975118)
 DEFAULT_API = "https://zenodo.org/api/records"

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from jbot.config import GenerateConfig
-from jbot.data.jetnet import CLASSES, class_file, write_jetnet
+from jbot.data.classes import BACKGROUND, CLASSES
+from jbot.data.jetnet import class_file, write_jetnet
 from jbot.errors import JbotError
 
 INSTALL_HINT = (
@@ -119,7 +120,7 @@ def _decay_quarks(event: Any, i: int) -> list[Any]:
 
 def _targets(event: Any, cls: str) -> list[tuple[str, list[Any]]]:
     """Objects a jet may be matched to: (kind, particles that must lie inside it)."""
-    if cls in ("q", "g"):
+    if cls in BACKGROUND:
         return [("parton", [p]) for p in event if p.status() == -23 and (p.idAbs() <= 5 or p.idAbs() == 21)]
     pid = 6 if cls == "t" else BOSON_ID[cls]
     out = []

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from jbot.data.jetnet import CLASS_LABELS, DataError, available_classes, load_classes
+from jbot.data.classes import CLASS_LABELS
+from jbot.data.jetnet import DataError, available_classes, load_classes
 from jbot.plots import data_distributions, write_html
 
 

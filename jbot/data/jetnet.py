@@ -14,12 +14,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from jbot.data.classes import CLASSES, ETA, PHI, PT, VALID
 from jbot.errors import JbotError
 from jbot.io import atomic_write
 
-CLASSES: tuple[str, ...] = ("q", "g", "w", "z", "t")
-CLASS_INDEX = {name: i for i, name in enumerate(CLASSES)}
-CLASS_LABELS = {"q": "q", "g": "g", "w": "W", "z": "Z", "t": "t"}
 PARTICLE_KEY = "particle_features"
 JET_KEY = "jet_features"
 N_FEATURES = 4
@@ -132,13 +130,13 @@ def validate_particles(path: str | Path, particles: np.ndarray, n_particles: int
     if particles.shape[0] == 0:
         raise DataError(f"{path}: dataset '{key}' is empty (0 jets)")
     _bad(path, key, "NaN or inf values", ~np.isfinite(particles).all(axis=(1, 2)))
-    flag = particles[..., 3]
+    flag = particles[..., VALID]
     _bad(path, key, "'valid' flag not 0 or 1", ((flag != 0) & (flag != 1)).any(axis=1))
     valid = flag == 1
     pads_filled = (~valid[..., None] & (particles != 0)).any(axis=(1, 2))
     _bad(path, key, "non-zero features in padded slots (valid = 0)", pads_filled)
-    _bad(path, key, "pT_rel <= 0 on valid slots", (valid & (particles[..., 2] <= 0)).any(axis=1))
-    outside = (np.abs(particles[..., 0]) > MAX_ETA_REL) | (np.abs(particles[..., 1]) > MAX_PHI_REL)
+    _bad(path, key, "pT_rel <= 0 on valid slots", (valid & (particles[..., PT] <= 0)).any(axis=1))
+    outside = (np.abs(particles[..., ETA]) > MAX_ETA_REL) | (np.abs(particles[..., PHI]) > MAX_PHI_REL)
     _bad(path, key, f"|eta_rel| > {MAX_ETA_REL:g} or |phi_rel| > 2 pi on valid slots (not a jet constituent)",
          (valid & outside).any(axis=1))
     _bad(path, key, f"pT_rel > {MAX_PT_REL} on valid slots (a constituent carries at most about its jet's pT)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from jbot.config import MaskConfig
-from jbot.data.augment import PT, VALID
+from jbot.data.classes import PT, VALID
 
 
 def draw_ratios(batch: int, cfg: MaskConfig, gen: torch.Generator, device: torch.device) -> torch.Tensor:

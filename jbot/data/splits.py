@@ -17,22 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from jbot.data.classes import BACKGROUND, CLASS_INDEX, CLASS_LABELS, PRESET_CLASSES, SIGNALS, TQG_LABELS
 from jbot.data.jetnet import (
-    CLASS_INDEX,
-    CLASS_LABELS,
     DataError,
     JetSet,
     class_file,
     file_digest,
     load_classes,
 )
-
-PRESET_CLASSES: dict[str, tuple[str, ...]] = {
-    "5class": ("q", "g", "w", "z", "t"),
-    "tqg": ("q", "g", "t"),
-    "qg": ("q", "g", "w", "z", "t"),
-}
-SIGNALS = ("w", "z", "t")
 
 
 @dataclass(frozen=True)
@@ -105,7 +97,7 @@ def plan_qg(sizes: dict[str, int], n_train: int | None, n_val: int | None, n_tes
     if n_test is not None:
         te = n_test // 2
     else:
-        room = [sizes[c] - tr - va for c in ("q", "g")] + [sizes[s] - va for s in SIGNALS]
+        room = [sizes[c] - tr - va for c in BACKGROUND] + [sizes[s] - va for s in SIGNALS]
         te = max(0, min(room))
     plan = {c: (tr, va, te) for c in ("q", "g")}
     plan.update({s: (0, va, te) for s in SIGNALS})
@@ -123,7 +115,7 @@ def task_labels(preset: str, origin: np.ndarray) -> np.ndarray:
 
 def class_names(preset: str) -> tuple[str, ...]:
     if preset == "tqg":
-        return ("qcd", "top")
+        return TQG_LABELS
     return tuple(CLASS_LABELS[c] for c in PRESET_CLASSES[preset])
 
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from jbot.config import ModelConfig
+from jbot.data.classes import VALID
 from jbot.model.attention import SelfAttention
 
 
@@ -67,7 +68,7 @@ class JetEncoder(nn.Module):
         h = torch.cat([cls, tokens], dim=1)  # (B, T, D), T = P + 1
         key_valid = None
         if self.cfg.mask_padding:
-            valid = x[..., 3] > 0.5  # (B, P)
+            valid = x[..., VALID] > 0.5  # (B, P)
             key_valid = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=x.device), valid], dim=1)  # (B, T)
         for block in self.blocks:
             h = block(h, key_valid)

@@ -20,10 +20,12 @@ import numpy as np
 import torch
 
 from jbot.config import ModelConfig
+from jbot.data.classes import BACKGROUND, CLASS_LABELS, LABELS, TQG_LABELS
 from jbot.errors import JbotError
 
 NAME = re.compile(r"^(all|tqg|qg)_(backbone|mlp)_(pretrain|ft|standalone)_(\d+)_(\d+)_(\d+)\.weights\.h5$")
-PRESET_CLASSES = {"all": ("q", "g", "W", "Z", "t"), "tqg": ("qcd", "top"), "qg": ("q", "g")}
+# class labels of the authors' classifiers, by the data prefix of their file names
+KERAS_LABELS = {"all": LABELS, "tqg": TQG_LABELS, "qg": tuple(CLASS_LABELS[c] for c in BACKGROUND)}
 
 
 class KerasImportError(JbotError, ValueError):
@@ -152,7 +154,7 @@ def sha256(path: str | Path) -> str:
 
 def class_names_for(path: Path, n_classes: int) -> tuple[str, ...]:
     match = NAME.match(path.name)
-    names = PRESET_CLASSES.get(match.group(1), ()) if match else ()
+    names = KERAS_LABELS.get(match.group(1), ()) if match else ()
     return names if len(names) == n_classes else tuple(f"class{i}" for i in range(n_classes))
 
 

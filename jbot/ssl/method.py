@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from jbot.config import AugmentConfig, MaskConfig, ModelConfig, PretrainConfig
-from jbot.data.augment import VALID, augment
+from jbot.data.augment import augment
+from jbot.data.classes import VALID
 from jbot.data.masking import pt_aware_mask
 from jbot.model.encoder import JetEncoder
 from jbot.model.heads import ProjectionHead

@@ -140,7 +140,7 @@ def anomaly_objective(sweep: Sweep, source: str) -> Callable[[optuna.Trial, str]
     """Embeddings are computed once per worker; each trial fits one score on a reference subset and evaluates
     the combined AUC on the validation split (labelled W, Z, t: as the paper tuned)."""
     from jbot.anomaly.detect import signal_metrics
-    from jbot.anomaly.scores import l2_normalise, make_scores
+    from jbot.anomaly.scores import l2_normalise, make_score
     from jbot.evaluate.embed import embed
     from jbot.runs import load_split
     from jbot.tracking.mlflow import tracked_run
@@ -165,7 +165,7 @@ def anomaly_objective(sweep: Sweep, source: str) -> Callable[[optuna.Trial, str]
                              run_name=f"trial-{trial.number:03d}",
                              tags={**base_tags, **tags}) as run:
                 trial.set_user_attr("mlflow_run_id", run.run_id)
-                score = next(s for s in make_scores(cfg.anomaly, cfg.sweep.seed) if s.name == cfg.anomaly.score)
+                score = make_score(cfg.anomaly.score, cfg.anomaly, cfg.sweep.seed)
                 n_ref = min(cfg.anomaly.reference_size, len(ref_all))
                 score.fit(ref_all[:n_ref], ref_labels[:n_ref])
                 metrics = signal_metrics(score.score(val_emb), split.val.origin, n_folds=2)
