@@ -84,7 +84,7 @@ def bench_finetune(cfg: JbotConfig, batch: int, device: torch.device, warmup: in
     yb = torch.randint(0, 5, (batch,), device=device)
 
     def step() -> None:
-        with autocast(device, cfg.pretrain.precision):
+        with autocast(device, cfg.runtime.precision):
             loss = torch.nn.functional.cross_entropy(model(xb).float(), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -99,7 +99,7 @@ def bench_embed(cfg: JbotConfig, batch: int, device: torch.device, warmup: int, 
 
     @torch.no_grad()
     def step() -> None:
-        with autocast(device, cfg.pretrain.precision):
+        with autocast(device, cfg.runtime.precision):
             enc(xb)
 
     return batch / statistics.median(_timed(step, device, warmup, steps))
@@ -123,8 +123,8 @@ def main() -> None:
     rows = []
     for size, batch, precision, comp in itertools.product(args.sizes.split(","), map(int, args.batches.split(",")),
                                                           args.precisions.split(","), args.compile.split(",")):
-        cfg = load_config(SIZES[size], [f"pretrain.device={device.type}", f"pretrain.precision={precision}",
-                                               f"pretrain.compile={comp}", f"pretrain.batch_size={batch}"])
+        cfg = load_config(SIZES[size], [f"runtime.device={device.type}", f"runtime.precision={precision}",
+                                               f"runtime.compile={comp}", f"pretrain.batch_size={batch}"])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         row = {"size": size, "batch": batch, "precision": precision, "compile": comp,

@@ -225,7 +225,7 @@ def data_info(
 # -------------------------------------------------------------------------------------------- pretrain
 
 DataOpt = Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")]
-DeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda (overrides pretrain.device)")]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda (overrides runtime.device)")]
 TrackingOpt = Annotated[str | None, typer.Option(
     "--tracking-uri", help="MLflow tracking URI (else tracking.uri, $MLFLOW_TRACKING_URI, ./mlruns)")]
 ExperimentOpt = Annotated[str | None, typer.Option("--experiment", help="MLflow experiment (default jbot-<command>)")]
@@ -260,7 +260,7 @@ def pretrain_cmd(
     from jbot.config import resume_config
 
     with user_errors():
-        overrides = _overrides(set_, **{"data.dir": data, "data.preset": preset, "pretrain.device": device,
+        overrides = _overrides(set_, **{"data.dir": data, "data.preset": preset, "runtime.device": device,
                                         "pretrain.out_dir": out})
         if resume is None:
             cfg = resolve(config, overrides, tracking_uri)
@@ -336,7 +336,7 @@ def probe_cmd(
     with user_errors():
         if preset not in ("5class", "tqg"):
             raise ConfigError(f"probe presets are 5class and tqg, not {preset!r}")
-        cfg = resolve(config, _overrides(set_, **{"data.dir": data, "pretrain.device": device}), tracking_uri)
+        cfg = resolve(config, _overrides(set_, **{"data.dir": data, "runtime.device": device}), tracking_uri)
         require_model(model)
         require_data(cfg, preset)
         from jbot.runs import tracked_probe
@@ -372,7 +372,7 @@ def finetune_cmd(
     """Fine-tune a pre-trained encoder with layer-wise LR decay, or train the supervised baseline."""
     with user_errors():
         cfg = resolve(config, _overrides(set_, **{"data.dir": data, "finetune.task": task,
-                                                  "finetune.fraction": fraction, "pretrain.device": device}),
+                                                  "finetune.fraction": fraction, "runtime.device": device}),
                       tracking_uri)
         if model is None and not from_scratch:
             raise ConfigError("pass --model (a pre-trained encoder) or --from-scratch")
@@ -433,25 +433,25 @@ def embed_cmd(
     input_: Annotated[Path, typer.Option("--input", help="JetNet-layout HDF5 file or .npz holding x (N, 30, 4)")],
     out: Annotated[Path, typer.Option(help="Output .npz: cls, particles and (classifiers) probs")],
     batch_size: Annotated[int, typer.Option(help="Jets per batch", min=1)] = 4096,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: DeviceOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Embeddings of jets: [CLS] (N, D), particle tokens (N, P, D), class probabilities for classifiers."""
     with user_errors():
-        uri = resolve(config, set_, tracking_uri).tracking.uri
+        cfg = resolve(config, _overrides(set_, **{"runtime.device": device}), tracking_uri)
         require_model(model)
         if not input_.is_file():
             raise ConfigError(f"--input {input_}: file not found")
         from jbot.evaluate.embed import embed_to_file
         from jbot.tracking.models import load_from_uri
-        from jbot.train.device import pick_device
+        from jbot.train.device import runtime_device
 
-        loaded = load_from_uri(model, str(uri))
+        loaded = load_from_uri(model, str(cfg.tracking.uri))
         with progress_bar() as bar:
             task = bar.add_task("embedding", total=None)
-            shapes = embed_to_file(loaded, input_, out, batch_size, pick_device(device),
+            shapes = embed_to_file(loaded, input_, out, batch_size, runtime_device(cfg.runtime),
                                    on_batch=lambda n: bar.advance(task, n))
     console.print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
 
@@ -496,7 +496,7 @@ def anomaly_cmd(
 ) -> None:
     """Anomaly-detection report of a frozen encoder pre-trained on q, g, from a run or the registry."""
     with user_errors():
-        cfg = resolve(config, _overrides(set_, **{"data.dir": data, "pretrain.device": device}), tracking_uri)
+        cfg = resolve(config, _overrides(set_, **{"data.dir": data, "runtime.device": device}), tracking_uri)
         require_model(model)
         require_data(cfg, "qg")
         from jbot.runs import tracked_anomaly
@@ -579,13 +579,16 @@ def ui_cmd(
         console.print(f"the tracking store is a server: open {uri}")
         return
     with user_errors():
-        from jbot.tracking.mlflow import connect, jbot_experiments
+        from jbot.tracking.mlflow import connect, jbot_experiments, save_runs_view
 
-        experiments = jbot_experiments(connect(uri))
+        client = connect(uri)
+        experiments = jbot_experiments(client)
+        views = {exp.experiment_id: save_runs_view(client, exp.experiment_id) for exp in experiments}
     base = f"http://{host}:{port}"
     console.print(f"MLflow UI for {uri} at {base} (Ctrl-C to stop)")
     for exp in experiments:
-        console.print(f"  {exp.name:<28} {base}/#/experiments/{exp.experiment_id}/runs")
+        console.print(f"  {exp.name:<28} {base}/#/experiments/{exp.experiment_id}/runs"
+                      f"?viewStateShareKey={views[exp.experiment_id]}")
     if not experiments:
         console.print("  no jbot runs in this store yet")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--registry-store-uri", uri, "--host",

@@ -108,13 +108,11 @@ class ModelConfig(Section):
     head_hidden_mult: int = Field(default=8, gt=0)
     n_features: int = Field(default=4, gt=0)
     n_particles: int = Field(default=30, gt=0)
-    n_jet_features: int = Field(default=4, ge=0)
     mask_padding: bool = True  # published models attend to pads: false for imported weights
     # Fixed per-feature scale of (eta_rel, phi_rel, pt_rel, valid) before the token embedding. Raw JetNet features
     # differ between jets by ~0.1 while `valid` is 1, so a freshly initialised encoder maps all jets to almost the
     # same [CLS] and self-distillation collapses to the uniform distribution; (1, 1, 1, 1) = published models.
     feature_scale: tuple[float, float, float, float] = (10.0, 10.0, 10.0, 1.0)
-    jet_conditioning: bool = False
     ln_eps: float = Field(default=1e-6, gt=0.0)
 
     @model_validator(mode="after")
@@ -149,16 +147,7 @@ class PretrainConfig(Section):
     knn_val_size: int = Field(default=5000, gt=0)
     knn_k: int = Field(default=30, gt=0)
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: Literal["auto", "on", "off"] = "auto"  # auto: torch.compile on CUDA only
     out_dir: str = "runs/pretrain"
-
-    @field_validator("compile", mode="before")
-    @classmethod
-    def _on_off(cls, value: object) -> object:
-        # YAML (and so `--set pretrain.compile=off`) reads on/off as booleans
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _schedule(self) -> PretrainConfig:
@@ -191,7 +180,6 @@ class ProbeConfig(Section):
     linear_c: float = Field(default=1.0, gt=0.0)
     linear_max_iter: int = Field(default=1000, gt=0)
     silhouette_samples: int = Field(default=5000, gt=1)
-    n_folds: int = Field(default=10, ge=2)
 
 
 class AnomalyConfig(Section):
@@ -208,7 +196,6 @@ class AnomalyConfig(Section):
     gmm_covariance: Literal["full", "tied", "diag", "spherical"] = "full"
     gmm_reg: float = Field(default=1e-5, ge=0.0)
     chunk_size: int = Field(default=256, gt=0)  # queries per k-NN block (memory ~ 32768 x this floats)
-    n_folds: int = Field(default=10, ge=2)
 
     @field_validator("score")
     @classmethod
@@ -230,7 +217,27 @@ class SweepConfig(Section):
     pruner_startup_trials: int = Field(default=5, ge=0)  # trials that run to the end before any pruning
     pruner_warmup_steps: int = Field(default=2, ge=0)  # epochs (or probe reports) of a trial never pruned
     seed: int = 0
-    n_trials: int = Field(default=30, gt=0)
+
+
+class RuntimeConfig(Section):
+    """Where and how every command computes: pre-training, probes, fine-tuning, embedding, anomaly scores."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: Literal["auto", "on", "off"] = "auto"  # auto: torch.compile on CUDA only (pre-training)
+    threads: int | None = Field(default=None, gt=0)  # CPU threads for torch; None: torch's default
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _on_off(cls, value: object) -> object:
+        # YAML (and so `--set runtime.compile=off`) reads on/off as booleans
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+class EvaluateConfig(Section):
+    """Settings shared by every evaluation (probes, fine-tuned taggers, anomaly scores)."""
+
+    n_folds: int = Field(default=10, ge=2)  # stratified folds behind every metric's ± (its std over folds)
 
 
 class TrackingConfig(Section):
@@ -239,7 +246,6 @@ class TrackingConfig(Section):
 
     uri: str | None = None
     experiment: str | None = None
-    registry_name: str = "jbot-encoder"
     log_system_metrics: bool = True
 
 
@@ -254,6 +260,8 @@ class JbotConfig(Section):
     anomaly: AnomalyConfig = AnomalyConfig()
     sweep: SweepConfig = SweepConfig()
     tracking: TrackingConfig = TrackingConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
 
 class GenerateConfig(Section):
@@ -362,9 +370,38 @@ def read_yaml(path: str | Path | Traversable) -> dict[str, Any]:
     return loaded
 
 
-def build_config(tree: Mapping[str, Any]) -> JbotConfig:
+# Fields that moved to another section or went away. A config saved in a checkpoint before then is read with each
+# value moved (or dropped); a user's YAML or --set naming an old field is an error that names the new one.
+MOVED: dict[tuple[str, str], tuple[str, str]] = {
+    ("pretrain", "device"): ("runtime", "device"), ("pretrain", "precision"): ("runtime", "precision"),
+    ("pretrain", "compile"): ("runtime", "compile"), ("probe", "n_folds"): ("evaluate", "n_folds"),
+    ("anomaly", "n_folds"): ("evaluate", "n_folds")}
+REMOVED: tuple[tuple[str, str], ...] = (("model", "jet_conditioning"), ("model", "n_jet_features"),
+                                        ("tracking", "registry_name"), ("sweep", "n_trials"))
+
+
+def _upgrade(tree: Mapping[str, Any], saved: bool) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
+    stale = []
+    for old in (*MOVED, *REMOVED):
+        section = out.get(old[0])
+        if not isinstance(section, dict) or old[1] not in section:
+            continue
+        value = section.pop(old[1])
+        new = MOVED.get(old)
+        if not saved:
+            stale.append(f"{'.'.join(old)}: " + (f"now {'.'.join(new)}" if new else "no longer exists"))
+        elif new:
+            out.setdefault(new[0], {}).setdefault(new[1], value)
+    if stale:
+        raise ConfigError("renamed or removed fields:\n  " + "\n  ".join(stale))
+    return out
+
+
+def build_config(tree: Mapping[str, Any], saved: bool = False) -> JbotConfig:
+    """Validate a config tree; ``saved``: one stored in a checkpoint or run, whose older field names are upgraded."""
     try:
-        return JbotConfig.model_validate(dict(tree))
+        return JbotConfig.model_validate(_upgrade(tree, saved))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
 
@@ -389,15 +426,14 @@ def with_overrides(cfg: JbotConfig, overrides: Mapping[str, Any]) -> JbotConfig:
 
 # What a resumed pre-training may change: how long, where, on what hardware, monitoring and tracking, and the
 # sections it does not use. The model, augmentations, masking, optimiser and split must stay as trained.
-RESUMABLE = ("pretrain.epochs", "pretrain.out_dir", "pretrain.device", "pretrain.precision", "pretrain.compile",
-             "pretrain.knn_every", "pretrain.knn_val_size", "data.dir", "tracking.", "finetune.", "probe.",
-             "anomaly.", "sweep.")
+RESUMABLE = ("pretrain.epochs", "pretrain.out_dir", "pretrain.knn_every", "pretrain.knn_val_size", "data.dir",
+             "runtime.", "tracking.", "finetune.", "probe.", "anomaly.", "sweep.", "evaluate.")
 
 
 def resume_config(saved: Mapping[str, Any], overrides: Iterable[str]) -> JbotConfig:
     """A checkpoint's config with ``--set`` overrides on top; changing a field a resumed run cannot change is an
     error naming it."""
-    original = build_config(saved)
+    original = build_config(saved, saved=True)
     tree = original.model_dump(mode="json")
     for text in overrides:
         keys, value = parse_override(text)
@@ -409,7 +445,7 @@ def resume_config(saved: Mapping[str, Any], overrides: Iterable[str]) -> JbotCon
         raise ConfigError(
             "a resumed pre-training keeps the checkpoint's " + ", ".join(
                 f"{k} ({before.get(k)!r}, asked {after[k]!r})" for k in fixed)
-            + "; only " + ", ".join(p.rstrip(".") for p in RESUMABLE[:7]) + " and the tracking settings may change"
+            + "; only " + ", ".join(p.rstrip(".") for p in RESUMABLE[:6]) + " and the tracking settings may change"
             " (start a new run for the rest)")
     return cfg
 

@@ -36,8 +36,8 @@ class _Graph(torch.nn.Module):
         self.encoder = loaded.encoder.eval()
         self.head = loaded.classifier.eval() if loaded.classifier is not None else None
 
-    def forward(self, jets: torch.Tensor, jet_features: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        cls, particles = self.encoder(jets, jet=jet_features)
+    def forward(self, jets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        cls, particles = self.encoder(jets)
         if self.head is None:
             return cls, particles
         return cls, particles, torch.softmax(self.head(cls).float(), dim=-1)
@@ -79,10 +79,6 @@ def export_onnx(loaded: LoadedModel, out: str | Path) -> dict[str, list[str]]:
     args: tuple[torch.Tensor, ...] = (jets,)
     shapes: dict[str, object] = {"jets": {0: batch}}
     inputs = ["jets"]
-    if cfg.jet_conditioning:
-        args += (torch.zeros(2, cfg.n_jet_features),)
-        shapes["jet_features"] = {0: batch}
-        inputs.append("jet_features")
     outputs = output_names(loaded)
     try:
         with _quiet_exporter(), torch.no_grad():

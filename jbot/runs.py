@@ -21,7 +21,7 @@ from jbot.plots import learning_curves, write_html
 from jbot.tracking.mlflow import MlflowRun, store_uri, tracked_run
 from jbot.tracking.models import load_from_uri, log_jbot_model, provenance
 from jbot.train.checkpoint import LoadedModel
-from jbot.train.device import pick_device
+from jbot.train.device import runtime_device
 from jbot.train.pretrain import EpochReport, PretrainResult, pretrain
 
 EXAMPLE_JETS = 4
@@ -75,7 +75,7 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
     (its fingerprint must match unless ``allow_other_data``) and in its MLflow run when that run is in this store;
     the checkpoint is written under ``cfg.pretrain.out_dir`` only."""
     split = load_split(cfg)
-    device = str(pick_device(cfg.pretrain.device))
+    device = str(runtime_device(cfg.runtime))
     out_dir = Path(cfg.pretrain.out_dir)
     all_tags = {**_data_tags(split, device), **(tags or {})}
     earlier_run = None
@@ -138,12 +138,12 @@ def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | 
     uri = store_uri(cfg)
     loaded: LoadedModel = load_from_uri(source, uri)
     split = load_split(cfg, preset)
-    device = pick_device(cfg.pretrain.device)
+    device = runtime_device(cfg.runtime)
     tags = {**_data_tags(split, str(device)), **provenance(source, uri)}
     with tracked_run(cfg, "probe", experiment=experiment, tags=tags, run_name=f"probe-{split.preset}",
                      description=f"k-NN and linear probes and clustering of the frozen encoder {source}") as run:
         _log_split(run, cfg, split)
-        result: ProbeResult = run_probe(loaded.encoder, split, cfg.probe, device)
+        result: ProbeResult = run_probe(loaded.encoder, split, cfg.probe, device, n_folds=cfg.evaluate.n_folds)
         run.log_metrics(result.metrics)
         folder = out_dir or scratch_dir("probe-")
         _log_json_and_curves(run, folder, "probe", result.metrics)
@@ -172,7 +172,7 @@ def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, expe
     if loaded is not None:
         cfg = cfg.model_copy(update={"model": loaded.encoder.cfg})
     split = load_split(cfg, cfg.finetune.task)
-    device = pick_device(cfg.pretrain.device)
+    device = runtime_device(cfg.runtime)
     all_tags = {**_data_tags(split, str(device)), "jbot.from_scratch": str(loaded is None).lower(), **(tags or {})}
     if source is not None:
         all_tags.update(provenance(source, uri))
@@ -199,7 +199,7 @@ def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, expe
         if evaluate_test:
             probs = predict_proba(result.model, split.test.x, device)
             metrics.update({f"test/{k}": v for k, v in classification_metrics(
-                split.test.y, probs, split.class_names, cfg.probe.n_folds).items()})
+                split.test.y, probs, split.class_names, cfg.evaluate.n_folds).items()})
         run.log_metrics(metrics)
         ckpt = save_checkpoint(out_dir / "classifier.pt", classifier_state(result, cfg, split.class_names, metrics))
         run.log_artifact(ckpt, "checkpoints")
@@ -220,7 +220,7 @@ def tracked_import(checkpoint: Path, state: dict[str, Any], tracking_uri: str,
     from jbot.config import build_config, with_overrides
     from jbot.tracking.mlflow import connect
 
-    cfg = with_overrides(build_config(state["config"]), {"tracking.uri": tracking_uri})
+    cfg = with_overrides(build_config(state["config"], saved=True), {"tracking.uri": tracking_uri})
     tags = {f"jbot.source.{k}": str(v) for k, v in state["source"].items()}
     name = "import-" + Path(str(state["source"]["backbone"])).name.split(".")[0]
     with tracked_run(cfg, "import", tags=tags, run_name=name) as run:
@@ -248,12 +248,12 @@ def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None
     uri = store_uri(cfg)
     loaded = load_from_uri(source, uri)
     split = load_split(cfg, "qg")
-    device = pick_device(cfg.pretrain.device)
+    device = runtime_device(cfg.runtime)
     tags = {**_data_tags(split, str(device)), **provenance(source, uri)}
     with tracked_run(cfg, "anomaly", experiment=experiment, tags=tags, run_name=f"anomaly-{cfg.anomaly.score}",
                      description=f"anomaly scores of the frozen encoder {source} (q, g background)") as run:
         _log_split(run, cfg, split)
-        result = run_anomaly(loaded.encoder, split, cfg.anomaly, device)
+        result = run_anomaly(loaded.encoder, split, cfg.anomaly, device, n_folds=cfg.evaluate.n_folds)
         run.log_metrics({f"test/{k}": v for k, v in result.metrics.items()})
         prov = {"model": source, **{k.removeprefix("jbot."): v for k, v in tags.items()}, "mlflow_run": run.run_id}
         folder = out_dir or scratch_dir("anomaly-")

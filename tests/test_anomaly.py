@@ -97,7 +97,7 @@ def test_anomaly_cli_from_registry_alias(tmp_path: Path) -> None:
     runner = CliRunner()
     store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     sizes = ["data.n_train=200", "data.n_val=40", "anomaly.reference_size=150", "anomaly.gmm_components=2",
-             "anomaly.knn_k=5", "anomaly.cosine_k=5", "anomaly.n_folds=3"]
+             "anomaly.knn_k=5", "anomaly.cosine_k=5", "evaluate.n_folds=3"]
     sets = [a for item in TINY + sizes for a in ("--set", item)]
     pre = runner.invoke(app, ["pretrain", "--data", str(data), "--preset", "qg", "--out", str(tmp_path / "pt"),
                               "--tracking-uri", store, *sets])

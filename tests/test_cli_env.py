@@ -42,8 +42,8 @@ def test_tracking_uri_only_in_the_yaml_config_is_used_by_every_command(tmp_path:
     monkeypatch.chdir(tmp_path)  # and over the embedded store of the working folder
     data = write_fake_folder(tmp_path / "jets", 240)
     tree = _tree(TINY + ["anomaly.reference_size=150", "anomaly.gmm_components=2", "anomaly.knn_k=5",
-                         "anomaly.cosine_k=5", "anomaly.n_folds=3", "finetune.epochs=1", "finetune.batch_size=64",
-                         "probe.n_folds=2", "probe.silhouette_samples=100", "tracking.log_system_metrics=false"])
+                         "anomaly.cosine_k=5", "finetune.epochs=1", "finetune.batch_size=64",
+                         "evaluate.n_folds=2", "probe.silhouette_samples=100", "tracking.log_system_metrics=false"])
     tree["data"] = {"dir": str(data), **SIZES}
     tree["tracking"]["uri"] = f"sqlite:///{store_db}"
     config = tmp_path / "mine.yaml"

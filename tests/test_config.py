@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from jbot.cli import app
-from jbot.config import ConfigError, flatten, load_config, with_overrides
+from jbot.config import ConfigError, JbotConfig, build_config, flatten, load_config, resume_config, with_overrides
 
 runner = CliRunner()
 
@@ -31,8 +31,27 @@ def test_overrides_are_typed() -> None:
     with pytest.raises(ConfigError, match=r"model\.d_model.*expected int.*'abc'"):
         load_config(None, ["model.d_model=abc"])
     # YAML reads on/off as booleans; the compile switch takes them back
-    assert load_config(None, ["pretrain.compile=off"]).pretrain.compile == "off"
-    assert load_config(None, ["pretrain.compile=on"]).pretrain.compile == "on"
+    assert load_config(None, ["runtime.compile=off"]).runtime.compile == "off"
+    assert load_config(None, ["runtime.compile=on"]).runtime.compile == "on"
+
+
+def test_moved_fields_named_and_saved_configs_upgraded() -> None:
+    """A user's old field name is an error naming its new place; a config saved by an older jbot is read with its
+    values moved, and removed fields dropped."""
+    with pytest.raises(ConfigError, match=r"pretrain\.device: now runtime\.device"):
+        load_config(None, ["pretrain.device=cpu"])
+    with pytest.raises(ConfigError, match=r"model\.jet_conditioning: no longer exists"):
+        load_config(None, ["model.jet_conditioning=false"])
+    old = JbotConfig().model_dump(mode="json")
+    del old["runtime"], old["evaluate"]
+    old["pretrain"].update(device="cpu", precision="fp32", compile="off")
+    old["probe"]["n_folds"], old["anomaly"]["n_folds"] = 4, 4
+    old["model"].update(jet_conditioning=False, n_jet_features=4)
+    old["tracking"]["registry_name"], old["sweep"]["n_trials"] = "jbot-encoder", 30
+    cfg = build_config(old, saved=True)
+    assert (cfg.runtime.device, cfg.runtime.precision, cfg.runtime.compile) == ("cpu", "fp32", "off")
+    assert cfg.evaluate.n_folds == 4
+    assert resume_config(old, ["runtime.device=auto"]).runtime.device == "auto"
 
 
 def test_unknown_keys_rejected(tmp_path: Path) -> None:

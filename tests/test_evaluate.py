@@ -76,7 +76,7 @@ def test_knn_matches_sklearn_and_chunking() -> None:
 
 @pytest.mark.parametrize("n_layers", [2, 4])
 def test_llrd_groups(n_layers: int) -> None:
-    cfg = ModelConfig(d_model=16, n_heads=2, n_layers=n_layers, d_proj=8, jet_conditioning=True)
+    cfg = ModelConfig(d_model=16, n_heads=2, n_layers=n_layers, d_proj=8)
     model = JetClassifier(JetEncoder(cfg), n_classes=5)
     base, d = 1e-3, 0.7
     groups = llrd_param_groups(model, base, d)
@@ -94,7 +94,7 @@ def test_llrd_groups(n_layers: int) -> None:
         elif name.startswith("encoder.blocks."):
             j = n_layers - int(name.split(".")[2])  # last block: j = 1
             expected = base * d**j
-        else:  # embed, cls_token, mask_token, jet_embed
+        else:  # embed, cls_token, mask_token
             expected = base * d ** (n_layers + 1)
         assert lr_of[id(p)] == pytest.approx(expected), name
 

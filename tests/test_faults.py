@@ -308,7 +308,7 @@ def test_tracking_store_on_a_full_disk_is_one_line(tmp_path: Path, monkeypatch: 
     encoder = _tiny_checkpoint(tmp_path / "enc.pt", 0)
     data = write_fake_folder(tmp_path / "jets", 120)
     sets = _sets(["data.n_train=200", "data.n_val=50", "data.n_test=100", "tracking.log_system_metrics=false",
-                  "probe.n_folds=2"])
+                  "evaluate.n_folds=2"])
     with small_disk(tmp_path, "24m") as disk:
         store = disk or tmp_path / "plain"
         uri = f"sqlite:///{store / 'mlflow.db'}"
@@ -414,7 +414,7 @@ def test_sigterm_to_jbot_ui_ends_its_server(tmp_path: Path) -> None:
         server = [p for p in psutil.Process(ui.pid).children(recursive=True)]
         assert server and len(server) <= 3, [p.cmdline() for p in server]
         printed = log.read_text()
-        assert "jbot-pretrain" in printed and f"http://127.0.0.1:{port}/#/experiments/{exp}/runs" in printed
+        assert "jbot-pretrain" in printed and f"http://127.0.0.1:{port}/#/experiments/{exp}/runs?viewStateShareKey=jbot" in printed
         assert "GET /health" not in printed, "no request log unless --verbose"
         ui.send_signal(signal.SIGTERM)
         assert ui.wait(timeout=60) is not None

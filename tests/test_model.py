@@ -56,10 +56,3 @@ def test_mask_token_replaces_embeddings_and_heads() -> None:
     z = ProjectionHead(32, 16)(torch.randn(5, 7, 32))
     torch.testing.assert_close(z.norm(dim=-1), torch.ones(5, 7))
     assert ClassifierHead(32, 5)(torch.randn(3, 32)).shape == (3, 5)
-
-
-def test_jet_conditioning_needs_jet_features() -> None:
-    enc = JetEncoder(S.model_copy(update={"jet_conditioning": True}))
-    with pytest.raises(ValueError, match="pass jet"):
-        enc(_batch(4))
-    assert enc(_batch(4), jet=torch.randn(4, 4))[0].shape == (4, 32)

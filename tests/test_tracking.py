@@ -166,3 +166,22 @@ def test_rest_api_of_a_real_server_lists_runs_with_documented_metrics(fake_data:
     assert {"train/loss", "train/loss_part", "train/loss_cls", "train/loss_koleo", "val/knn_acc",
             "train/wall_seconds"} <= metric_names
     assert runs[0]["info"]["status"] == "FINISHED"
+
+
+def test_saved_runs_view_shows_headline_metrics_and_searched_params(store: str) -> None:
+    """The view `jbot ui` links to: headline metrics as columns (a combined AUC, not every signal's), a sweep's
+    searched parameters, the Dataset column only where runs have datasets; saved as MLflow's shared-view tag."""
+    from jbot.tracking.mlflow import save_runs_view
+
+    client = connect(store)
+    exp = client.create_experiment("jbot-view")
+    run = client.create_run(exp)
+    for key in ("test/acc", "val/knn_acc", "test/knn/combined/auc", "test/knn/W/auc", "test/acc_std",
+                "system/cpu_utilization_percentage", "train/lr"):
+        client.log_metric(run.info.run_id, key, 0.5)
+    client.log_param(run.info.run_id, "space.anomaly.score", "{}")
+    client.set_terminated(run.info.run_id)
+    key = save_runs_view(client, exp)
+    state = json.loads(client.get_experiment(exp).tags[f"mlflow.sharedViewState.{key}"])
+    assert state["selectedColumns"] == ["metrics.`test/acc`", "metrics.`test/knn/combined/auc`",
+                                        "metrics.`val/knn_acc`", "params.`anomaly.score`"]

@@ -80,7 +80,7 @@ def evaluate_scores(scores: list[AnomalyScore], ref_emb: np.ndarray, ref_labels:
 
 
 def run_anomaly(encoder: JetEncoder, split: Split, cfg: AnomalyConfig, device: torch.device | str = "cpu",
-                seed: int = 0, part: str = "test") -> AnomalyResult:
+                seed: int = 0, part: str = "test", n_folds: int = 10) -> AnomalyResult:
     """Embed the reference set and the evaluation part (``test``, or ``val`` for tuning), compute every score."""
     if split.preset != "qg":
         raise ValueError(f"anomaly detection uses the qg preset, not {split.preset}")
@@ -89,5 +89,5 @@ def run_anomaly(encoder: JetEncoder, split: Split, cfg: AnomalyConfig, device: t
     ref_emb = l2_normalise(embed(encoder.to(device), ref.x, device=device)[0])
     test_emb = l2_normalise(embed(encoder, target.x, device=device)[0])
     metrics, values = evaluate_scores(make_scores(cfg, seed), ref_emb, ref.origin, test_emb, target.origin,
-                                      cfg.n_folds, seed)
+                                      n_folds, seed)
     return AnomalyResult(metrics, values, target.origin, test_emb, len(ref))

@@ -26,7 +26,7 @@ class ProbeResult:
 
 
 def run_probe(encoder: JetEncoder, split: Split, cfg: ProbeConfig, device: torch.device | str = "cpu",
-              seed: int = 0) -> ProbeResult:
+              seed: int = 0, n_folds: int = 10) -> ProbeResult:
     encoder = encoder.to(device)
     train_emb, _ = embed(encoder, split.train.x, device=device)
     test_emb, _ = embed(encoder, split.test.x, device=device)
@@ -36,7 +36,7 @@ def run_probe(encoder: JetEncoder, split: Split, cfg: ProbeConfig, device: torch
     linear = linear_probe(train_emb, y_train, test_emb, cfg, seed)
     metrics: dict[str, float] = {}
     for name, probs in (("knn", knn), ("linear", linear)):
-        for key, value in classification_metrics(y_test, probs, split.class_names, cfg.n_folds, seed).items():
+        for key, value in classification_metrics(y_test, probs, split.class_names, n_folds, seed).items():
             metrics[f"test/{name}_{key}"] = value
     for key, value in clustering_metrics(test_emb, y_test, n_classes, cfg, seed).items():
         metrics[f"test/{key}"] = value

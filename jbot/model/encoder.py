@@ -45,7 +45,6 @@ class JetEncoder(nn.Module):
         self.embed = nn.Linear(cfg.n_features, d)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.mask_token = nn.Parameter(torch.randn(d) * 0.02)
-        self.jet_embed = nn.Linear(cfg.n_jet_features, d) if cfg.jet_conditioning else None
         self.blocks = nn.ModuleList(Block(cfg, dropout) for _ in range(cfg.n_layers))
 
     def set_dropout(self, p: float) -> None:
@@ -53,18 +52,12 @@ class JetEncoder(nn.Module):
             assert isinstance(block, Block)
             block.drop.p = p
 
-    def forward(
-        self, x: torch.Tensor, masked: torch.Tensor | None = None, jet: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, masked: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         B, P, _ = x.shape
         tokens = self.embed(x * self.feature_scale)  # (B, P, F) -> (B, P, D)
         if masked is not None:
             tokens = torch.where(masked[..., None], self.mask_token.to(tokens.dtype), tokens)
         cls = self.cls_token.expand(B, 1, -1)
-        if self.jet_embed is not None:
-            if jet is None:
-                raise ValueError("this encoder is conditioned on jet features: pass jet (B, 4)")
-            cls = cls + self.jet_embed(jet)[:, None, :]
         h = torch.cat([cls, tokens], dim=1)  # (B, T, D), T = P + 1
         key_valid = None
         if self.cfg.mask_padding:
@@ -76,5 +69,4 @@ class JetEncoder(nn.Module):
 
     def backbone_parameters(self) -> int:
         """Parameters of the published backbone (embedding, [CLS], blocks): SPEC §4's table."""
-        skip = {"mask_token"} | {n for n, _ in self.named_parameters() if n.startswith("jet_embed")}
-        return sum(p.numel() for n, p in self.named_parameters() if n not in skip)
+        return sum(p.numel() for n, p in self.named_parameters() if n != "mask_token")

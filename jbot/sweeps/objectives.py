@@ -92,7 +92,7 @@ def finish_finetune(sweep: Sweep, outcome: SweepOutcome, register: str | None) -
     from jbot.runs import EXAMPLE_JETS, load_split
     from jbot.tracking.models import load_from_uri, log_jbot_model
     from jbot.tracking.registry import register_best
-    from jbot.train.device import pick_device
+    from jbot.train.device import runtime_device
 
     summary = log_study_summary(outcome, store_uri(sweep.cfg), scratch_dir("sweep-"))
     best_run = summary.get("best_run_id")
@@ -109,14 +109,14 @@ def finish_finetune(sweep: Sweep, outcome: SweepOutcome, register: str | None) -
         loaded = load_from_uri(str(ckpt), store_uri(sweep.cfg))
         cfg = with_overrides(sweep.cfg, summary["best_params"])
         split = load_split(cfg, cfg.finetune.task)
-        device = pick_device(cfg.pretrain.device)
+        device = runtime_device(cfg.runtime)
         import torch
 
         with torch.no_grad():
             cls, _ = loaded.encoder.to(device)(torch.as_tensor(split.test.x, device=device))
             probs = loaded.probabilities(cls).cpu().numpy()
         metrics = {f"test/{k}": v for k, v in classification_metrics(split.test.y, probs, split.class_names,
-                                                                     cfg.probe.n_folds).items()}
+                                                                     cfg.evaluate.n_folds).items()}
         for rid in (best_run, outcome.parent_run_id):
             for k, v in metrics.items():
                 client.log_metric(rid, k, float(v))
@@ -145,11 +145,11 @@ def anomaly_objective(sweep: Sweep, source: str) -> Callable[[optuna.Trial, str]
     from jbot.runs import load_split
     from jbot.tracking.mlflow import tracked_run
     from jbot.tracking.models import load_from_uri, provenance
-    from jbot.train.device import pick_device
+    from jbot.train.device import runtime_device
 
     loaded = load_from_uri(source, store_uri(sweep.cfg))
     split = load_split(sweep.cfg, "qg")
-    device = pick_device(sweep.cfg.pretrain.device)
+    device = runtime_device(sweep.cfg.runtime)
     largest = int(max(sweep.space.params["anomaly.reference_size"].high or 0, sweep.cfg.anomaly.reference_size)) \
         if "anomaly.reference_size" in sweep.space.params else sweep.cfg.anomaly.reference_size
     rng = np.random.default_rng(sweep.cfg.sweep.seed)

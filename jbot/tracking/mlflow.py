@@ -99,6 +99,34 @@ def jbot_experiments(client: MlflowClient) -> list[Any]:
     return sorted(found, key=lambda e: e.name)
 
 
+# The MLflow UI opens an experiment with a saved view when its link carries ``?viewStateShareKey=KEY`` and the
+# experiment has the tag ``mlflow.sharedViewState.KEY`` (JSON of the runs table's state, as its "Share" button
+# saves it). jbot saves one with the headline metrics (and a sweep's searched parameters) as columns.
+VIEW_KEY = "jbot"
+HEADLINE = ("acc", "best_acc", "knn_acc", "linear_acc", "ari", "purity", "best_value", "loss", "wall_seconds")
+MAX_COLUMNS = 14
+
+
+def _headline(key: str) -> bool:
+    """``test/acc``, ``val/knn_acc``, ``sweep/best_value``, ``train/loss``, and an AUC only when combined."""
+    parts = key.split("/")
+    return not key.startswith("system/") and (parts[-1] in HEADLINE or parts[-2:] == ["combined", "auc"])
+
+
+def save_runs_view(client: MlflowClient, experiment_id: str) -> str:
+    """Save the runs-table view of one experiment (columns from its newest 500 runs); returns the share key."""
+    runs = client.search_runs([experiment_id], max_results=500)
+    order = {"test": 0, "val": 1, "sweep": 2, "train": 3}
+    metrics = sorted({k for r in runs for k in r.data.metrics if _headline(k)},
+                     key=lambda k: (order.get(k.split("/")[0], 4), k))
+    searched = sorted({k.removeprefix("space.") for r in runs for k in r.data.params if k.startswith("space.")})
+    datasets = ["attributes.`Dataset`"] if any(r.inputs.dataset_inputs for r in runs if r.inputs) else []
+    columns = datasets + [f"metrics.`{k}`" for k in metrics] + [f"params.`{k}`" for k in searched]
+    state = {"selectedColumns": columns[:MAX_COLUMNS]}
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(state))
+    return VIEW_KEY
+
+
 def git_commit() -> str:
     """The commit of the jbot source checkout this package runs from; "unknown" for an installed package."""
     checkout = Path(jbot.__file__).resolve().parent.parent

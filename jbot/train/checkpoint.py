@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from jbot.config import ModelConfig
+from jbot.config import build_config
 from jbot.errors import JbotError
 from jbot.io import atomic_write
 from jbot.model.encoder import JetEncoder
@@ -51,7 +51,7 @@ def _prefixed(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
 
 def encoder_from_state(state: dict[str, Any], which: str = "student") -> JetEncoder:
     """Rebuild the encoder (``student`` or ``teacher`` backbone) from a loaded checkpoint alone."""
-    model_cfg = ModelConfig.model_validate(state["config"]["model"])
+    model_cfg = build_config({"model": state["config"]["model"]}, saved=True).model
     encoder = JetEncoder(model_cfg)
     weights = state.get("encoder") if which == "encoder" else _prefixed(state[which], "encoder.")
     if weights is None:

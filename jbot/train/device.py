@@ -1,4 +1,5 @@
-"""Device and precision choices (fast path on CUDA: bf16 autocast + torch.compile unless disabled)."""
+"""Device and precision choices from the config's ``runtime`` section (fast path on CUDA: bf16 autocast +
+torch.compile unless disabled); every command gets its device from ``runtime_device``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import contextlib
 
 import torch
 
-from jbot.config import ConfigError
+from jbot.config import ConfigError, RuntimeConfig
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -15,6 +16,13 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but no CUDA device is available (use --device cpu or auto)")
     return torch.device(name)
+
+
+def runtime_device(runtime: RuntimeConfig) -> torch.device:
+    """The device to compute on; sets torch's CPU thread count when ``runtime.threads`` is given."""
+    if runtime.threads is not None:
+        torch.set_num_threads(runtime.threads)
+    return pick_device(runtime.device)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -19,7 +19,7 @@ from jbot.config import ConfigError, FinetuneConfig, JbotConfig
 from jbot.data.splits import Part, Split
 from jbot.model.encoder import JetEncoder
 from jbot.model.heads import ClassifierHead
-from jbot.train.device import autocast, pick_device
+from jbot.train.device import autocast, runtime_device
 from jbot.train.pretrain import TrainingDiverged
 
 
@@ -152,7 +152,7 @@ def finetune(cfg: JbotConfig, split: Split, encoder: JetEncoder | None,
     ft = cfg.finetune
     if len(split.val) == 0:
         raise ConfigError("fine-tuning needs a validation split for early stopping: set data.n_val > 0")
-    device = pick_device(cfg.pretrain.device)
+    device = runtime_device(cfg.runtime)
     scratch = encoder is None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ft.seed)
@@ -177,7 +177,7 @@ def finetune(cfg: JbotConfig, split: Split, encoder: JetEncoder | None,
     history: dict[str, list[float]] = {"train/loss": [], "val/acc": []}
     start = time.perf_counter()
     for epoch in range(1, ft.epochs + 1):
-        loss = _train_epoch(model, optimizer, x, y, ft, gen, cfg.pretrain.precision)
+        loss = _train_epoch(model, optimizer, x, y, ft, gen, cfg.runtime.precision)
         if not np.isfinite(loss):
             raise TrainingDiverged(f"fine-tuning loss became NaN/inf in epoch {epoch}; lower finetune.lr")
         val_acc = float((predict_proba(model, split.val.x, device).argmax(1) == split.val.y).mean())

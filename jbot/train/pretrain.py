@@ -26,7 +26,7 @@ from jbot.ssl.schedules import lr_schedule, momentum_schedule
 from jbot.ssl.teacher import ema_update, make_teacher
 from jbot.tracking.base import NullTracker, Tracker
 from jbot.train.checkpoint import load_checkpoint, save_checkpoint
-from jbot.train.device import autocast, pick_device, use_compile
+from jbot.train.device import autocast, runtime_device, use_compile
 
 KNN_REFERENCE = 20_000
 
@@ -78,7 +78,7 @@ class Pretrainer:
         self.meta = dict(meta or {})  # kept in the checkpoint as is (e.g. the MLflow run id)
         self.out_dir = Path(out_dir)
         tc = cfg.pretrain
-        self.device = pick_device(tc.device)
+        self.device = runtime_device(cfg.runtime)
         self.x = torch.as_tensor(split.train.x, dtype=torch.float32, device=self.device)  # (N, P, F)
         n = self.x.shape[0]
         self.batch = min(tc.batch_size, n)
@@ -101,7 +101,7 @@ class Pretrainer:
         self.history: dict[str, list[float]] = {}
         self.history_steps: dict[str, list[int]] = {}
         self._loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.method.losses
-        if use_compile(self.device, tc.compile):
+        if use_compile(self.device, cfg.runtime.compile):
             self._loss_fn = torch.compile(self.method.losses)  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ state
@@ -146,7 +146,7 @@ class Pretrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = float(self.lr[it])
         views, masked = self.method.views(xb, self.gen)
-        with autocast(self.device, tc.precision):
+        with autocast(self.device, self.cfg.runtime.precision):
             terms = self._loss_fn(views, masked)
         self.optimizer.zero_grad(set_to_none=True)
         terms[0].backward()
