@@ -17,7 +17,7 @@ import torch
 
 from jbot.data.splits import make_split
 from jbot.evaluate.embed import embed
-from jbot.evaluate.probes import knn_probe
+from jbot.evaluate.classifiers import knn_probe
 from jbot.model.encoder import JetEncoder
 from jbot.train.checkpoint import load_checkpoint, load_encoder
 

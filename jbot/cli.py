@@ -346,9 +346,7 @@ def probe_cmd(
 
     result = tracked.payload
     m = result.metrics
-    rows = {"k-NN": {k.replace("test/knn_", "test/"): v for k, v in m.items() if k.startswith("test/knn_")},
-            "linear": {k.replace("test/linear_", "test/"): v for k, v in m.items() if k.startswith("test/linear_")}}
-    console.print(results_table(f"frozen-encoder probes ({preset})", rows, result.class_names))
+    console.print(results_table(f"frozen-encoder probes ({preset})", result.rows(), result.class_names))
     console.print(f"clustering (k-means, {len(result.class_names)} clusters): purity {m['test/purity']:.4f}, "
                   f"ARI {m['test/ari']:.4f}, silhouette {m['test/silhouette']:.4f}")
     console.print(f"MLflow run {tracked.run_id}" + (f"; metrics in {out / 'probe.json'}" if out else ""))
@@ -387,10 +385,10 @@ def finetune_cmd(
             task_id = bar.add_task(f"{label} ({cfg.finetune.fraction:.0%} labels)", total=cfg.finetune.epochs)
             tracked = tracked_finetune(cfg, None if from_scratch else model, out_dir=out, experiment=experiment,
                                        on_epoch=lambda e, m: bar.advance(task_id))
-    payload = tracked.payload
-    result = payload["result"]
+    outcome = tracked.payload
+    result = outcome.result
     console.print(results_table(f"{label}, {result.n_train:,} training jets, best epoch {result.best_epoch}",
-                                {label: payload["metrics"]}, payload["class_names"]))
+                                {label: outcome.metrics}, outcome.class_names))
     console.print(f"classifier: {out / 'classifier.pt'}; MLflow run {tracked.run_id}; model {tracked.model_uri}")
 
 
@@ -502,8 +500,8 @@ def anomaly_cmd(
         from jbot.runs import tracked_anomaly
 
         tracked = tracked_anomaly(cfg, model, out_dir=out, experiment=experiment)
-    console.print(tracked.payload["table"], highlight=False)
-    console.print(f"report: {tracked.payload['paths']['report']}; MLflow run {tracked.run_id}")
+    console.print(tracked.payload.table, highlight=False)
+    console.print(f"report: {tracked.payload.paths['report']}; MLflow run {tracked.run_id}")
 
 
 # ------------------------------------------------------------------------------------ registry / ui
@@ -640,21 +638,19 @@ def demo_cmd(
     pre = res["pretrain"].payload
     console.print(f"jBOT-S pre-training: {pre.epochs} epochs in {pre.seconds:.0f} s, "
                   f"validation k-NN accuracy {pre.knn_acc:.4f}")
-    m = res["probe"].payload.metrics
-    names = res["probe"].payload.class_names
-    rows = {"k-NN probe": {k.replace("test/knn_", "test/"): v for k, v in m.items() if k.startswith("test/knn_")},
-            "linear probe": {k.replace("test/linear_", "test/"): v for k, v in m.items()
-                             if k.startswith("test/linear_")},
-            "fine-tuned (10 %)": res["finetune"].payload["metrics"],
-            "from scratch (10 %)": res["scratch"].payload["metrics"]}
+    probe = res["probe"].payload
+    names = probe.class_names
+    rows = {**{f"{label} probe": row for label, row in probe.rows().items()},
+            "fine-tuned (10 %)": res["finetune"].payload.metrics,
+            "from scratch (10 %)": res["scratch"].payload.metrics}
     console.print(results_table("5-class tagging on the demo's test jets", rows, names))
     reg = res["registered"]
     console.print(f"registered jbot-encoder version {reg.version} (@champion) from run {reg.run_id}")
     sweep = res["sweep"]
     console.print(f"anomaly sweep: {sweep.get('n_complete')} trials, best validation combined AUC "
                   f"{sweep.get('best_value', float('nan')):.4f} with {settings_text(sweep.get('best_params', {}))}")
-    console.print(res["anomaly"].payload["table"], highlight=False)
-    console.print(f"anomaly report: {res['anomaly'].payload['paths']['report']}")
+    console.print(res["anomaly"].payload.table, highlight=False)
+    console.print(f"anomaly report: {res['anomaly'].payload.paths['report']}")
     console.print(f"done in {res['seconds']:.0f} s. Everything is in the MLflow store {res['uri']}: "
                   "open it with `.venv/bin/jbot ui` (http://127.0.0.1:5000)")
 

@@ -196,6 +196,7 @@ class AnomalyConfig(Section):
     gmm_covariance: Literal["full", "tied", "diag", "spherical"] = "full"
     gmm_reg: float = Field(default=1e-5, ge=0.0)
     chunk_size: int = Field(default=256, gt=0)  # queries per k-NN block (memory ~ 32768 x this floats)
+    seed: int = 0  # draws the reference set and initialises the GMM, in `jbot anomaly` and its sweep alike
 
     @field_validator("score")
     @classmethod

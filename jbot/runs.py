@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 
@@ -18,11 +18,17 @@ from jbot.evaluate.probe import ProbeResult, run_probe
 from jbot.evaluate.table import write_json
 from jbot.io import scratch_dir
 from jbot.plots import learning_curves, write_html
-from jbot.tracking.mlflow import MlflowRun, store_uri, tracked_run
+from jbot.tracking.mlflow import MlflowRun, connect, store_uri, tracked_run
 from jbot.tracking.models import load_from_uri, log_jbot_model, provenance
-from jbot.train.checkpoint import LoadedModel
+from jbot.train.checkpoint import CheckpointError, LoadedModel
 from jbot.train.device import runtime_device
 from jbot.train.pretrain import EpochReport, PretrainResult, pretrain
+
+if TYPE_CHECKING:
+    from jbot.anomaly.detect import AnomalyResult
+    from jbot.train.finetune import FinetuneResult
+
+P = TypeVar("P")
 
 EXAMPLE_JETS = 4
 
@@ -59,10 +65,28 @@ def _log_json_and_curves(run: MlflowRun, out_dir: Path, name: str, metrics: dict
 
 
 @dataclass
-class TrackedResult:
+class TrackedResult(Generic[P]):
+    """A command's MLflow run: its id, the logged model's URI (if any) and what the command computed."""
+
     run_id: str
     model_uri: str | None
-    payload: Any
+    payload: P
+
+
+@dataclass
+class FinetuneOutcome:
+    metrics: dict[str, float]  # val/best_acc, train/*, and test/* unless the test split was left alone
+    result: FinetuneResult
+    checkpoint: Path
+    class_names: tuple[str, ...]
+    split: Split
+
+
+@dataclass
+class AnomalyOutcome:
+    result: AnomalyResult
+    paths: dict[str, Path]  # the report's files: report (HTML), metrics (JSON), table (text)
+    table: str  # the AUC table beside the paper's, as text
 
 
 def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, experiment: str | None = None,
@@ -70,7 +94,7 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
                      on_epoch: Callable[[EpochReport], bool | None] | None = None,
                      parent_run_id: str | None = None, tags: dict[str, str] | None = None,
                      on_start: Callable[[str], None] | None = None, allow_other_data: bool = False,
-                     run_name: str | None = None) -> TrackedResult:
+                     run_name: str | None = None) -> TrackedResult[PretrainResult]:
     """Pre-train as one MLflow run. With ``resume`` (a checkpoint), training continues from it on the same data
     (its fingerprint must match unless ``allow_other_data``) and in its MLflow run when that run is in this store;
     the checkpoint is written under ``cfg.pretrain.out_dir`` only."""
@@ -134,7 +158,7 @@ def check_resumable(cfg: JbotConfig, split: Split, resume: str | Path, allow_oth
 
 
 def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | None = None,
-                  experiment: str | None = None) -> TrackedResult:
+                  experiment: str | None = None) -> TrackedResult[ProbeResult]:
     uri = store_uri(cfg)
     loaded: LoadedModel = load_from_uri(source, uri)
     split = load_split(cfg, preset)
@@ -154,15 +178,41 @@ def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | 
     return TrackedResult(run.run_id, None, result)
 
 
+def test_metrics(split: Split, probs: np.ndarray, n_folds: int) -> dict[str, float]:
+    """``test/acc``, ``test/auc_<class>`` and their ``_std`` over stratified folds of the test split."""
+    from jbot.evaluate.metrics import classification_metrics
+
+    return {f"test/{k}": v for k, v in classification_metrics(split.test.y, probs, split.class_names,
+                                                              n_folds).items()}
+
+
+def evaluate_stored_run(cfg: JbotConfig, run_id: str) -> tuple[dict[str, float], Path, Split]:
+    """A finished fine-tuning run evaluated on the test split once: its classifier checkpoint is downloaded, run on
+    the test jets (``cfg`` = the run's settings), and the metrics logged on that run. Returns the metrics, the
+    checkpoint's local path and the split."""
+    from jbot.evaluate.embed import infer
+
+    client = connect(store_uri(cfg))
+    ckpt = Path(client.download_artifacts(run_id, "checkpoints/classifier.pt", str(scratch_dir("best-"))))
+    loaded = load_from_uri(str(ckpt), store_uri(cfg))
+    split = load_split(cfg, cfg.finetune.task)
+    probs = infer(loaded.encoder, split.test.x, head=loaded.classifier, device=runtime_device(cfg.runtime)).probs
+    if probs is None:
+        raise CheckpointError(f"run {run_id}: its checkpoint holds no classifier head")
+    metrics = test_metrics(split, probs, cfg.evaluate.n_folds)
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
+    return metrics, ckpt, split
+
+
 def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, experiment: str | None = None,
                      parent_run_id: str | None = None,
                      on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
                      tags: dict[str, str] | None = None, on_start: Callable[[str], None] | None = None,
-                     evaluate_test: bool = True, run_name: str | None = None) -> TrackedResult:
+                     evaluate_test: bool = True, run_name: str | None = None) -> TrackedResult[FinetuneOutcome]:
     """Fine-tune ``source`` (or train from scratch when None). With ``evaluate_test`` the test metrics are
     computed once on the restored best weights and the classifier is logged as a model; sweep trials pass False
     (they are selected on validation accuracy only)."""
-    from jbot.evaluate.metrics import classification_metrics
     from jbot.plots import roc_curves
     from jbot.train.checkpoint import save_checkpoint
     from jbot.train.finetune import classifier_state, finetune, predict_proba
@@ -198,8 +248,7 @@ def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, expe
         probs = None
         if evaluate_test:
             probs = predict_proba(result.model, split.test.x, device)
-            metrics.update({f"test/{k}": v for k, v in classification_metrics(
-                split.test.y, probs, split.class_names, cfg.evaluate.n_folds).items()})
+            metrics.update(test_metrics(split, probs, cfg.evaluate.n_folds))
         run.log_metrics(metrics)
         ckpt = save_checkpoint(out_dir / "classifier.pt", classifier_state(result, cfg, split.class_names, metrics))
         run.log_artifact(ckpt, "checkpoints")
@@ -209,16 +258,14 @@ def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, expe
             roc = write_html(roc_curves(split.test.y, probs, split.class_names), out_dir / "roc.html")
             run.log_artifact(roc, "plots")
             model_uri = log_jbot_model(ckpt, split.train.x[:EXAMPLE_JETS])
-    return TrackedResult(run.run_id, model_uri, {"metrics": metrics, "result": result, "checkpoint": ckpt,
-                                                 "class_names": split.class_names, "split": split})
+    return TrackedResult(run.run_id, model_uri, FinetuneOutcome(metrics, result, ckpt, split.class_names, split))
 
 
 def tracked_import(checkpoint: Path, state: dict[str, Any], tracking_uri: str,
-                   register: str | None = None) -> TrackedResult:
+                   register: str | None = None) -> TrackedResult[str | None]:
     """Log an imported published checkpoint as a model in the store ``tracking_uri`` (tagged with the source
     files' hashes); optionally register it there. The payload is the registered version (or None)."""
     from jbot.config import build_config, with_overrides
-    from jbot.tracking.mlflow import connect
 
     cfg = with_overrides(build_config(state["config"], saved=True), {"tracking.uri": tracking_uri})
     tags = {f"jbot.source.{k}": str(v) for k, v in state["source"].items()}
@@ -239,7 +286,7 @@ def tracked_import(checkpoint: Path, state: dict[str, Any], tracking_uri: str,
 
 
 def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None, experiment: str | None = None,
-                    notes: list[str] | None = None, tuned: bool = False) -> TrackedResult:
+                    notes: list[str] | None = None, tuned: bool = False) -> TrackedResult[AnomalyOutcome]:
     """Every anomaly score of a frozen encoder on the ``qg`` preset; report + metrics logged as artifacts.
     ``tuned``: the settings come from an anomaly sweep (the report marks ``anomaly.score`` as tuned)."""
     from jbot.anomaly.detect import run_anomaly
@@ -261,4 +308,4 @@ def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None
         paths = write_report(result, folder, prov, notes or [], settings, cfg.anomaly.score if tuned else None)
         for path in paths.values():
             run.log_artifact(path, "report")
-    return TrackedResult(run.run_id, None, {"result": result, "paths": paths, "table": text_table(result)})
+    return TrackedResult(run.run_id, None, AnomalyOutcome(result, paths, text_table(result)))

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -116,7 +117,8 @@ def running_mlflow_server(backend: str, artifacts: Path, workers: int = 1) -> It
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
            str(artifacts), "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     # small connection pools: a PostgreSQL backend serves at most 100 clients to everything in the test run
-    env = {**os.environ, "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "2", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "4"}
+    env = {**os.environ, "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "2", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "4",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job runners beside the server
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env=env)
     url = f"http://127.0.0.1:{port}"
@@ -130,3 +132,36 @@ def running_mlflow_server(backend: str, artifacts: Path, workers: int = 1) -> It
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+
+
+# A tiny jBOT (1 layer, D = 16) and a short pre-training: the settings tests train and load quickly.
+TINY = ["pretrain.epochs=3", "pretrain.batch_size=64", "pretrain.warmup_epochs=1", "pretrain.knn_every=2",
+        "pretrain.knn_val_size=100", "model.d_model=16", "model.n_heads=2", "model.n_layers=1", "model.d_proj=8"]
+
+
+def tiny_checkpoint(path: Path, seed: int) -> Path:
+    """An untrained TINY encoder saved as a jbot encoder checkpoint (weights drawn with ``seed``)."""
+    import torch
+
+    from jbot.config import load_config
+    from jbot.model.encoder import JetEncoder
+    from jbot.train.checkpoint import save_checkpoint
+
+    cfg = load_config(None, TINY)
+    torch.manual_seed(seed)
+    enc = JetEncoder(cfg.model)
+    return save_checkpoint(path, {"kind": "encoder", "config": cfg.model_dump(mode="json"),
+                                  "encoder": enc.state_dict()})
+
+
+def jet_batch(n: int = 64, seed: int = 0) -> Any:
+    """(n, 30, 4) float32 jets of four classes as a torch tensor; the first is a full 30-particle jet."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    xs = [fake_jets(n // 4, c, rng)[0] for c in range(4)]
+    x = torch.as_tensor(np.concatenate(xs))
+    x[0] = 0.0
+    x[0, :30, 3] = 1.0  # a full jet: nothing to split into
+    x[0, :, 2] = 1.0 / 30
+    return x

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from jbot.anomaly.detect import signal_metrics
 from jbot.anomaly.scores import SCORES, CosineScore, GmmScore, KnnScore, MahalanobisScore, l2_normalise, make_score
 from jbot.cli import app
-from tests.test_pretrain import TINY
+from tests.conftest import TINY
 
 
 def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -10,17 +10,7 @@ from hypothesis import strategies as st
 from jbot.config import AugmentConfig, MaskConfig
 from jbot.data.augment import augment, collinear_split, rotate, smear
 from jbot.data.masking import mask_from_order, pt_aware_mask
-from tests.conftest import fake_jets
-
-
-def _batch(n: int = 64, seed: int = 0) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    xs = [fake_jets(n // 4, c, rng)[0] for c in range(4)]
-    x = torch.as_tensor(np.concatenate(xs))
-    x[0] = 0.0
-    x[0, :30, 3] = 1.0  # a full jet: nothing to split into
-    x[0, :, 2] = 1.0 / 30
-    return x
+from tests.conftest import jet_batch
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -30,7 +20,7 @@ def _gen(seed: int = 0) -> torch.Generator:
 
 
 def test_rotation_and_smearing_leave_pads_alone() -> None:
-    x = _batch()
+    x = jet_batch()
     pads = x[..., 3] == 0
     for out in (rotate(x, _gen()), smear(x, _gen(), 1e-4)):
         assert torch.all(out[pads] == 0)
@@ -42,7 +32,7 @@ def test_rotation_and_smearing_leave_pads_alone() -> None:
 
 
 def test_split_conserves_pt_and_only_fills_empty_slots() -> None:
-    x = _batch()
+    x = jet_batch()
     out = collinear_split(x, _gen())
     torch.testing.assert_close(out[..., 2].sum(1), x[..., 2].sum(1))
     valid_before, valid_after = x[..., 3] > 0.5, out[..., 3] > 0.5
@@ -60,7 +50,7 @@ def test_split_conserves_pt_and_only_fills_empty_slots() -> None:
 
 
 def test_views_differ_and_are_reproducible() -> None:
-    x = _batch()
+    x = jet_batch()
     cfg = AugmentConfig()
     g = _gen(3)
     a, b = augment(x, g, cfg), augment(x, g, cfg)
@@ -102,7 +92,7 @@ def test_mask_is_closest_to_target(pts: list[float], ratio: float, seed: int, pa
 
 
 def test_mask_on_batch() -> None:
-    x = _batch(256)
+    x = jet_batch(256)
     masked = pt_aware_mask(x, MaskConfig(ratio_min=0.2, ratio_max=0.5), _gen())
     valid = x[..., 3] > 0.5
     assert not masked[~valid].any()

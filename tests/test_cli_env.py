@@ -14,8 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from tests.conftest import write_fake_folder
-from tests.test_pretrain import TINY
+from tests.conftest import TINY, write_fake_folder
 
 runner = CliRunner()
 JBOT = str(Path(sys.executable).parent / "jbot")
@@ -106,10 +105,10 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_probe_and_import_print_no_third_party_lines_or_warnings(tmp_path: Path) -> None:
-    from tests.test_tracking import _tiny_checkpoint
+    from tests.conftest import tiny_checkpoint
 
     data = write_fake_folder(tmp_path / "jets", 240)
-    encoder = _tiny_checkpoint(tmp_path / "enc.pt", 0)
+    encoder = tiny_checkpoint(tmp_path / "enc.pt", 0)
     sets = [a for k, v in SIZES.items() for a in ("--set", f"data.{k}={v}")]
     commands = {
         # system metrics on (the default): MLflow's monitor logs INFO lines unless jbot quiets it

@@ -23,6 +23,10 @@ def test_published_sizes_table1() -> None:
         assert cfg.pretrain.koleo_weight == 0.01
         assert cfg.pretrain.dropout == 0.0 and cfg.finetune.dropout == 0.2
         assert (cfg.mask.ratio_min, cfg.mask.ratio_max) == (0.0, 0.5)
+    # jbot-b.yaml lists only what differs from jBOT-S, whose file equals the built-in defaults
+    assert s == JbotConfig()
+    differs = {k for k, v in flatten(b).items() if flatten(s)[k] != v}
+    assert differs == {"model.d_model", "model.n_layers", "model.n_heads", "model.d_proj"}
 
 
 def test_overrides_are_typed() -> None:

@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 from jbot.cli import app
 from jbot.config import ModelConfig
+from jbot.evaluate.classifiers import knn_probe
 from jbot.evaluate.knn import knn_search, top_cosine
 from jbot.evaluate.metrics import auc, classification_metrics, eps_s_at_eps_b, fold_std
-from jbot.evaluate.probes import knn_probe
 from jbot.model.encoder import JetEncoder
 from jbot.train.finetune import EarlyStopping, JetClassifier, balanced_subset, llrd_param_groups
-from tests.test_pretrain import TINY
+from tests.conftest import TINY
 
 
 def test_auc_agrees_with_sklearn() -> None:

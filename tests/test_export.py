@@ -29,10 +29,10 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("kind", ["encoder", "classifier"])
 def test_onnx_runtime_matches_embed(kind: str, generated: Path, tmp_path: Path) -> None:
-    from tests.test_tracking import _tiny_checkpoint
+    from tests.conftest import tiny_checkpoint
 
     if kind == "encoder":
-        model = _tiny_checkpoint(tmp_path / "enc.pt", 0)
+        model = tiny_checkpoint(tmp_path / "enc.pt", 0)
     else:
         model = tmp_path / "clf.pt"
         imported = runner.invoke(app, ["import-keras", str(KERAS / "all_backbone_ft_64_6_4.weights.h5"),

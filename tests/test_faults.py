@@ -34,9 +34,7 @@ from jbot.sweeps.spaces import load_space
 from jbot.sweeps.study import PARENT_ATTR, Sweep, open_study
 from jbot.train.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from jbot.train.pretrain import Pretrainer, TrainingDiverged
-from tests.conftest import fake_jets, free_port, wait_healthy, write_fake_folder
-from tests.test_pretrain import TINY
-from tests.test_tracking import _tiny_checkpoint
+from tests.conftest import TINY, fake_jets, free_port, tiny_checkpoint, wait_healthy, write_fake_folder
 
 runner = CliRunner()
 JBOT = str(Path(sys.executable).parent / "jbot")
@@ -66,7 +64,7 @@ def _sha(path: Path) -> str:
 
 
 def test_failed_first_sweep_start_blocks_nothing(fake_data: Path, tmp_path: Path) -> None:
-    encoder = _tiny_checkpoint(tmp_path / "enc.pt", 0)
+    encoder = tiny_checkpoint(tmp_path / "enc.pt", 0)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     args = ["sweep", "finetune", "--model", str(encoder), "--trials", "1", "--data", str(fake_data), "--storage",
             storage, *_sets(FAST_FT)]
@@ -288,7 +286,7 @@ def test_checkpoint_on_a_full_disk_keeps_the_previous_one(tmp_path: Path, monkey
 
 
 def test_embed_on_a_full_disk_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    encoder = _tiny_checkpoint(tmp_path / "enc.pt", 0)
+    encoder = tiny_checkpoint(tmp_path / "enc.pt", 0)
     jets = write_jetnet(tmp_path / "jets.hdf5", *fake_jets(50, 1, np.random.default_rng(0)))
     with small_disk(tmp_path, "256k") as disk:
         folder = disk or tmp_path / "plain"
@@ -305,7 +303,7 @@ def test_embed_on_a_full_disk_is_one_line(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_tracking_store_on_a_full_disk_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    encoder = _tiny_checkpoint(tmp_path / "enc.pt", 0)
+    encoder = tiny_checkpoint(tmp_path / "enc.pt", 0)
     data = write_fake_folder(tmp_path / "jets", 120)
     sets = _sets(["data.n_train=200", "data.n_val=50", "data.n_test=100", "tracking.log_system_metrics=false",
                   "evaluate.n_folds=2"])
@@ -338,7 +336,7 @@ def test_tracking_store_on_a_full_disk_is_one_line(tmp_path: Path, monkeypatch: 
 
 
 def _corrupt_checkpoints(tmp_path: Path) -> dict[str, Path]:
-    good = _tiny_checkpoint(tmp_path / "good.pt", 0)
+    good = tiny_checkpoint(tmp_path / "good.pt", 0)
     state = load_checkpoint(good)
     out = {}
     wider = dict(state, config={**state["config"], "model": {**state["config"]["model"], "d_model": 32}})
@@ -429,7 +427,7 @@ def test_sigterm_to_jbot_ui_ends_its_server(tmp_path: Path) -> None:
 
 
 def test_a_finetune_sweep_leaves_no_temporary_folders(fake_data: Path, tmp_path: Path) -> None:
-    encoder = _tiny_checkpoint(tmp_path / "enc.pt", 0)
+    encoder = tiny_checkpoint(tmp_path / "enc.pt", 0)
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, "TMPDIR": str(scratch)}
@@ -445,7 +443,7 @@ def test_a_finetune_sweep_leaves_no_temporary_folders(fake_data: Path, tmp_path:
 
 
 def test_smaller_items(fake_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    encoder = _tiny_checkpoint(tmp_path / "enc.pt", 0)
+    encoder = tiny_checkpoint(tmp_path / "enc.pt", 0)
     jets = write_jetnet(tmp_path / "jets.hdf5", *fake_jets(20, 1, np.random.default_rng(0)))
     zero = runner.invoke(app, ["embed", "--model", str(encoder), "--input", str(jets), "--out",
                                str(tmp_path / "e.npz"), "--batch-size", "0"])

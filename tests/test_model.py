@@ -6,7 +6,7 @@ import torch
 from jbot.config import ModelConfig
 from jbot.model.encoder import JetEncoder
 from jbot.model.heads import ClassifierHead, ProjectionHead
-from tests.test_augment_masking import _batch
+from tests.conftest import jet_batch
 
 S = ModelConfig(d_model=32, n_heads=4, n_layers=2, d_proj=16)
 B = ModelConfig(d_model=64, n_heads=6, n_layers=4, d_proj=32)
@@ -23,7 +23,7 @@ def test_parameter_counts_match_spec(cfg: ModelConfig, count: int) -> None:
 def test_permutation_invariant(cfg: ModelConfig) -> None:
     torch.manual_seed(0)
     enc = JetEncoder(cfg).eval()
-    x = _batch(8)
+    x = jet_batch(8)
     perm = torch.randperm(x.shape[1])
     with torch.no_grad():
         cls, part = enc(x)
@@ -35,7 +35,7 @@ def test_permutation_invariant(cfg: ModelConfig) -> None:
 def test_padding_invariant_with_mask_and_not_without() -> None:
     torch.manual_seed(0)
     enc = JetEncoder(S).eval()
-    x = _batch(8)
+    x = jet_batch(8)
     longer = torch.cat([x, torch.zeros(8, 10, 4)], dim=1)
     with torch.no_grad():
         torch.testing.assert_close(enc(longer)[0], enc(x)[0], atol=1e-5, rtol=1e-5)
@@ -47,7 +47,7 @@ def test_padding_invariant_with_mask_and_not_without() -> None:
 def test_mask_token_replaces_embeddings_and_heads() -> None:
     torch.manual_seed(0)
     enc = JetEncoder(S).eval()
-    x = _batch(4)
+    x = jet_batch(4)
     masked = torch.zeros(4, 30, dtype=torch.bool)
     masked[:, 0] = True
     with torch.no_grad():

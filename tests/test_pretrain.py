@@ -16,9 +16,7 @@ from jbot.ssl.method import Distillation
 from jbot.tracking.base import MemoryTracker
 from jbot.train.checkpoint import CheckpointError, load_checkpoint, load_encoder
 from jbot.train.pretrain import EpochReport, Pretrainer, TrainingDiverged, pretrain
-
-TINY = ["pretrain.epochs=3", "pretrain.batch_size=64", "pretrain.warmup_epochs=1", "pretrain.knn_every=2",
-        "pretrain.knn_val_size=100", "model.d_model=16", "model.n_heads=2", "model.n_layers=1", "model.d_proj=8"]
+from tests.conftest import TINY
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,7 @@ from typer.testing import CliRunner
 
 from jbot.cli import app
 from jbot.sweeps.spaces import load_space
-from tests.conftest import PROJECT_ROOT, psql, running_mlflow_server, write_fake_folder
-from tests.test_tracking import _tiny_checkpoint
+from tests.conftest import PROJECT_ROOT, psql, running_mlflow_server, tiny_checkpoint, write_fake_folder
 
 runner = CliRunner()
 FAST = ["data.n_train=400", "data.n_val=100", "data.n_test=200", "finetune.epochs=2", "finetune.batch_size=128",
@@ -31,7 +30,7 @@ JBOT = str(Path(sys.executable).parent / "jbot")
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("sweep-inputs")
-    return write_fake_folder(root / "jets", 250), _tiny_checkpoint(root / "encoder.pt", 0)
+    return write_fake_folder(root / "jets", 250), tiny_checkpoint(root / "encoder.pt", 0)
 
 
 def _args(data: Path, encoder: Path, trials: int, storage: str, study: str, tracking: str) -> list[str]:
@@ -146,6 +145,18 @@ def test_anomaly_sweep_samples_each_score_its_own_settings(inputs: tuple[Path, P
     best = study.best_trial
     assert parent.data.metrics["sweep/best_value"] == pytest.approx(best.value)
     assert parent.data.params["anomaly.score"] == best.params["anomaly.score"]
+    # tuning and `jbot anomaly` score against the same reference jets: the best trial's value is what run_anomaly
+    # gives on the validation split with the best settings
+    from jbot.anomaly.detect import run_anomaly
+    from jbot.config import load_config, with_overrides
+    from jbot.runs import load_split
+    from jbot.train.checkpoint import load_model
+
+    cfg = with_overrides(load_config(None, ["anomaly.reference_size=200", f"data.dir={data}"]), best.params)
+    split = load_split(cfg, "qg")
+    again = run_anomaly(load_model(encoder).encoder, split, cfg.anomaly, part="val", n_folds=2)
+    score = best.params["anomaly.score"]
+    assert again.metrics[f"{score}/combined/auc"] == pytest.approx(best.value, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------ PostgreSQL, many workers

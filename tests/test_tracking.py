@@ -12,20 +12,17 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from jbot.cli import app
 from jbot.config import load_config
 from jbot.evaluate.embed import embed
-from jbot.model.encoder import JetEncoder
 from jbot.tracking.mlflow import TrackingError, connect, tracked_run
 from jbot.tracking.models import load_from_uri, log_jbot_model
 from jbot.tracking.registry import register_best
-from jbot.train.checkpoint import load_model, save_checkpoint
-from tests.conftest import running_mlflow_server
-from tests.test_pretrain import TINY
+from jbot.train.checkpoint import load_model
+from tests.conftest import TINY, running_mlflow_server, tiny_checkpoint
 
 runner = CliRunner()
 SIZES = ["data.n_train=400", "data.n_val=100", "data.n_test=200"]
@@ -70,14 +67,6 @@ def test_pretrain_and_finetune_are_readable_back(fake_data: Path, tmp_path: Path
     assert [m.step for m in client.get_metric_history(fine.info.run_id, "val/acc")] == [1, 2]
 
 
-def _tiny_checkpoint(path: Path, seed: int) -> Path:
-    cfg = load_config(None, TINY)
-    torch.manual_seed(seed)
-    enc = JetEncoder(cfg.model)
-    return save_checkpoint(path, {"kind": "encoder", "config": cfg.model_dump(mode="json"),
-                                  "encoder": enc.state_dict()})
-
-
 def _jets(n: int = 16) -> np.ndarray:
     from tests.conftest import fake_jets
 
@@ -91,7 +80,7 @@ def test_register_best_mode_idempotent_and_alias(tmp_path: Path, store: str) -> 
     for i, acc in enumerate([0.61, 0.74, 0.52]):
         with tracked_run(cfg, "finetune", experiment="reg-test") as run:
             run.log_metrics({"test/acc": acc})
-            log_jbot_model(_tiny_checkpoint(tmp_path / f"c{i}.pt", i), _jets(4))
+            log_jbot_model(tiny_checkpoint(tmp_path / f"c{i}.pt", i), _jets(4))
             run_ids.append(run.run_id)
     best = register_best(client, "reg-test", "test/acc", "jbot-encoder", "max", "champion")
     assert best.run_id == run_ids[1] and best.version == "1" and best.created

@@ -61,10 +61,15 @@ class AnomalyResult:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+def reference_order(n_train: int, seed: int) -> np.ndarray:
+    """The order in which background training jets join the reference set: R of size k is the first k."""
+    return np.random.default_rng(seed).permutation(n_train)
+
+
 def reference_set(train: Part, size: int, seed: int) -> Part:
-    """A random subset of the background training jets (the reference set R)."""
-    rng = np.random.default_rng(seed)
-    return train.subset(np.sort(rng.permutation(len(train))[:size]))
+    """The reference set R: ``size`` background training jets drawn by ``reference_order``, in file order. The
+    anomaly sweep draws its references the same way, so tuning and the report score against the same jets."""
+    return train.subset(np.sort(reference_order(len(train), seed)[:size]))
 
 
 def evaluate_scores(scores: list[AnomalyScore], ref_emb: np.ndarray, ref_labels: np.ndarray, test_emb: np.ndarray,
@@ -80,14 +85,14 @@ def evaluate_scores(scores: list[AnomalyScore], ref_emb: np.ndarray, ref_labels:
 
 
 def run_anomaly(encoder: JetEncoder, split: Split, cfg: AnomalyConfig, device: torch.device | str = "cpu",
-                seed: int = 0, part: str = "test", n_folds: int = 10) -> AnomalyResult:
+                part: str = "test", n_folds: int = 10) -> AnomalyResult:
     """Embed the reference set and the evaluation part (``test``, or ``val`` for tuning), compute every score."""
     if split.preset != "qg":
         raise ValueError(f"anomaly detection uses the qg preset, not {split.preset}")
-    ref = reference_set(split.train, cfg.reference_size, seed)
+    ref = reference_set(split.train, cfg.reference_size, cfg.seed)
     target: Part = getattr(split, part)
     ref_emb = l2_normalise(embed(encoder.to(device), ref.x, device=device)[0])
     test_emb = l2_normalise(embed(encoder, target.x, device=device)[0])
-    metrics, values = evaluate_scores(make_scores(cfg, seed), ref_emb, ref.origin, test_emb, target.origin,
-                                      n_folds, seed)
+    metrics, values = evaluate_scores(make_scores(cfg, cfg.seed), ref_emb, ref.origin, test_emb, target.origin,
+                                      n_folds, cfg.seed)
     return AnomalyResult(metrics, values, target.origin, test_emb, len(ref))

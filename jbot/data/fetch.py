@@ -7,10 +7,8 @@ The record's API lists each file with its md5; a file already present with the r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -18,17 +16,10 @@ from pathlib import Path
 
 from jbot.data.classes import CLASSES
 from jbot.data.jetnet import DataError
+from jbot.io import atomic_write, file_hash
 
 ZENODO_RECORD = 6975118  # JetNet, 30 particles (doi 10.5281/zenodo.6975118)
 DEFAULT_API = "https://zenodo.org/api/records"
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 23), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _open(url: str, timeout: float):  # type: ignore[no-untyped-def]
@@ -78,23 +69,27 @@ def fetch_jetnet(
             raise DataError(f"Zenodo record {ZENODO_RECORD} has no file {name} (it lists {sorted(files)})")
         meta = files[name]
         dest = out_dir / name
-        if dest.is_file() and _md5(dest) == meta["md5"]:
+        if dest.is_file() and file_hash(dest, "md5") == meta["md5"]:
             written[cls] = dest
             continue
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=out_dir)
-        try:
-            with os.fdopen(fd, "wb") as f, _open(meta["url"], timeout) as resp:
+
+        def download(tmp: Path, name: str = name, meta: dict = meta) -> None:
+            with tmp.open("wb") as f, _open(meta["url"], timeout) as resp:
                 done = 0
-                for block in iter(lambda: resp.read(1 << 20), b""):
+                while True:
+                    try:
+                        block = resp.read(1 << 20)
+                    except OSError as exc:  # the connection, not the disk
+                        raise DataError(f"{name}: download from Zenodo failed ({exc}); try again") from None
+                    if not block:
+                        break
                     f.write(block)
                     done += len(block)
                     if on_progress is not None:
                         on_progress(name, done, meta["size"])
-            got = _md5(Path(tmp))
+            got = file_hash(tmp, "md5")
             if got != meta["md5"]:
                 raise DataError(f"{name}: md5 {got} does not match Zenodo's {meta['md5']}; try again")
-            os.replace(tmp, dest)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        written[cls] = dest
+
+        written[cls] = atomic_write(dest, download, suffix=".part")
     return written

@@ -7,7 +7,6 @@ Layout of ``{q,g,w,z,t}.hdf5``:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,9 +166,3 @@ def available_classes(data_dir: str | Path) -> tuple[str, ...]:
     return tuple(c for c in CLASSES if class_file(data_dir, c).is_file())
 
 
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 23), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -22,9 +22,9 @@ from jbot.data.jetnet import (
     DataError,
     JetSet,
     class_file,
-    file_digest,
     load_classes,
 )
+from jbot.io import file_hash
 
 
 @dataclass(frozen=True)
@@ -178,6 +178,6 @@ def fingerprint(data_dir: str | Path, classes: tuple[str, ...], extra: dict) -> 
     """Hash of the files' contents and the split settings: two runs with equal fingerprints saw equal data."""
     h = hashlib.sha256()
     for c in classes:
-        h.update(f"{c}:{file_digest(class_file(data_dir, c))};".encode())
+        h.update(f"{c}:{file_hash(class_file(data_dir, c))};".encode())
     h.update(json.dumps(extra, sort_keys=True).encode())
     return h.hexdigest()[:16]

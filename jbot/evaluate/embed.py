@@ -1,8 +1,10 @@
-"""Frozen embeddings: the student [CLS] of un-augmented, unmasked jets (SPEC §7), batched, any device."""
+"""Batched inference, the one loop every command uses: the [CLS] of un-augmented, unmasked jets (the frozen
+embedding of the probes and anomaly scores), optionally the particle tokens and a classifier's probabilities."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,27 +18,52 @@ if TYPE_CHECKING:
     from jbot.train.checkpoint import LoadedModel
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class Outputs:
+    """float32 arrays: ``cls`` (N, D); ``particles`` (N, P, D) when asked for; ``probs`` (N, C) with a head."""
+
+    cls: np.ndarray
+    particles: np.ndarray | None = None
+    probs: np.ndarray | None = None
+
+
+def infer(encoder: JetEncoder, x: np.ndarray | torch.Tensor, *, head: torch.nn.Module | None = None,
+          particles: bool = False, batch_size: int = 4096, device: torch.device | str | None = None,
+          on_batch: Callable[[int], None] | None = None) -> Outputs:
+    """The encoder (and ``head``: logits from [CLS], softmaxed) on ``x`` (N, P, F) in batches, in eval mode, no
+    gradients; the modules go to ``device`` (default: where the encoder is) and come back to their mode."""
+    device = torch.device(device) if device is not None else next(encoder.parameters()).device
+    modules = [m for m in (encoder, head) if m is not None]
+    modes = [m.training for m in modules]
+    cls_out, part_out, prob_out = [], [], []
+    try:
+        for m in modules:
+            m.to(device).eval()
+        with torch.no_grad():
+            for start in range(0, len(x), batch_size):
+                xb = torch.as_tensor(x[start:start + batch_size], dtype=torch.float32).to(device, non_blocking=True)
+                cls, part = encoder(xb)
+                cls_out.append(cls.float().cpu())
+                if particles:
+                    part_out.append(part.float().cpu())
+                if head is not None:
+                    prob_out.append(torch.softmax(head(cls).float(), dim=-1).cpu())
+                if on_batch is not None:
+                    on_batch(len(xb))
+    finally:
+        for m, mode in zip(modules, modes, strict=True):
+            m.train(mode)
+    d = encoder.cfg.d_model
+    return Outputs(torch.cat(cls_out).numpy() if cls_out else np.zeros((0, d), np.float32),
+                   torch.cat(part_out).numpy() if particles and part_out else None,
+                   torch.cat(prob_out).numpy() if prob_out else None)
+
+
 def embed(encoder: JetEncoder, x: np.ndarray | torch.Tensor, batch_size: int = 4096,
           device: torch.device | str | None = None, particles: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """-> ([CLS] (N, D), particle tokens (N, P, D) or None) as float32 numpy arrays."""
-    device = torch.device(device) if device is not None else next(encoder.parameters()).device
-    was_training = encoder.training
-    encoder.eval()
-    cls_out, part_out = [], []
-    try:
-        for start in range(0, len(x), batch_size):
-            xb = torch.as_tensor(x[start:start + batch_size], dtype=torch.float32).to(device, non_blocking=True)
-            cls, part = encoder(xb)
-            cls_out.append(cls.float().cpu())
-            if particles:
-                part_out.append(part.float().cpu())
-    finally:
-        encoder.train(was_training)
-    d = encoder.cfg.d_model
-    cls_np = torch.cat(cls_out).numpy() if cls_out else np.zeros((0, d), np.float32)
-    part_np = torch.cat(part_out).numpy() if particles and part_out else None
-    return cls_np, part_np
+    """-> ([CLS] (N, D), particle tokens (N, P, D) or None): ``infer`` without a head."""
+    out = infer(encoder, x, particles=particles, batch_size=batch_size, device=device)
+    return out.cls, out.particles
 
 
 def read_inputs(path: str | Path, n_particles: int = 30) -> np.ndarray:
@@ -67,22 +94,12 @@ def embed_to_file(model: LoadedModel, inputs: str | Path, out: str | Path, batch
                   on_batch: Callable[[int], None] | None = None) -> dict[str, tuple[int, ...]]:
     """Write ``cls`` (N, D), ``particles`` (N, P, D) and, with a classifier, ``probs`` (N, C) to an .npz."""
     x = read_inputs(inputs, model.encoder.cfg.n_particles)
-    encoder = model.encoder.to(device).eval()
-    head = model.classifier.to(device).eval() if model.classifier is not None else None
-    cls_out, part_out, prob_out = [], [], []
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            xb = torch.as_tensor(x[start:start + batch_size], device=device)
-            cls, part = encoder(xb)
-            cls_out.append(cls.float().cpu().numpy())
-            part_out.append(part.float().cpu().numpy())
-            if head is not None:
-                prob_out.append(torch.softmax(head(cls).float(), dim=-1).cpu().numpy())
-            if on_batch is not None:
-                on_batch(len(xb))
-    arrays = {"cls": np.concatenate(cls_out), "particles": np.concatenate(part_out)}
-    if prob_out:
-        arrays["probs"] = np.concatenate(prob_out)
+    result = infer(model.encoder, x, head=model.classifier, particles=True, batch_size=batch_size, device=device,
+                   on_batch=on_batch)
+    assert result.particles is not None
+    arrays = {"cls": result.cls, "particles": result.particles}
+    if result.probs is not None:
+        arrays["probs"] = result.probs
     def write(tmp: Path) -> None:
         with tmp.open("wb") as f:
             np.savez(f, **arrays)  # type: ignore[arg-type]

@@ -9,10 +9,10 @@ import torch
 
 from jbot.config import ProbeConfig
 from jbot.data.splits import Split
+from jbot.evaluate.classifiers import knn_probe, linear_probe
 from jbot.evaluate.clustering import clustering_metrics
 from jbot.evaluate.embed import embed
 from jbot.evaluate.metrics import classification_metrics
-from jbot.evaluate.probes import knn_probe, linear_probe
 from jbot.model.encoder import JetEncoder
 
 
@@ -23,6 +23,12 @@ class ProbeResult:
     test_embedding: np.ndarray
     knn_probs: np.ndarray
     linear_probs: np.ndarray
+
+    def rows(self, prefix: str = "") -> dict[str, dict[str, float]]:
+        """The k-NN and linear probes' test metrics as table rows ``{label: {"test/acc": ..., ...}}``."""
+        return {f"{prefix}{label}": {k.replace(f"test/{name}_", "test/"): v for k, v in self.metrics.items()
+                                     if k.startswith(f"test/{name}_")}
+                for name, label in (("knn", "k-NN"), ("linear", "linear"))}
 
 
 def run_probe(encoder: JetEncoder, split: Split, cfg: ProbeConfig, device: torch.device | str = "cpu",

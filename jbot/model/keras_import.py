@@ -9,7 +9,6 @@ is post-LN, k_d = floor(D / H), attention over padded slots (``mask_padding=Fals
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from jbot.config import ModelConfig
 from jbot.data.classes import BACKGROUND, CLASS_LABELS, LABELS, TQG_LABELS
 from jbot.errors import JbotError
+from jbot.io import file_hash
 
 NAME = re.compile(r"^(all|tqg|qg)_(backbone|mlp)_(pretrain|ft|standalone)_(\d+)_(\d+)_(\d+)\.weights\.h5$")
 # class labels of the authors' classifiers, by the data prefix of their file names
@@ -148,10 +148,6 @@ def read_classifier(path: str | Path, d_model: int) -> tuple[int, dict[str, torc
     return n_classes, state
 
 
-def sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def class_names_for(path: Path, n_classes: int) -> tuple[str, ...]:
     match = NAME.match(path.name)
     names = KERAS_LABELS.get(match.group(1), ()) if match else ()
@@ -188,12 +184,12 @@ def import_keras(backbone: str | Path, classifier: str | Path | None = None) -> 
         "kind": "encoder",
         "config": cfg.model_dump(mode="json"),
         "encoder": encoder.state_dict(),
-        "source": {"backbone": str(backbone), "backbone_sha256": sha256(backbone)},
+        "source": {"backbone": str(backbone), "backbone_sha256": file_hash(backbone)},
     }
     if classifier is not None:
         with _corrupt_is_an_error(classifier):
             n_classes, head_state = read_classifier(classifier, model_cfg.d_model)
         state.update(kind="classifier", classifier=head_state,
                      class_names=list(class_names_for(Path(classifier), n_classes)))
-        state["source"].update(classifier=str(classifier), classifier_sha256=sha256(classifier))
+        state["source"].update(classifier=str(classifier), classifier_sha256=file_hash(classifier))
     return state

@@ -14,7 +14,7 @@ import optuna
 
 from jbot.config import JbotConfig, with_overrides
 from jbot.io import scratch_dir
-from jbot.sweeps.study import Sweep, SweepOutcome, log_study_summary, run_worker
+from jbot.sweeps.study import Sweep, SweepOutcome, claim_once, log_study_summary, run_worker
 from jbot.tracking.mlflow import connect, store_uri
 
 
@@ -77,7 +77,7 @@ def finetune_objective(sweep: Sweep, source: str, work_dir: Path) -> Callable[[o
                 shutil.rmtree(out_dir, ignore_errors=True)
             if flag["pruned"]:
                 raise optuna.TrialPruned()
-            return float(res.payload["metrics"][sweep.space.objective])
+            return float(res.payload.metrics[sweep.space.objective])
 
         return tracked_trial(sweep, trial, body)
 
@@ -85,41 +85,26 @@ def finetune_objective(sweep: Sweep, source: str, work_dir: Path) -> Callable[[o
 
 
 def finish_finetune(sweep: Sweep, outcome: SweepOutcome, register: str | None) -> dict[str, Any]:
-    """Test metrics of the best trial, computed once; its classifier logged as a model; optional registration."""
+    """When the study reaches its budget: the best trial evaluated on test once (by one worker, whichever claims
+    it), the metrics copied to the parent, its classifier logged as a model; optional registration."""
     import mlflow
 
-    from jbot.evaluate.metrics import classification_metrics
-    from jbot.runs import EXAMPLE_JETS, load_split
-    from jbot.tracking.models import load_from_uri, log_jbot_model
+    from jbot.runs import EXAMPLE_JETS, evaluate_stored_run
+    from jbot.tracking.models import log_jbot_model
     from jbot.tracking.registry import register_best
-    from jbot.train.device import runtime_device
 
     summary = log_study_summary(outcome, store_uri(sweep.cfg), scratch_dir("sweep-"))
     best_run = summary.get("best_run_id")
     if not best_run or outcome.n_complete < sweep.n_trials:
         return summary  # the test set is looked at once, when the study is done
-    if outcome.study.user_attrs.get("finalized_best_run") == best_run:
+    if not claim_once(outcome.study, f"jbot.test_evaluated.{best_run}"):
         summary["finalized_by_another_worker"] = True
         return summary
-    outcome.study.set_user_attr("finalized_best_run", best_run)
     client = connect(store_uri(sweep.cfg))
-    run = client.get_run(best_run)
-    if "test/acc" not in run.data.metrics:
-        ckpt = Path(client.download_artifacts(best_run, "checkpoints/classifier.pt", str(scratch_dir("best-"))))
-        loaded = load_from_uri(str(ckpt), store_uri(sweep.cfg))
-        cfg = with_overrides(sweep.cfg, summary["best_params"])
-        split = load_split(cfg, cfg.finetune.task)
-        device = runtime_device(cfg.runtime)
-        import torch
-
-        with torch.no_grad():
-            cls, _ = loaded.encoder.to(device)(torch.as_tensor(split.test.x, device=device))
-            probs = loaded.probabilities(cls).cpu().numpy()
-        metrics = {f"test/{k}": v for k, v in classification_metrics(split.test.y, probs, split.class_names,
-                                                                     cfg.evaluate.n_folds).items()}
-        for rid in (best_run, outcome.parent_run_id):
-            for k, v in metrics.items():
-                client.log_metric(rid, k, float(v))
+    if "test/acc" not in client.get_run(best_run).data.metrics:
+        metrics, ckpt, split = evaluate_stored_run(with_overrides(sweep.cfg, summary["best_params"]), best_run)
+        for key, value in metrics.items():
+            client.log_metric(outcome.parent_run_id, key, float(value))
         with mlflow.start_run(run_id=best_run):
             log_jbot_model(ckpt, split.train.x[:EXAMPLE_JETS])
         summary["test"] = metrics
@@ -128,8 +113,7 @@ def finish_finetune(sweep: Sweep, outcome: SweepOutcome, register: str | None) -
                             sweep.space.direction == "maximize" else "min", "champion",
                             parent_run_id=outcome.parent_run_id)
         summary["registered"] = f"{reg.name}/{reg.version}"
-    if outcome.n_complete >= sweep.n_trials:
-        client.set_terminated(outcome.parent_run_id, "FINISHED")
+    client.set_terminated(outcome.parent_run_id, "FINISHED")
     return summary
 
 
@@ -139,7 +123,7 @@ def finish_finetune(sweep: Sweep, outcome: SweepOutcome, register: str | None) -
 def anomaly_objective(sweep: Sweep, source: str) -> Callable[[optuna.Trial, str], float]:
     """Embeddings are computed once per worker; each trial fits one score on a reference subset and evaluates
     the combined AUC on the validation split (labelled W, Z, t: as the paper tuned)."""
-    from jbot.anomaly.detect import signal_metrics
+    from jbot.anomaly.detect import reference_order, signal_metrics
     from jbot.anomaly.scores import l2_normalise, make_score
     from jbot.evaluate.embed import embed
     from jbot.runs import load_split
@@ -152,8 +136,7 @@ def anomaly_objective(sweep: Sweep, source: str) -> Callable[[optuna.Trial, str]
     device = runtime_device(sweep.cfg.runtime)
     largest = int(max(sweep.space.params["anomaly.reference_size"].high or 0, sweep.cfg.anomaly.reference_size)) \
         if "anomaly.reference_size" in sweep.space.params else sweep.cfg.anomaly.reference_size
-    rng = np.random.default_rng(sweep.cfg.sweep.seed)
-    order = rng.permutation(len(split.train))[:largest]
+    order = reference_order(len(split.train), sweep.cfg.anomaly.seed)[:largest]
     ref_all = l2_normalise(embed(loaded.encoder.to(device), split.train.x[order], device=device)[0])
     ref_labels = split.train.origin[order]
     val_emb = l2_normalise(embed(loaded.encoder, split.val.x, device=device)[0])
@@ -165,9 +148,10 @@ def anomaly_objective(sweep: Sweep, source: str) -> Callable[[optuna.Trial, str]
                              run_name=f"trial-{trial.number:03d}",
                              tags={**base_tags, **tags}) as run:
                 trial.set_user_attr("mlflow_run_id", run.run_id)
-                score = make_score(cfg.anomaly.score, cfg.anomaly, cfg.sweep.seed)
+                score = make_score(cfg.anomaly.score, cfg.anomaly, cfg.anomaly.seed)
                 n_ref = min(cfg.anomaly.reference_size, len(ref_all))
-                score.fit(ref_all[:n_ref], ref_labels[:n_ref])
+                pick = np.argsort(order[:n_ref])  # the jets of reference_set(train, n_ref), in its order
+                score.fit(ref_all[pick], ref_labels[pick])
                 metrics = signal_metrics(score.score(val_emb), split.val.origin, n_folds=2)
                 # the anomaly run's scheme, test/{score}/{signal}/{metric}, less the score: one per trial (a param)
                 logged = {f"val/{k}": v for k, v in metrics.items() if not k.endswith("_std")}

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -184,6 +185,30 @@ def open_study(sweep: Sweep) -> tuple[optuna.Study, str]:
         if not isinstance(pending, int | float) or time.time() - pending > PARENT_WAIT_SECONDS:
             return study, _create_parent(sweep, study)  # nobody is making it: this worker does
         time.sleep(0.5)  # the worker that created the study is creating the parent run
+
+
+def claim_once(study: optuna.Study, key: str) -> bool:
+    """True for exactly one caller per study and ``key``, across processes and machines. On a database the claim
+    is one INSERT of a study system attribute, which the table's (study, key) unique constraint lets succeed once;
+    a journal-file storage has no such constraint and can only check, then set."""
+    storage = getattr(study._storage, "_backend", study._storage)  # Optuna wraps database storages in a cache
+    study_id = storage.get_study_id_from_name(study.study_name)
+    stamp = json.dumps({"time": time.time(), "host": socket.gethostname(), "pid": os.getpid()})
+    if isinstance(storage, RDBStorage):
+        from optuna.storages._rdb.models import StudySystemAttributeModel
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            with storage.engine.begin() as conn:
+                conn.execute(StudySystemAttributeModel.__table__.insert().values(
+                    study_id=study_id, key=key, value_json=json.dumps(stamp)))
+        except IntegrityError:
+            return False
+        return True
+    if key in storage.get_study_system_attrs(study_id):
+        return False
+    storage.set_study_system_attr(study_id, key, stamp)
+    return True
 
 
 def completed(study: optuna.Study) -> int:

@@ -20,6 +20,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types import Schema, TensorSpec
 
 import jbot
+from jbot.evaluate.embed import infer
 from jbot.io import scratch_dir
 from jbot.paths import RUN_ID, is_model_source
 from jbot.train.checkpoint import CheckpointError, LoadedModel, load_model
@@ -39,12 +40,8 @@ class JbotPyfunc(PythonModel):
         enc = self.model.encoder
         if x.ndim != 3 or x.shape[2] != enc.cfg.n_features:
             raise ValueError(f"expected jets (N, P, {enc.cfg.n_features}), got shape {x.shape}")
-        outs = []
-        with torch.no_grad():
-            for start in range(0, len(x), 4096):
-                cls, _ = enc.eval()(torch.as_tensor(x[start:start + 4096]))
-                outs.append((self.model.probabilities(cls) if self.model.classifier is not None else cls).numpy())
-        return np.concatenate(outs) if outs else np.zeros((0, enc.cfg.d_model), np.float32)
+        out = infer(enc, x, head=self.model.classifier)
+        return out.probs if out.probs is not None else out.cls
 
 
 def log_jbot_model(checkpoint: str | Path, example: np.ndarray) -> str:

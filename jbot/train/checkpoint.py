@@ -77,11 +77,6 @@ class LoadedModel:
     class_names: tuple[str, ...]
     state: dict[str, Any]
 
-    @torch.no_grad()
-    def probabilities(self, cls: torch.Tensor) -> torch.Tensor:
-        if self.classifier is None:
-            raise CheckpointError("this model has no classifier head")
-        return torch.softmax(self.classifier(cls).float(), dim=-1)
 
 
 def model_from_state(state: dict[str, Any]) -> LoadedModel:

@@ -17,6 +17,7 @@ from torch import nn
 
 from jbot.config import ConfigError, FinetuneConfig, JbotConfig
 from jbot.data.splits import Part, Split
+from jbot.evaluate.embed import infer
 from jbot.model.encoder import JetEncoder
 from jbot.model.heads import ClassifierHead
 from jbot.train.device import autocast, runtime_device
@@ -114,14 +115,10 @@ def classifier_state(result: FinetuneResult, cfg: JbotConfig, class_names: tuple
     }
 
 
-@torch.no_grad()
-def predict_proba(model: nn.Module, x: np.ndarray, device: torch.device, batch_size: int = 4096) -> np.ndarray:
-    model.eval()
-    out = []
-    for start in range(0, len(x), batch_size):
-        xb = torch.as_tensor(x[start:start + batch_size], device=device)
-        out.append(F.softmax(model(xb).float(), dim=-1).cpu())
-    return torch.cat(out).numpy()
+def predict_proba(model: JetClassifier, x: np.ndarray, device: torch.device, batch_size: int = 4096) -> np.ndarray:
+    probs = infer(model.encoder, x, head=model.head, batch_size=batch_size, device=device).probs
+    assert probs is not None
+    return probs
 
 
 def _train_epoch(model: JetClassifier, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,

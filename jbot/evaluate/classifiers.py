@@ -1,5 +1,5 @@
-"""Probes of a frozen embedding (SPEC §7): k-NN (k = 30, uniform, Euclidean), linear (standardise +
-multinomial logistic regression, L2, C = 1)."""
+"""The two probe classifiers of a frozen embedding (SPEC §7), used by ``jbot.evaluate.probe``: k-NN (k = 30,
+uniform, Euclidean) and linear (standardise + multinomial logistic regression, L2, C = 1)."""
 
 from __future__ import annotations
 
