@@ -27,7 +27,7 @@ def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_score_registry_is_the_one_list_of_scores() -> None:
     """``anomaly.score`` accepts exactly the registered scores; each builds from the config under its own name;
-    the shipped anomaly sweep searches all of them."""
+    the shipped anomaly sweep searches only registered ones."""
     from jbot.config import ConfigError, JbotConfig, with_overrides
     from jbot.sweeps.spaces import load_space
 
@@ -39,7 +39,7 @@ def test_score_registry_is_the_one_list_of_scores() -> None:
         assert np.isfinite(score.fit(ref, labels).score(test)).all()
     with pytest.raises(ConfigError, match="choose from " + ", ".join(SCORES)):
         with_overrides(JbotConfig(), {"anomaly.score": "isolation_forest"})
-    assert list(load_space("anomaly").params["anomaly.score"].choices or ()) == list(SCORES)
+    assert set(load_space("anomaly").params["anomaly.score"].choices or ()) <= set(SCORES)
 
 
 def test_knn_against_sklearn_for_several_chunks() -> None:

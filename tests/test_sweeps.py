@@ -159,6 +159,28 @@ def test_anomaly_sweep_samples_each_score_its_own_settings(inputs: tuple[Path, P
     assert again.metrics[f"{score}/combined/auc"] == pytest.approx(best.value, abs=1e-6)
 
 
+def _claims_granted(url: str) -> list[bool]:
+    """Claims on one study through two storage handles, as two workers would make them."""
+    from jbot.sweeps.study import claim_once, make_storage
+
+    handles = [make_storage(url), make_storage(url)]
+    try:
+        first = optuna.create_study(study_name="claims", storage=handles[0])
+        second = optuna.load_study(study_name="claims", storage=handles[1])
+        return [claim_once(first, "jbot.x"), claim_once(second, "jbot.x"), claim_once(first, "jbot.x"),
+                claim_once(second, "jbot.y")]
+    finally:
+        for handle in handles:
+            if isinstance(handle, optuna.storages.RDBStorage):
+                handle.engine.dispose()
+
+
+def test_claim_once_is_granted_once(tmp_path: Path) -> None:
+    """The guard of the best trial's test evaluation: one claim per key succeeds, whichever worker asks."""
+    for url in (f"sqlite:///{tmp_path / 'claims.db'}", str(tmp_path / "claims.log")):
+        assert _claims_granted(url) == [True, False, False, True], url
+
+
 # ------------------------------------------------------------------------------ PostgreSQL, many workers
 # Connections are counted: PostgreSQL allows 100 clients. The test process opens one Optuna storage per test with
 # no connection pool (each query borrows and returns one connection) and disposes of it; workers and the MLflow
@@ -206,6 +228,11 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+@pytest.mark.postgres
+def test_claim_once_on_postgres(postgres: dict[str, str]) -> None:
+    assert _claims_granted(postgres["optuna"]) == [True, False, False, True]
 
 
 @pytest.mark.postgres

@@ -191,7 +191,9 @@ def claim_once(study: optuna.Study, key: str) -> bool:
     """True for exactly one caller per study and ``key``, across processes and machines. On a database the claim
     is one INSERT of a study system attribute, which the table's (study, key) unique constraint lets succeed once;
     a journal-file storage has no such constraint and can only check, then set."""
-    storage = getattr(study._storage, "_backend", study._storage)  # Optuna wraps database storages in a cache
+    storage: Any = study._storage
+    if isinstance(getattr(storage, "_backend", None), RDBStorage):  # Optuna wraps database storages in a cache
+        storage = storage._backend
     study_id = storage.get_study_id_from_name(study.study_name)
     stamp = json.dumps({"time": time.time(), "host": socket.gethostname(), "pid": os.getpid()})
     if isinstance(storage, RDBStorage):
