@@ -618,6 +618,39 @@ def ui_cmd(
                 server.wait()
 
 
+@app.command("reproduce")
+def reproduce_cmd(
+    scale: Annotated[str, typer.Option(help="demo (about 15 min on 2 cores) | cpu (about an hour) | paper (GPU)")]
+    = "demo",
+    size: Annotated[str, typer.Option(help="S | B (jBOT-S or jBOT-B, Table 1)")] = "S",
+    data: Annotated[Path, typer.Option(help="Jets; generated here (demo, cpu) when the folder has none")]
+    = Path("data/jets"),
+    out: Annotated[Path | None, typer.Option(help="Folder for checkpoints and the report "
+                                                  "(default runs/reproduce-<scale>-<size>)")] = None,
+    set_: SetOpt = None,
+    workers: Annotated[int, typer.Option(help="Generation processes", min=1)] = 2,
+    seed: Annotated[int, typer.Option(help="Generation seed (when jets are generated)", min=0)] = 2026,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """The paper's protocol end to end at a scale your machine allows: probes, fine-tuning vs scratch, top
+    tagging, anomaly detection; one MLflow parent run, resumable (finished steps are skipped on re-run)."""
+    with user_errors():
+        from jbot.reproduce import ensure_data, plan_for, run_reproduction
+
+        folder = out or Path(f"runs/reproduce-{scale}-{size}")
+        plan = plan_for(scale, size, data, folder, list(set_ or []), resolve_tracking_uri(tracking_uri))
+        ensure_data(plan, workers, seed, lambda text: console.print(text))
+        try:
+            summary = run_reproduction(plan, lambda text: console.print(f"[bold]{text}[/]"))
+        except KeyboardInterrupt:
+            err_console.print("interrupted: finished steps are kept; run the same command again to go on")
+            raise typer.Exit(code=130) from None
+    for claim in summary["claims"]:
+        console.print(f"{'holds' if claim['holds'] else 'does not hold'}: {claim['text']}")
+    console.print(f"report: {summary['report']}; MLflow parent run {summary['parent']} "
+                  f"({summary['seconds']:.0f} s in this run)")
+
+
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option(help="Folder for jets, checkpoints and the report")] = Path("data/demo"),

@@ -158,14 +158,16 @@ def check_resumable(cfg: JbotConfig, split: Split, resume: str | Path, allow_oth
 
 
 def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | None = None,
-                  experiment: str | None = None) -> TrackedResult[ProbeResult]:
+                  experiment: str | None = None, parent_run_id: str | None = None,
+                  run_name: str | None = None) -> TrackedResult[ProbeResult]:
     uri = store_uri(cfg)
     loaded: LoadedModel = load_from_uri(source, uri)
     split = load_split(cfg, preset)
     device = runtime_device(cfg.runtime)
     tags = {**_data_tags(split, str(device)), **provenance(source, uri)}
-    with tracked_run(cfg, "probe", experiment=experiment, tags=tags, run_name=f"probe-{split.preset}",
-                     description=f"k-NN and linear probes and clustering of the frozen encoder {source}") as run:
+    with tracked_run(cfg, "probe", experiment=experiment, tags=tags, run_name=run_name or f"probe-{split.preset}",
+                     description=f"k-NN and linear probes and clustering of the frozen encoder {source}",
+                     parent_run_id=parent_run_id) as run:
         _log_split(run, cfg, split)
         result: ProbeResult = run_probe(loaded.encoder, split, cfg.probe, device, n_folds=cfg.evaluate.n_folds)
         run.log_metrics(result.metrics)
@@ -286,7 +288,8 @@ def tracked_import(checkpoint: Path, state: dict[str, Any], tracking_uri: str,
 
 
 def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None, experiment: str | None = None,
-                    notes: list[str] | None = None, tuned: bool = False) -> TrackedResult[AnomalyOutcome]:
+                    notes: list[str] | None = None, tuned: bool = False,
+                    parent_run_id: str | None = None) -> TrackedResult[AnomalyOutcome]:
     """Every anomaly score of a frozen encoder on the ``qg`` preset; report + metrics logged as artifacts.
     ``tuned``: the settings come from an anomaly sweep (the report marks ``anomaly.score`` as tuned)."""
     from jbot.anomaly.detect import run_anomaly
@@ -298,7 +301,8 @@ def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None
     device = runtime_device(cfg.runtime)
     tags = {**_data_tags(split, str(device)), **provenance(source, uri)}
     with tracked_run(cfg, "anomaly", experiment=experiment, tags=tags, run_name=f"anomaly-{cfg.anomaly.score}",
-                     description=f"anomaly scores of the frozen encoder {source} (q, g background)") as run:
+                     description=f"anomaly scores of the frozen encoder {source} (q, g background)",
+                     parent_run_id=parent_run_id) as run:
         _log_split(run, cfg, split)
         result = run_anomaly(loaded.encoder, split, cfg.anomaly, device, n_folds=cfg.evaluate.n_folds)
         run.log_metrics({f"test/{k}": v for k, v in result.metrics.items()})

@@ -1,0 +1,326 @@
+"""``jbot reproduce``: the paper's protocol end to end, at the scale a machine allows, as one MLflow parent run.
+
+Steps (each a child run, in experiment ``jbot-reproduce``): 5-class pre-training; k-NN / linear probes and
+clustering of it and of a randomly initialised encoder (Table 2's probe rows and the pre-training gain);
+fine-tuning with 10 % and 100 % of the labels against the same from scratch (Table 2); top tagging on ``tqg``:
+probe, fine-tuned and from scratch, with eps_s at eps_b = 0.1 / 0.01 / 0.001 (Table 3); q+g-only pre-training and
+its anomaly scores (Table 4). The parent keeps each finished step's run id (tag ``jbot.step.<name>``): running the
+same command again skips finished steps. The report (HTML) puts jbot's numbers, with fold errors and the run
+that produced each, beside the paper's, and says for each claim whether it holds at this scale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jbot.config import GenerateConfig, JbotConfig, flatten, load_config, with_overrides
+from jbot.data.classes import CLASSES
+from jbot.errors import JbotError
+from jbot.io import atomic_write_text
+
+EXPERIMENT = "jbot-reproduce"
+STEP_TAG = "jbot.step."
+
+
+def step_tag(step: str) -> str:
+    """The parent's tag holding a finished step's run id (MLflow keys take no "%")."""
+    return STEP_TAG + step.replace("%", "pct")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much of the paper's protocol a machine does: jets to generate when the data folder is empty (None:
+    the real JetNet is required) and the config fields set on top of the chosen size's config."""
+
+    name: str
+    jets_per_class: int | None
+    overrides: tuple[str, ...]
+    budget: str
+
+
+_SMALL = ("tracking.log_system_metrics=false",)
+SCALES = {s.name: s for s in (
+    Scale("demo", 2000, ("pretrain.epochs=12", "pretrain.batch_size=256", "pretrain.warmup_epochs=2",
+                         "pretrain.knn_every=4", "finetune.epochs=20", "finetune.batch_size=256",
+                         "finetune.patience=6", "finetune.lr=1e-3", "anomaly.reference_size=2000",
+                         "probe.silhouette_samples=2000", *_SMALL), "about 15 minutes on 2 CPU cores"),
+    Scale("cpu", 10000, ("pretrain.epochs=40", "pretrain.batch_size=256", "pretrain.warmup_epochs=4",
+                         "pretrain.knn_every=5", "finetune.epochs=40", "finetune.batch_size=256",
+                         "finetune.patience=8", "finetune.lr=1e-3", "anomaly.reference_size=10000",
+                         "probe.silhouette_samples=5000", *_SMALL), "about an hour on 2 CPU cores"),
+    Scale("paper", None, (), "the published sizes: JetNet, 100 epochs (a GPU)"),
+)}
+
+# The paper's numbers (JetNet) beside which jbot's are printed: (table, value)
+PAPER: dict[str, tuple[str, float]] = {
+    "probe-5class/test/knn_acc": ("Table 2, jBOT-S k-NN", 0.710),
+    "probe-5class/test/linear_acc": ("Table 2, jBOT-S linear", 0.674),
+    "finetune-10%-pretrained/test/acc": ("Table 2, jBOT-S 10 %", 0.743),
+    "finetune-10%-scratch/test/acc": ("Table 2, supervised 10 %", 0.725),
+    "finetune-100%-pretrained/test/acc": ("Table 2, jBOT-B 100 %", 0.764),
+    "finetune-100%-scratch/test/acc": ("Table 2, supervised 100 %", 0.760),
+    "probe-tqg/test/knn_auc": ("Table 3, k-NN", 0.945),
+    "finetune-tqg-pretrained/test/auc": ("Table 3, jBOT-B fine-tuned", 0.958),
+    "finetune-tqg-scratch/test/auc": ("Table 3, supervised", 0.957),
+    **{f"anomaly/test/knn/{s}/auc": ("Table 4, k-NN", v) for s, v in zip(("W", "Z", "t", "combined"),
+                                                                      (0.807, 0.836, 0.836, 0.826), strict=True)},
+}
+
+
+class ReproduceError(JbotError, RuntimeError):
+    pass
+
+
+@dataclass
+class Plan:
+    """The steps of one reproduction and where its pieces go."""
+
+    scale: Scale
+    size: str
+    cfg: JbotConfig
+    out: Path
+    key: str
+    steps: list[tuple[str, Callable[[Context], str]]] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    plan: Plan
+    parent: str
+    done: dict[str, str]  # step -> run id
+
+
+def make_config(scale: Scale, size: str, data: Path, overrides: list[str], tracking_uri: str) -> JbotConfig:
+    if size not in ("S", "B"):
+        raise ReproduceError(f"--size is S or B, not {size!r}")
+    cfg = load_config("jbot-s" if size == "S" else "jbot-b", [*scale.overrides, f"data.dir={data}", *overrides])
+    return with_overrides(cfg, {"tracking.uri": tracking_uri})
+
+
+def plan_for(scale_name: str, size: str, data: Path, out: Path, overrides: list[str], tracking_uri: str) -> Plan:
+    if scale_name not in SCALES:
+        raise ReproduceError(f"--scale is one of {', '.join(SCALES)}, not {scale_name!r}")
+    scale = SCALES[scale_name]
+    cfg = make_config(scale, size, data, overrides, tracking_uri)
+    blob = json.dumps({"scale": scale.name, "size": size, "config": flatten(cfg), "out": str(out.resolve())},
+                      sort_keys=True, default=str)
+    plan = Plan(scale, size, cfg, out, hashlib.sha1(blob.encode()).hexdigest()[:12])
+    plan.steps = _steps(plan)
+    return plan
+
+
+def _cfg(plan: Plan, **fields: Any) -> JbotConfig:
+    return with_overrides(plan.cfg, fields)
+
+
+def _steps(plan: Plan) -> list[tuple[str, Callable[[Context], str]]]:
+    from jbot.runs import model_label, tracked_anomaly, tracked_finetune, tracked_pretrain, tracked_probe
+
+    out, e = plan.out, plan.cfg.pretrain.epochs
+    label = model_label(plan.cfg)
+    cfg5 = _cfg(plan, **{"data.preset": "5class", "pretrain.out_dir": str(out / "pretrain-5class")})
+    cfgqg = _cfg(plan, **{"data.preset": "qg", "pretrain.out_dir": str(out / "pretrain-qg")})
+
+    def pretrain(cfg: JbotConfig, preset: str) -> Callable[[Context], str]:
+        return lambda ctx: tracked_pretrain(cfg, experiment=EXPERIMENT, parent_run_id=ctx.parent,
+                                            run_name=f"pretrain-{label}-{preset}-e{e}").run_id
+
+    def probe(preset: str, source: Callable[[Context], str], name: str) -> Callable[[Context], str]:
+        return lambda ctx: tracked_probe(cfg5, source(ctx), preset, out_dir=out / name, experiment=EXPERIMENT,
+                                         parent_run_id=ctx.parent, run_name=name).run_id
+
+    def finetune(name: str, task: str, fraction: float, pretrained: bool) -> Callable[[Context], str]:
+        cfg = with_overrides(cfg5, {"finetune.task": task, "finetune.fraction": fraction})
+        return lambda ctx: tracked_finetune(cfg, ctx.done["pretrain-5class"] if pretrained else None,
+                                            out_dir=out / name, experiment=EXPERIMENT, parent_run_id=ctx.parent,
+                                            run_name=name).run_id
+
+    def random_encoder(ctx: Context) -> str:
+        return str(random_checkpoint(cfg5, out / "random-encoder.pt"))
+
+    steps: list[tuple[str, Callable[[Context], str]]] = [
+        ("pretrain-5class", pretrain(cfg5, "5class")),
+        ("probe-random", probe("5class", random_encoder, "probe-random")),
+        ("probe-5class", probe("5class", lambda ctx: ctx.done["pretrain-5class"], "probe-5class")),
+    ]
+    for fraction in (0.1, 1.0):
+        for pretrained in (True, False):
+            name = f"finetune-{fraction:.0%}-{'pretrained' if pretrained else 'scratch'}"
+            steps.append((name, finetune(name, "5class", fraction, pretrained)))
+    steps.append(("probe-tqg", probe("tqg", lambda ctx: ctx.done["pretrain-5class"], "probe-tqg")))
+    for pretrained in (True, False):
+        name = f"finetune-tqg-{'pretrained' if pretrained else 'scratch'}"
+        steps.append((name, finetune(name, "tqg", 1.0, pretrained)))
+    steps.append(("pretrain-qg", pretrain(cfgqg, "qg")))
+    steps.append(("anomaly", lambda ctx: tracked_anomaly(cfgqg, ctx.done["pretrain-qg"], out_dir=out / "anomaly",
+                                                         experiment=EXPERIMENT, parent_run_id=ctx.parent).run_id))
+    return steps
+
+
+def random_checkpoint(cfg: JbotConfig, path: Path) -> Path:
+    """An untrained encoder of the same size (seeded by pretrain.seed): the baseline of the pre-training gain."""
+    import torch
+
+    from jbot.model.encoder import JetEncoder
+    from jbot.train.checkpoint import save_checkpoint
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.pretrain.seed)
+        encoder = JetEncoder(cfg.model)
+    return save_checkpoint(path, {"kind": "encoder", "config": {"model": cfg.model.model_dump(mode="json")},
+                                  "encoder": encoder.state_dict()})
+
+
+def ensure_data(plan: Plan, workers: int, seed: int, say: Callable[[str], None]) -> None:
+    """Generate jets when the data folder lacks class files (demo and cpu scales); the paper scale needs JetNet."""
+    from jbot.data.jetnet import class_file
+
+    data = Path(plan.cfg.data.dir)
+    if all(class_file(data, c).is_file() for c in CLASSES):
+        return
+    if plan.scale.jets_per_class is None:
+        raise ReproduceError(f"{data} holds no JetNet files: the paper scale runs on the real JetNet "
+                             f"(`jbot data fetch --out {data}`)")
+    from jbot.data.generate import generate
+
+    say(f"generating {plan.scale.jets_per_class} jets per class with Pythia8 + FastJet (seed {seed}) in {data}")
+    generate(GenerateConfig(jets_per_class=plan.scale.jets_per_class, workers=workers, seed=seed), data)
+
+
+def _parent(plan: Plan) -> tuple[str, dict[str, str]]:
+    """The parent run of this reproduction (found by its key: resumed) or a new one; finished steps' run ids."""
+    from jbot.tracking.mlflow import connect, experiment_id, store_uri
+
+    uri = store_uri(plan.cfg)
+    client = connect(uri)
+    exp = experiment_id(client, EXPERIMENT, uri)
+    found = client.search_runs([exp], f"tags.`jbot.reproduce_key` = '{plan.key}'", max_results=1,
+                               order_by=["attributes.start_time DESC"])
+    if found:
+        run = found[0]
+        client.update_run(run.info.run_id, status="RUNNING")
+        done = {name: run.data.tags[step_tag(name)] for name, _ in plan.steps if step_tag(name) in run.data.tags}
+        finished = {s: r for s, r in done.items() if client.get_run(r).info.status == "FINISHED"}
+        return run.info.run_id, finished
+    params = {**flatten(plan.cfg), "reproduce.scale": plan.scale.name, "reproduce.size": plan.size}
+    run = client.create_run(exp, run_name=f"reproduce-{plan.scale.name}-{plan.size}", tags={
+        "jbot.reproduce_key": plan.key, "jbot.role": "reproduce-parent", "mlflow.note.content":
+        f"The paper's protocol at the {plan.scale.name} scale ({plan.scale.budget}), jBOT-{plan.size}"})
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, str(value)[:6000])
+    return run.info.run_id, {}
+
+
+def run_reproduction(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
+    """Run (or finish) every step; returns the report's numbers. A failing step ends the parent FAILED and
+    keeps the finished steps for the next run of the same command."""
+    from jbot.tracking.mlflow import connect, store_uri
+
+    client = connect(store_uri(plan.cfg))
+    parent, done = _parent(plan)
+    ctx = Context(plan, parent, done)
+    start = time.perf_counter()
+    try:
+        for i, (name, step) in enumerate(plan.steps, start=1):
+            if name in done:
+                say(f"{i}/{len(plan.steps)} {name}: done earlier (run {done[name]})")
+                continue
+            say(f"{i}/{len(plan.steps)} {name}")
+            done[name] = step(ctx)
+            client.set_tag(parent, step_tag(name), done[name])
+        summary = collect(client, done)
+        summary.update(scale=plan.scale.name, budget=plan.scale.budget, size=plan.size, parent=parent,
+                       seconds=time.perf_counter() - start, data=str(plan.cfg.data.dir))
+        report = write_report(plan.out / "reproduce.html", summary)
+        atomic_write_text(plan.out / "reproduce.json", json.dumps(summary, indent=2, default=str))
+        client.log_artifact(parent, str(report), "report")
+        client.log_artifact(parent, str(plan.out / "reproduce.json"), "report")
+        for claim in summary["claims"]:
+            client.set_tag(parent, f"claim.{claim['name']}", "holds" if claim["holds"] else "does not hold")
+    except KeyboardInterrupt:
+        client.set_terminated(parent, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(parent, "FAILED")
+        raise
+    client.set_terminated(parent, "FINISHED")
+    summary["report"] = str(report)
+    return summary
+
+
+def collect(client: Any, done: dict[str, str]) -> dict[str, Any]:
+    """Every step's test metrics (by step), the claims and the rows of the report."""
+    metrics = {name: dict(client.get_run(run_id).data.metrics) for name, run_id in done.items()}
+
+    def value(step: str, key: str) -> tuple[float, float]:
+        m = metrics.get(step, {})
+        return m.get(key, float("nan")), m.get(f"{key}_std", float("nan"))
+
+    claims = []
+    knn, knn_std = value("probe-5class", "test/knn_acc")
+    rnd, rnd_std = value("probe-random", "test/knn_acc")
+    claims.append({"name": "pretraining_gain", "text": f"pre-training gain: {knn - rnd:+.3f} 5-class k-NN accuracy "
+                   "over a random encoder (needs >= +0.10)", "holds": knn - rnd >= 0.10})
+    for fraction in ("10%", "100%"):
+        ft, ft_std = value(f"finetune-{fraction}-pretrained", "test/acc")
+        sc, sc_std = value(f"finetune-{fraction}-scratch", "test/acc")
+        margin = max(ft_std, sc_std)
+        claims.append({"name": f"finetune_{fraction.rstrip('%')}", "holds": ft - sc > margin,
+                       "text": f"fine-tuned above from scratch with {fraction} of the labels: {ft - sc:+.3f} "
+                               f"accuracy (fold std {margin:.3f})"})
+    ft, ft_std = value("finetune-tqg-pretrained", "test/auc")
+    sc, sc_std = value("finetune-tqg-scratch", "test/auc")
+    claims.append({"name": "top_tagging", "holds": ft - sc > max(ft_std, sc_std),
+                   "text": f"top tagging, fine-tuned above from scratch: {ft - sc:+.4f} AUC "
+                           f"(fold std {max(ft_std, sc_std):.4f})"})
+    aucs = {s: value("anomaly", f"test/knn/{s}/auc")[0] for s in ("W", "Z", "t")}
+    claims.append({"name": "anomaly", "holds": all(v > 0.55 for v in aucs.values()),
+                   "text": "anomaly (k-NN score, q+g encoder): AUC " + ", ".join(f"{s} {v:.3f}" for s, v in
+                                                                               aucs.items()) + " (needs > 0.55 each)"})
+    rows = []
+    for key, (source, paper) in PAPER.items():
+        step, metric = key.split("/", 1)
+        v, std = value(step, metric)
+        rows.append({"quantity": f"{step}: {metric}", "jbot": v, "std": std, "run": done.get(step, ""),
+                     "paper": paper, "paper_source": source})
+    for step in ("finetune-tqg-pretrained", "finetune-tqg-scratch"):
+        for eps in ("0.1", "0.01", "0.001"):
+            v, std = value(step, f"test/eps_s_at_{eps}")
+            rows.append({"quantity": f"{step}: eps_s at eps_b = {eps}", "jbot": v, "std": std,
+                         "run": done.get(step, ""), "paper": None, "paper_source": "Table 3 (not in SPEC)"})
+    rnd_row = {"quantity": "probe-random: test/knn_acc", "jbot": rnd, "std": rnd_std, "run": done.get("probe-random"),
+               "paper": None, "paper_source": "(baseline, not in the paper)"}
+    return {"claims": claims, "rows": [rnd_row, *rows], "runs": done}
+
+
+def write_report(path: Path, summary: dict[str, Any]) -> Path:
+    esc = html.escape
+
+    def num(v: float | None, digits: int = 3) -> str:
+        return "-" if v is None or v != v else f"{v:.{digits}f}"
+
+    claims = "".join(f"<li><b>{'holds' if c['holds'] else 'does not hold'}</b>: {esc(c['text'])}</li>"
+                     for c in summary["claims"])
+    rows = "".join(
+        f"<tr><td>{esc(r['quantity'])}</td><td>{num(r['jbot'])} ± {num(r['std'])}</td><td><code>{esc(str(r['run']))}"
+        f"</code></td><td>{num(r['paper'])}</td><td>{esc(r['paper_source'])}</td></tr>" for r in summary["rows"])
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>jbot reproduce: {esc(summary['scale'])}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
+<h1>The paper's claims at the {esc(summary['scale'])} scale (jBOT-{esc(summary['size'])})</h1>
+<p>Scale: {esc(summary['scale'])} ({esc(summary['budget'])}); data: <code>{esc(summary['data'])}</code>; MLflow parent
+run <code>{esc(summary['parent'])}</code> (experiment {EXPERIMENT}). jbot's numbers are on jbot's test split of these
+jets, ± the std over stratified folds of it; the paper's are on JetNet at the published sizes, so they compare
+the method, not these numbers one for one.</p>
+<h2>Claims</h2><ul>{claims}</ul>
+<h2>Numbers</h2>
+<table><tr><th>quantity</th><th>jbot</th><th>jbot run</th><th>paper</th><th>paper source</th></tr>{rows}</table>
+</body></html>"""
+    return atomic_write_text(path, page)
