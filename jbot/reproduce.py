@@ -294,7 +294,8 @@ def collect(client: Any, done: dict[str, str]) -> dict[str, Any]:
         for eps in ("0.1", "0.01", "0.001"):
             v, std = value(step, f"test/eps_s_at_{eps}")
             rows.append({"quantity": f"{step}: eps_s at eps_b = {eps}", "jbot": v, "std": std,
-                         "run": done.get(step, ""), "paper": None, "paper_source": "Table 3 (not in SPEC)"})
+                         "run": done.get(step, ""), "paper": None,
+                         "paper_source": "Table 3 (value not recorded in jbot)"})
     rnd_row = {"quantity": "probe-random: test/knn_acc", "jbot": rnd, "std": rnd_std, "run": done.get("probe-random"),
                "paper": None, "paper_source": "(baseline, not in the paper)"}
     return {"claims": claims, "rows": [rnd_row, *rows], "runs": done}
