@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from jbot.data.splits import make_split
-from jbot.evaluate.embed import embed
 from jbot.evaluate.classifiers import knn_probe
+from jbot.evaluate.embed import embed
 from jbot.model.encoder import JetEncoder
 from jbot.train.checkpoint import load_checkpoint, load_encoder
 
