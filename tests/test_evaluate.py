@@ -149,3 +149,20 @@ def test_probe_and_finetune_cli(fake_data: Path, tmp_path: Path) -> None:
     assert "eps_s" not in result.output and "εs@εb=0.01" in result.output
     result = runner.invoke(app, ["finetune", "--data", str(fake_data)])
     assert result.exit_code == 2 and "--from-scratch" in result.output
+
+
+def test_finetuning_is_repeatable_whatever_ran_before(fake_data: Path) -> None:
+    """Dropout draws from torch's default generator, which a process seeds at random: fine-tuning seeds it."""
+    from jbot.config import load_config
+    from jbot.data.splits import make_split
+    from jbot.train.finetune import finetune
+
+    cfg = load_config(None, TINY + [f"data.dir={fake_data}", "finetune.epochs=2", "finetune.batch_size=64",
+                                    "finetune.dropout=0.3"])
+    split = make_split(fake_data, "5class", n_train=200, n_val=60, n_test=60)
+    first = finetune(cfg, split, None)
+    torch.rand(1000)  # whatever else the process drew in between
+    second = finetune(cfg, split, None)
+    assert first.history == second.history
+    for a, b in zip(first.model.parameters(), second.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

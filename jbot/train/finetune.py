@@ -173,18 +173,22 @@ def finetune(cfg: JbotConfig, split: Split, encoder: JetEncoder | None,
     stopper = EarlyStopping(ft.patience)
     history: dict[str, list[float]] = {"train/loss": [], "val/acc": []}
     start = time.perf_counter()
-    for epoch in range(1, ft.epochs + 1):
-        loss = _train_epoch(model, optimizer, x, y, ft, gen, cfg.runtime.precision)
-        if not np.isfinite(loss):
-            raise TrainingDiverged(f"fine-tuning loss became NaN/inf in epoch {epoch}; lower finetune.lr")
-        val_acc = float((predict_proba(model, split.val.x, device).argmax(1) == split.val.y).mean())
-        history["train/loss"].append(loss)
-        history["val/acc"].append(val_acc)
-        stop_now = stopper.update(val_acc, model, epoch)
-        if on_epoch is not None and on_epoch(epoch, {"train/loss": loss, "val/acc": val_acc}):
-            stop_now = True
-        if stop_now:
-            break
+    # dropout draws from the default generator: seeded here (and given back after), so that a fine-tuning is
+    # repeatable whatever ran before it in the process
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(ft.seed + 1)
+        for epoch in range(1, ft.epochs + 1):
+            loss = _train_epoch(model, optimizer, x, y, ft, gen, cfg.runtime.precision)
+            if not np.isfinite(loss):
+                raise TrainingDiverged(f"fine-tuning loss became NaN/inf in epoch {epoch}; lower finetune.lr")
+            val_acc = float((predict_proba(model, split.val.x, device).argmax(1) == split.val.y).mean())
+            history["train/loss"].append(loss)
+            history["val/acc"].append(val_acc)
+            stop_now = stopper.update(val_acc, model, epoch)
+            if on_epoch is not None and on_epoch(epoch, {"train/loss": loss, "val/acc": val_acc}):
+                stop_now = True
+            if stop_now:
+                break
     stopper.restore(model)
     return FinetuneResult(model, history, stopper.best_epoch, stopper.best, len(train), time.perf_counter() - start,
                           continued)
