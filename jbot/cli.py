@@ -639,7 +639,7 @@ def reproduce_cmd(
 
         folder = out or Path(f"runs/reproduce-{scale}-{size}")
         plan = plan_for(scale, size, data, folder, list(set_ or []), resolve_tracking_uri(tracking_uri))
-        ensure_data(plan, workers, seed, lambda text: console.print(text))
+        ensure_data(plan, workers, seed, console.print)
         try:
             summary = run_reproduction(plan, lambda text: console.print(f"[bold]{text}[/]"))
         except KeyboardInterrupt:

@@ -92,7 +92,6 @@ class Plan:
 
 @dataclass
 class Context:
-    plan: Plan
     parent: str
     done: dict[str, str]  # step -> run id
 
@@ -196,7 +195,8 @@ def ensure_data(plan: Plan, workers: int, seed: int, say: Callable[[str], None])
 
 def _parent(plan: Plan) -> tuple[str, dict[str, str]]:
     """The parent run of this reproduction (found by its key: resumed) or a new one; finished steps' run ids."""
-    from jbot.tracking.mlflow import connect, experiment_id, store_uri
+    from jbot.paths import redact
+    from jbot.tracking.mlflow import MlflowRun, connect, experiment_id, git_commit, store_uri
 
     uri = store_uri(plan.cfg)
     client = connect(uri)
@@ -209,12 +209,12 @@ def _parent(plan: Plan) -> tuple[str, dict[str, str]]:
         done = {name: run.data.tags[step_tag(name)] for name, _ in plan.steps if step_tag(name) in run.data.tags}
         finished = {s: r for s, r in done.items() if client.get_run(r).info.status == "FINISHED"}
         return run.info.run_id, finished
-    params = {**flatten(plan.cfg), "reproduce.scale": plan.scale.name, "reproduce.size": plan.size}
     run = client.create_run(exp, run_name=f"reproduce-{plan.scale.name}-{plan.size}", tags={
-        "jbot.reproduce_key": plan.key, "jbot.role": "reproduce-parent", "mlflow.note.content":
+        "jbot.reproduce_key": plan.key, "jbot.role": "reproduce-parent", "jbot.git_commit": git_commit(),
+        "mlflow.note.content":
         f"The paper's protocol at the {plan.scale.name} scale ({plan.scale.budget}), jBOT-{plan.size}"})
-    for key, value in params.items():
-        client.log_param(run.info.run_id, key, str(value)[:6000])
+    MlflowRun(client, run.info.run_id).log_params({**flatten(plan.cfg), "tracking.uri": redact(uri),
+                                                   "reproduce.scale": plan.scale.name, "reproduce.size": plan.size})
     return run.info.run_id, {}
 
 
@@ -225,7 +225,7 @@ def run_reproduction(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
 
     client = connect(store_uri(plan.cfg))
     parent, done = _parent(plan)
-    ctx = Context(plan, parent, done)
+    ctx = Context(parent, done)
     start = time.perf_counter()
     try:
         for i, (name, step) in enumerate(plan.steps, start=1):

@@ -32,7 +32,7 @@ from jbot.errors import JbotError
 from jbot.logs import quiet_optuna
 from jbot.paths import default_optuna_storage, redact
 from jbot.sweeps.spaces import SearchSpace
-from jbot.tracking.mlflow import connect, experiment_id, git_commit, store_uri
+from jbot.tracking.mlflow import MlflowRun, connect, experiment_id, git_commit, store_uri
 
 quiet_optuna()
 HEARTBEAT_SECONDS = 2
@@ -141,8 +141,7 @@ def _create_parent(sweep: Sweep, study: optuna.Study) -> str:
                        "tracking.uri": redact(uri)})
         params.update({f"space.{k}": json.dumps(v.model_dump(mode="json", exclude_none=True))
                        for k, v in sweep.space.params.items()})
-        for k, v in params.items():
-            client.log_param(run_id, k, str(v)[:6000])
+        MlflowRun(client, run_id).log_params(params)
         study.set_user_attr(PARENT_ATTR, run_id)
     except BaseException:
         with contextlib.suppress(Exception):
