@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0" $(TORCH_PIP_ARGS)
-	$(BIN)/python -m pip install --quiet -e ".[generate,export,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[generate,export,jetclass,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -71,7 +71,7 @@ def bench_pretrain(cfg: JbotConfig, batch: int, device: torch.device, warmup: in
     part = Part(x, np.zeros((len(x), 4), np.float32), np.zeros(len(x), np.int64), np.zeros(len(x), np.int64))
     split = Split("5class", part, part.subset(np.arange(0)), part.subset(np.arange(0)), ("q",), 0, "bench")
     trainer = Pretrainer(cfg, split, "/tmp/jbot-bench")
-    xb = trainer.x[:batch]
+    xb = trainer.source.x[:batch]
     counter = itertools.count()
     times = _timed(lambda: trainer.train_step(xb, next(counter) % len(trainer.lr)), device, warmup, steps)
     return batch / statistics.median(times)

@@ -124,6 +124,13 @@ def with_store(cfg: JbotConfig, tracking_uri: str | None) -> JbotConfig:
 
 def require_data(cfg: JbotConfig, preset: str | None = None) -> None:
     """Fail on a missing data folder or class file before torch and MLflow are loaded."""
+    if cfg.data.stream:
+        from jbot.data.shards import find_shards
+
+        find_shards(cfg.data.dir, cfg.model.n_particles)
+        if cfg.data.val_dir is not None:
+            find_shards(cfg.data.val_dir, cfg.model.n_particles)
+        return
     from jbot.data.classes import PRESET_CLASSES
     from jbot.data.jetnet import check_data_dir
 
@@ -201,6 +208,28 @@ def data_fetch(
     console.print(f"JetNet files in {out}: {', '.join(p.name for p in files.values())}")
 
 
+@data_app.command("convert")
+def data_convert(
+    src: Annotated[Path, typer.Option("--from", help="Folder of JetClass ROOT files (<channel>_<nnn>.root)")],
+    out: Annotated[Path, typer.Option(help="Output folder for the HDF5 shards")],
+    n_particles: Annotated[int, typer.Option(min=1, help="Particles kept per jet (highest pT first)")] = 30,
+    chunk: Annotated[int, typer.Option(min=1, help="Jets read at a time (bounds memory)")] = 100_000,
+) -> None:
+    """Convert JetClass ROOT files into HDF5 shards for streamed pre-training (data.stream=true)."""
+    from jbot.data.convert import convert, total_rows
+
+    with user_errors():
+        start = time.perf_counter()
+        total = total_rows(src, n_particles)
+        with progress_bar() as bar:
+            task = bar.add_task("converting", total=total)
+            done = convert(src, out, n_particles, chunk, on_rows=lambda n: bar.advance(task, n))
+        elapsed = time.perf_counter() - start
+    kept = sum(c.skipped for c in done)
+    console.print(f"wrote {len(done) - kept} shards ({total} jets in all) to {out} in {elapsed:.1f} s"
+                  + (f"; {kept} already converted" if kept else ""))
+
+
 @data_app.command("info")
 def data_info(
     data_dir: Annotated[Path, typer.Argument(help="Folder with {q,g,w,z,t}.hdf5")],
@@ -258,7 +287,10 @@ def pretrain_cmd(
     """Pre-train a jBOT encoder by self-distillation (views, masking, EMA teacher, DINO + iBOT + KoLeo losses),
     tracked in MLflow."""
     from jbot.config import resume_config
+    from jbot.train.distributed import world_from_env
 
+    if world_from_env()[0] != 0:  # another rank of a torchrun job: rank 0 prints; errors still show
+        console.quiet = True
     with user_errors():
         overrides = _overrides(set_, **{"data.dir": data, "data.preset": preset, "runtime.device": device,
                                         "pretrain.out_dir": out})

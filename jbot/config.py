@@ -61,6 +61,11 @@ class DataConfig(Section):
     n_train: int | None = Field(default=None, gt=0)
     n_val: int | None = Field(default=None, ge=0)
     n_test: int | None = Field(default=None, gt=0)
+    # Pre-training only: stream the training jets from the files of `dir` (HDF5 or JetClass ROOT) through a host
+    # buffer of `window` jets instead of loading them; `val_dir` (same kind of files) feeds the k-NN monitor.
+    stream: bool = False
+    window: int = Field(default=200_000, gt=0)
+    val_dir: str | None = None
 
 
 class AugmentConfig(Section):
@@ -143,6 +148,7 @@ class PretrainConfig(Section):
     part_norm: Literal["jet", "batch"] = "jet"  # batch = published code (one mean over masked tokens)
     dropout: float = Field(default=0.0, ge=0.0, le=1.0)
     grad_clip: float | None = Field(default=None, gt=0.0)
+    checkpoint_every: int = Field(default=0, ge=0)  # steps between mid-epoch checkpoints; 0: at epoch ends only
     knn_every: int = Field(default=5, ge=0)
     knn_val_size: int = Field(default=5000, gt=0)
     knn_k: int = Field(default=30, gt=0)

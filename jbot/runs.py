@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
+import torch
 
 from jbot.config import ConfigError, JbotConfig, flatten
-from jbot.data.splits import Split, make_split
+from jbot.data.shards import read_rows
+from jbot.data.splits import Part, Split, make_split
+from jbot.data.stream import StreamSource, monitor_split, open_stream
 from jbot.evaluate.probe import ProbeResult, run_probe
 from jbot.evaluate.table import write_json
 from jbot.io import scratch_dir
@@ -22,7 +25,8 @@ from jbot.tracking.mlflow import MlflowRun, connect, store_uri, tracked_run
 from jbot.tracking.models import load_from_uri, log_jbot_model, provenance
 from jbot.train.checkpoint import CheckpointError, LoadedModel
 from jbot.train.device import runtime_device
-from jbot.train.pretrain import EpochReport, PretrainResult, pretrain
+from jbot.train.distributed import setup, teardown
+from jbot.train.pretrain import KNN_REFERENCE, EpochReport, PretrainResult, pretrain
 
 if TYPE_CHECKING:
     from jbot.anomaly.detect import AnomalyResult
@@ -36,6 +40,39 @@ EXAMPLE_JETS = 4
 def load_split(cfg: JbotConfig, preset: str | None = None) -> Split:
     d = cfg.data
     return make_split(d.dir, preset or d.preset, d.n_train, d.n_val, d.n_test, d.seed)
+
+
+@dataclass
+class PretrainInputs:
+    """What pre-training reads: the k-NN monitor's split (also the training jets unless streamed), the streamed
+    source if any, and the training data's fingerprint."""
+
+    split: Split
+    source: StreamSource | None
+    fingerprint: str
+
+    def examples(self, n: int) -> np.ndarray:
+        """A few training jets (the logged model's input example)."""
+        if self.source is None or len(self.split.train):
+            return self.split.train.x[:n]
+        shard = self.source.shards[0]
+        return read_rows(shard, 0, min(n, shard.n), self.source.n_particles)[0]
+
+
+def pretrain_inputs(cfg: JbotConfig, device: torch.device) -> PretrainInputs:
+    if not cfg.data.stream:
+        split = load_split(cfg)
+        return PretrainInputs(split, None, split.fingerprint)
+    d, n_particles = cfg.data, cfg.model.n_particles
+    source = open_stream(d.dir, d.window, cfg.pretrain.seed, device, n_particles)
+    split = None
+    if d.val_dir is not None:
+        split = monitor_split(d.val_dir, KNN_REFERENCE, cfg.pretrain.knn_val_size, cfg.pretrain.seed, n_particles)
+    if split is None:  # no labelled files to monitor with: no k-NN monitor
+        empty = Part(np.zeros((0, n_particles, 4), np.float32), np.zeros((0, 4), np.float32),
+                     np.zeros(0, np.int64), np.zeros(0, np.int64))
+        split = Split("stream", empty, empty, empty, (), cfg.pretrain.seed, source.fingerprint)
+    return PretrainInputs(split, source, source.fingerprint)
 
 
 def model_label(cfg: JbotConfig) -> str:
@@ -98,13 +135,22 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
     """Pre-train as one MLflow run. With ``resume`` (a checkpoint), training continues from it on the same data
     (its fingerprint must match unless ``allow_other_data``) and in its MLflow run when that run is in this store;
     the checkpoint is written under ``cfg.pretrain.out_dir`` only."""
-    split = load_split(cfg)
-    device = str(runtime_device(cfg.runtime))
-    out_dir = Path(cfg.pretrain.out_dir)
-    all_tags = {**_data_tags(split, device), **(tags or {})}
-    earlier_run = None
+    comm, torch_device = setup(cfg.runtime)
+    inputs = pretrain_inputs(cfg, torch_device)
+    split, out_dir, device = inputs.split, Path(cfg.pretrain.out_dir), str(torch_device)
+    earlier_run = None if resume is None else check_resumable(cfg, inputs.fingerprint, resume, allow_other_data)
+    if not comm.is_main:  # another rank of a torchrun job: trains its block of each batch, logs and writes nothing
+        try:
+            result = pretrain(cfg, split, out_dir, None, resume, on_step, None, source=inputs.source, comm=comm)
+        finally:
+            teardown(comm)
+        return TrackedResult("", None, result)
+    all_tags = {**_data_tags(split, device), "jbot.data_fingerprint": inputs.fingerprint, **(tags or {})}
+    if comm.active:
+        all_tags["jbot.world_size"] = str(comm.world)
+    if inputs.source is not None:
+        all_tags["jbot.n_train"] = str(inputs.source.n_jets)
     if resume is not None:
-        earlier_run = check_resumable(cfg, split, resume, allow_other_data)
         all_tags["jbot.resumed_from"] = str(resume)
     name = run_name or f"pretrain-{model_label(cfg)}-{split.preset}-e{cfg.pretrain.epochs}"
     with tracked_run(cfg, "pretrain", experiment=experiment, tags=all_tags, parent_run_id=parent_run_id,
@@ -117,11 +163,13 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
             on_start(run.run_id)
         try:
             result: PretrainResult = pretrain(cfg, split, out_dir, run, resume, on_step, on_epoch,
-                                              meta={"mlflow_run_id": run.run_id})
+                                              meta={"mlflow_run_id": run.run_id}, source=inputs.source, comm=comm)
         except KeyboardInterrupt:
             if (out_dir / "checkpoint.pt").is_file():  # the last completed epoch, saved atomically
                 run.log_artifact(out_dir / "checkpoint.pt", "checkpoints")
             raise
+        finally:
+            teardown(comm)
         # the last epoch's values are the last points of the per-epoch series: they go to pretrain.json only, not
         # again as single-point metrics (which the UI would chart before the learning curves)
         final = {f"final/{k.split('/', 1)[1]}": v[-1] for k, v in result.history.items() if k.startswith("train/")}
@@ -131,7 +179,7 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
             final["val/knn_acc"] = result.knn_acc
         run.log_artifact(result.checkpoint, "checkpoints")
         _log_json_and_curves(run, out_dir, "pretrain", final, result.history, result.steps)
-        model_uri = log_jbot_model(result.checkpoint, split.train.x[:EXAMPLE_JETS])
+        model_uri = log_jbot_model(result.checkpoint, inputs.examples(EXAMPLE_JETS))
     return TrackedResult(run.run_id, model_uri, result)
 
 
@@ -142,7 +190,7 @@ def check_more_epochs(cfg: JbotConfig, state: dict[str, Any], resume: str | Path
                           f"to train on, pass --set pretrain.epochs=N with N > {done}")
 
 
-def check_resumable(cfg: JbotConfig, split: Split, resume: str | Path, allow_other_data: bool) -> str | None:
+def check_resumable(cfg: JbotConfig, fingerprint: str, resume: str | Path, allow_other_data: bool) -> str | None:
     """Refuse a resume that would train nothing or on other data; returns the checkpoint's MLflow run id."""
     from jbot.data.jetnet import DataError
     from jbot.train.checkpoint import load_checkpoint
@@ -150,9 +198,9 @@ def check_resumable(cfg: JbotConfig, split: Split, resume: str | Path, allow_oth
     state = load_checkpoint(resume)
     check_more_epochs(cfg, state, resume)
     saved = state.get("data_fingerprint")
-    if saved and saved != split.fingerprint and not allow_other_data:
+    if saved and saved != fingerprint and not allow_other_data:
         raise DataError(f"{resume} was trained on data with fingerprint {saved[:16]}, but {cfg.data.dir} "
-                        f"({split.preset}) has {split.fingerprint[:16]}: other files or another split. Resume on "
+                        f"({cfg.data.preset}) has {fingerprint[:16]}: other files or another split. Resume on "
                         "the same data, or pass --allow-other-data to continue on these jets")
     return (state.get("meta") or {}).get("mlflow_run_id")
 

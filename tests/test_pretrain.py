@@ -55,7 +55,7 @@ def test_pretrain_logs_monitors_and_checkpoints(tiny: tuple[JbotConfig, Split], 
 def test_teacher_never_receives_gradients(tiny: tuple[JbotConfig, Split], tmp_path: Path) -> None:
     cfg, split = tiny
     trainer = Pretrainer(cfg, split, tmp_path)
-    views, masked = trainer.method.views(trainer.x[:32], trainer.gen)
+    views, masked = trainer.method.views(trainer.source.x[:32], trainer.gen)
     trainer.method.losses(views, masked)[0].backward()
     assert all(p.grad is None for p in trainer.teacher.parameters())
     assert any(p.grad is not None for p in trainer.student.parameters())

@@ -13,10 +13,12 @@ import torch
 
 from jbot.config import AugmentConfig
 from jbot.data.classes import ETA, PHI, PT, VALID
+from jbot.data.draws import Draws, as_draws
 
 
-def _uniform(shape: tuple[int, ...], gen: torch.Generator, device: torch.device, lo: float, hi: float) -> torch.Tensor:
-    return torch.rand(shape, generator=gen, device=device) * (hi - lo) + lo
+def _uniform(shape: tuple[int, ...], gen: torch.Generator | Draws | Draws, device: torch.device, lo: float,
+             hi: float) -> torch.Tensor:
+    return as_draws(gen).rand(shape, device) * (hi - lo) + lo
 
 
 def wrap_phi(phi: torch.Tensor) -> torch.Tensor:
@@ -24,7 +26,7 @@ def wrap_phi(phi: torch.Tensor) -> torch.Tensor:
     return math.pi - torch.remainder(math.pi - phi, 2 * math.pi)
 
 
-def rotate(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def rotate(x: torch.Tensor, gen: torch.Generator | Draws) -> torch.Tensor:
     """Rotation about the jet axis by theta ~ U(-pi, pi) per jet."""
     theta = _uniform((x.shape[0], 1), gen, x.device, -math.pi, math.pi)  # (B, 1)
     cos, sin = torch.cos(theta), torch.sin(theta)
@@ -35,13 +37,13 @@ def rotate(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
-def smear(x: torch.Tensor, gen: torch.Generator, scale: float, padded_too: bool = False) -> torch.Tensor:
+def smear(x: torch.Tensor, gen: torch.Generator | Draws, scale: float, padded_too: bool = False) -> torch.Tensor:
     """Gaussian smearing of eta and phi with std = scale / pt_rel (JetCLR convention, scale = Lambda/pT_jet)."""
     valid = x[..., VALID] > 0.5  # (B, P)
     hit = torch.ones_like(valid) if padded_too else valid
     # pads have pt_rel = 0: the published code's floor gives them eta, phi of order +-300
     sigma = torch.where(hit, scale / x[..., PT].clamp_min(1e-6), torch.zeros_like(x[..., PT]))  # (B, P)
-    noise = torch.randn((*x.shape[:2], 2), generator=gen, device=x.device)  # (B, P, 2)
+    noise = as_draws(gen).randn((*x.shape[:2], 2), x.device)  # (B, P, 2)
     out = x.clone()
     out[..., ETA] = x[..., ETA] + noise[..., 0] * sigma
     out[..., PHI] = torch.where(hit, wrap_phi(x[..., PHI] + noise[..., 1] * sigma), x[..., PHI])
@@ -54,7 +56,7 @@ def _order_of(flags: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return torch.argsort(big, dim=1)
 
 
-def collinear_split(x: torch.Tensor, gen: torch.Generator, lo: float = 0.3, hi: float = 0.7,
+def collinear_split(x: torch.Tensor, gen: torch.Generator | Draws, lo: float = 0.3, hi: float = 0.7,
                     conserve: bool = True) -> torch.Tensor:
     """Split n = min(#empty, #valid) randomly chosen valid particles of each jet in two at the same (eta, phi)
     with pT fractions a and 1 - a, a ~ U(lo, hi); the second daughter fills an empty slot (valid = 1), so the
@@ -63,7 +65,7 @@ def collinear_split(x: torch.Tensor, gen: torch.Generator, lo: float = 0.3, hi: 
     B, P, _ = x.shape
     valid = x[..., VALID] > 0.5  # (B, P)
     n_split = torch.minimum(valid.sum(1), (~valid).sum(1))  # (B,)
-    parents = _order_of(valid, torch.rand((B, P), generator=gen, device=x.device))  # random valid first
+    parents = _order_of(valid, as_draws(gen).rand((B, P), x.device))  # random valid first
     slots = _order_of(~valid, torch.arange(P, device=x.device).expand(B, P) / P)  # empty slots in order
     a = _uniform((B, P), gen, x.device, lo, hi)  # fraction kept by the k-th parent
     active = torch.arange(P, device=x.device)[None, :] < n_split[:, None]  # (B, P): k < n
@@ -83,7 +85,7 @@ def collinear_split(x: torch.Tensor, gen: torch.Generator, lo: float = 0.3, hi: 
     return out
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, cfg: AugmentConfig) -> torch.Tensor:
+def augment(x: torch.Tensor, gen: torch.Generator | Draws, cfg: AugmentConfig) -> torch.Tensor:
     """One view: rotation, smearing, collinear splitting, in that order (SPEC §2)."""
     if cfg.rotation:
         x = rotate(x, gen)

@@ -6,12 +6,14 @@ import torch
 
 from jbot.config import MaskConfig
 from jbot.data.classes import PT, VALID
+from jbot.data.draws import Draws, as_draws
 
 
-def draw_ratios(batch: int, cfg: MaskConfig, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+def draw_ratios(batch: int, cfg: MaskConfig, gen: torch.Generator | Draws, device: torch.device) -> torch.Tensor:
     """Target ratio per jet: r ~ U(ratio_min, ratio_max) with probability ``prob``, else 0. (B,)"""
-    r = torch.rand(batch, generator=gen, device=device) * (cfg.ratio_max - cfg.ratio_min) + cfg.ratio_min
-    apply = torch.rand(batch, generator=gen, device=device) < cfg.prob
+    draws = as_draws(gen)
+    r = draws.rand((batch,), device) * (cfg.ratio_max - cfg.ratio_min) + cfg.ratio_min
+    apply = draws.rand((batch,), device) < cfg.prob
     return torch.where(apply, r, torch.zeros_like(r))
 
 
@@ -42,13 +44,13 @@ def mask_from_order(pt: torch.Tensor, valid: torch.Tensor, ratio: torch.Tensor, 
     return valid & (rank < count[:, None])
 
 
-def pt_aware_mask(x: torch.Tensor, cfg: MaskConfig, gen: torch.Generator) -> torch.Tensor:
+def pt_aware_mask(x: torch.Tensor, cfg: MaskConfig, gen: torch.Generator | Draws) -> torch.Tensor:
     """``masked`` (B, P) for particles ``x`` (B, P, F): a random order of the valid particles per jet."""
     B, P, _ = x.shape
     valid = x[..., VALID] > 0.5
     if not cfg.enabled:
         return torch.zeros_like(valid)
-    keys = torch.rand((B, P), generator=gen, device=x.device)
+    keys = as_draws(gen).rand((B, P), x.device)
     order = torch.argsort(torch.where(valid, keys, keys + 2.0), dim=1)  # valid first, random among them
     ratio = draw_ratios(B, cfg, gen, x.device)
     return mask_from_order(x[..., PT], valid, ratio, order)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from jbot.train.distributed import SINGLE, Comm
+
 
 class Centers(torch.nn.Module):
     cls: torch.Tensor
@@ -16,11 +18,12 @@ class Centers(torch.nn.Module):
         self.register_buffer("part", torch.zeros(d_proj))
 
     @torch.no_grad()
-    def update(self, t_cls: torch.Tensor, t_part: torch.Tensor, valid: torch.Tensor) -> None:
+    def update(self, t_cls: torch.Tensor, t_part: torch.Tensor, valid: torch.Tensor, comm: Comm = SINGLE) -> None:
         """c <- m c + (1 - m) mean, from un-centred teacher outputs of both views: ``t_cls`` (N, K),
-        ``t_part`` (N, P, K) averaged over valid particle tokens (``valid`` (N, P))."""
+        ``t_part`` (N, P, K) averaged over valid particle tokens (``valid`` (N, P)); means over all ranks."""
         m = self.momentum
-        self.cls.mul_(m).add_(t_cls.float().mean(0), alpha=1 - m)
+        cls_sum = comm.sum(t_cls.float().sum(0))
+        self.cls.mul_(m).add_(cls_sum / (t_cls.shape[0] * comm.world), alpha=1 - m)
         w = valid.to(torch.float32)[..., None]
-        part_mean = (t_part.float() * w).sum((0, 1)) / w.sum().clamp_min(1.0)
+        part_mean = comm.sum((t_part.float() * w).sum((0, 1))) / comm.sum(w.sum()).clamp_min(1.0)
         self.part.mul_(m).add_(part_mean, alpha=1 - m)

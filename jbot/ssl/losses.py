@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -21,21 +23,27 @@ def cls_loss(t_cls: tuple[torch.Tensor, torch.Tensor], s_cls: tuple[torch.Tensor
     return 0.5 * (a.mean() + b.mean())
 
 
+def _identity(count: torch.Tensor) -> torch.Tensor:
+    return count
+
+
 def part_loss_view(t_part: torch.Tensor, s_part: torch.Tensor, masked: torch.Tensor, center: torch.Tensor,
-                   teacher_temp: float, student_temp: float, norm: str = "jet") -> torch.Tensor:
+                   teacher_temp: float, student_temp: float, norm: str = "jet",
+                   share: Callable[[torch.Tensor], torch.Tensor] = _identity) -> torch.Tensor:
     """L_Part for one view (paper Eq. 1): same-view, masked tokens only. ``t_part``, ``s_part`` (B, P, K).
 
     norm="jet": per-jet mean over its masked tokens, then the mean over jets that have any (default).
     norm="batch": one mean over every masked token of the batch (the published code).
+    ``share`` turns a local count into this process's share of the global one (data-parallel training).
     """
     h = cross_entropy(t_part, s_part, center, teacher_temp, student_temp)  # (B, P)
     m = masked.to(h.dtype)
     if norm == "batch":
-        return (h * m).sum() / m.sum().clamp_min(1.0)
+        return (h * m).sum() / share(m.sum()).clamp_min(1.0)
     n_masked = m.sum(1)  # (B,)
     per_jet = (h * m).sum(1) / n_masked.clamp_min(1.0)
     has = (n_masked > 0).to(h.dtype)
-    return (per_jet * has).sum() / has.sum().clamp_min(1.0)
+    return (per_jet * has).sum() / share(has.sum()).clamp_min(1.0)
 
 
 def koleo(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

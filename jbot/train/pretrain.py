@@ -1,7 +1,10 @@
 """jBOT pre-training (SPEC §6): AdamW, warm-up then constant (or cosine) LR, EMA teacher, per-epoch monitors.
 
-The training set lives on the device as one tensor, shuffled by index every epoch. Nothing leaves the device
-inside an epoch: loss terms and the first non-finite step are accumulated there and read once per epoch.
+Batches come from a ``BatchSource``: by default the training set on the device as one tensor, shuffled by index
+every epoch, or files streamed through a bounded buffer (``data.stream``). Nothing leaves the device inside an
+epoch: loss terms and the first non-finite step are accumulated there and read once per epoch. Under ``torchrun``
+each process trains on its block of every global batch (``jbot.train.distributed``); rank 0 alone writes
+checkpoints and logs.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 
 from jbot.config import JbotConfig
 from jbot.data.splits import Split
+from jbot.data.stream import BatchSource, MemorySource
 from jbot.errors import JbotError
 from jbot.evaluate.embed import embed
 from jbot.evaluate.knn import knn_classify
@@ -27,6 +31,7 @@ from jbot.ssl.teacher import ema_update, make_teacher
 from jbot.tracking.base import NullTracker, Tracker
 from jbot.train.checkpoint import load_checkpoint, save_checkpoint
 from jbot.train.device import autocast, runtime_device, use_compile
+from jbot.train.distributed import SINGLE, Comm
 
 KNN_REFERENCE = 20_000
 
@@ -73,16 +78,17 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 class Pretrainer:
     def __init__(self, cfg: JbotConfig, split: Split, out_dir: str | Path, tracker: Tracker | None = None,
-                 meta: dict[str, str] | None = None) -> None:
-        self.cfg, self.split, self.tracker = cfg, split, tracker or NullTracker()
+                 meta: dict[str, str] | None = None, source: BatchSource | None = None, comm: Comm = SINGLE) -> None:
+        """``split`` feeds the k-NN monitor (its train part is also the training set unless ``source`` is given)."""
+        self.cfg, self.split, self.tracker, self.comm = cfg, split, tracker or NullTracker(), comm
         self.meta = dict(meta or {})  # kept in the checkpoint as is (e.g. the MLflow run id)
         self.out_dir = Path(out_dir)
         tc = cfg.pretrain
         self.device = runtime_device(cfg.runtime)
-        self.x = torch.as_tensor(split.train.x, dtype=torch.float32, device=self.device)  # (N, P, F)
-        n = self.x.shape[0]
-        self.batch = min(tc.batch_size, n)
-        self.steps = max(1, n // self.batch)
+        self.source = source or MemorySource(split.train.x, tc.seed, self.device)
+        self.fingerprint = self.source.fingerprint or split.fingerprint
+        self.batch = min(tc.batch_size, self.source.n_jets)
+        self.steps = self.source.steps(self.batch, comm.world)
         total = tc.epochs * self.steps
         peak = tc.base_lr * self.batch / 256
         self.lr = lr_schedule(peak, total, int(round(tc.warmup_epochs * self.steps)), tc.lr_schedule, tc.min_lr)
@@ -91,11 +97,16 @@ class Pretrainer:
         self.student.to(self.device)
         self.teacher.to(self.device)
         self.centers = Centers(cfg.model.d_proj, tc.center_momentum).to(self.device)
-        self.method = Distillation(self.student, self.teacher, self.centers, cfg.augment, cfg.mask, tc)
+        self.method = Distillation(self.student, self.teacher, self.centers, cfg.augment, cfg.mask, tc, comm)
+        if comm.active:  # gradients averaged over the ranks in backward
+            self.method.student_forward = torch.nn.parallel.DistributedDataParallel(
+                self.student, find_unused_parameters=not cfg.mask.enabled)
         self.optimizer = torch.optim.AdamW(param_groups(self.student, tc.weight_decay), lr=float(self.lr[0]))
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(tc.seed)
         self.epoch = 0
+        self.step = 0  # steps done in the current epoch (a mid-epoch checkpoint resumes there)
+        self._partial: dict[str, torch.Tensor] | None = None  # that epoch's running sums, from the checkpoint
         self.saved_epoch: int | None = None  # the last epoch this run wrote to checkpoint_path
         self.resumed_from: Path | None = None
         self.history: dict[str, list[float]] = {}
@@ -117,10 +128,11 @@ class Pretrainer:
             "centers": self.centers.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
+            "step": self.step,
             "rng": {"generator": self.gen.get_state(), "torch": torch.get_rng_state()},
             "history": self.history,
             "history_steps": self.history_steps,
-            "data_fingerprint": self.split.fingerprint,
+            "data_fingerprint": self.fingerprint,
             "meta": self.meta,
         }
 
@@ -131,6 +143,8 @@ class Pretrainer:
         self.centers.load_state_dict(state["centers"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
+        self.step = int(state.get("step", 0))
+        self._partial = state.get("partial") if self.step else None
         self.gen.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
         self.history = {k: list(v) for k, v in state["history"].items()}
@@ -165,22 +179,35 @@ class Pretrainer:
 
     def run_epoch(self, on_step: Callable[[int], None] | None = None) -> dict[str, float]:
         self.student.train()
-        perm = torch.randperm(self.x.shape[0], generator=self.gen, device=self.device)
+        tc, comm = self.cfg.pretrain, self.comm
         sums = torch.zeros(len(TERMS), device=self.device)
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        if self._partial is not None:  # resumed mid-epoch: the running sums of the steps already done
+            sums, first_bad = self._partial["sums"].to(self.device), self._partial["first_bad"].to(self.device)
+            self._partial = None
         start = time.perf_counter()
-        for i in range(self.steps):
-            terms = self.train_step(self.x[perm[i * self.batch:(i + 1) * self.batch]], self.epoch * self.steps + i)
+        done_before = self.step
+        batches = self.source.batches(self.epoch, self.step, self.batch, comm.rank, comm.world)
+        for xb in batches:
+            i = self.step
+            terms = self.train_step(xb, self.epoch * self.steps + i)
             sums += terms
             bad = ~torch.isfinite(terms[0]) & (first_bad < 0)
             first_bad = torch.where(bad, torch.full_like(first_bad, i), first_bad)
+            self.step += 1
             if on_step is not None:
                 on_step(i)
+            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < self.steps:
+                self._save({"sums": sums.detach().cpu(), "first_bad": first_bad.cpu()})
+        sums = comm.sum(sums) / comm.world  # every rank's mean (one collective per epoch)
         values = (sums / self.steps).tolist()  # the one host sync of the epoch
-        bad_step = int(first_bad)
+        bad_step = int(comm.minimum(torch.where(first_bad >= 0, first_bad, torch.full_like(first_bad, self.steps))))
+        bad_step = -1 if bad_step >= self.steps else bad_step
+        self.step = 0
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
+        trained = self.steps - done_before
         if bad_step >= 0:
             raise TrainingDiverged(
                 f"loss became NaN/inf at epoch {self.epoch + 1}, step {bad_step + 1} of {self.steps}; "
@@ -194,10 +221,20 @@ class Pretrainer:
             "train/teacher_momentum": float(self.momentum[it_last]),
             "train/center_norm_cls": float(self.centers.cls.norm()),
             "train/center_norm_part": float(self.centers.part.norm()),
-            "train/jets_per_s": self.steps * self.batch / elapsed,
+            "train/jets_per_s": trained * self.batch / elapsed,
             "train/epoch_seconds": elapsed,
         })
         return metrics
+
+    def _save(self, partial: dict[str, torch.Tensor] | None) -> None:
+        """Rank 0 writes the checkpoint (atomically); mid-epoch ones carry the epoch's running sums."""
+        if not self.comm.is_main:
+            return
+        state = self.state()
+        if partial is not None:
+            state["partial"] = partial
+        save_checkpoint(self.checkpoint_path, state)
+        self.saved_epoch = self.epoch
 
     def knn_accuracy(self) -> float | None:
         """k-NN probe (k from config) on frozen student [CLS]: train subset -> validation subset."""
@@ -207,8 +244,8 @@ class Pretrainer:
         ref = rng.permutation(len(split.train))[:KNN_REFERENCE]
         val_idx = np.flatnonzero(np.isin(split.val.y, classes))
         val_idx = rng.permutation(val_idx)[:tc.knn_val_size]
-        if len(val_idx) == 0:
-            return None  # no validation split (data.n_val = 0): nothing to monitor
+        if len(val_idx) == 0 or not self.comm.is_main:
+            return None  # no validation split (data.n_val = 0): nothing to monitor; rank 0 alone monitors
         encoder = self.student.encoder
         ref_emb, _ = embed(encoder, split.train.x[ref], device=self.device)
         val_emb, _ = embed(encoder, split.val.x[val_idx], device=self.device)
@@ -233,8 +270,7 @@ class Pretrainer:
                 self.history.setdefault(k, []).append(v)
                 self.history_steps.setdefault(k, []).append(self.epoch)
             self.tracker.log_metrics(metrics, step=self.epoch)
-            save_checkpoint(self.checkpoint_path, self.state())
-            self.saved_epoch = self.epoch
+            self._save(None)
             if on_epoch is not None and on_epoch(EpochReport(self.epoch, tc.epochs, metrics)):
                 break
         return PretrainResult(self.checkpoint_path, self.epoch, self.history, knn, time.perf_counter() - start,
@@ -244,9 +280,10 @@ class Pretrainer:
 def pretrain(cfg: JbotConfig, split: Split, out_dir: str | Path, tracker: Tracker | None = None,
              resume: str | Path | None = None, on_step: Callable[[int], None] | None = None,
              on_epoch: Callable[[EpochReport], bool | None] | None = None,
-             meta: dict[str, str] | None = None) -> PretrainResult:
+             meta: dict[str, str] | None = None, source: BatchSource | None = None,
+             comm: Comm = SINGLE) -> PretrainResult:
     """Train (or continue from ``resume``) and return the final checkpoint and monitors."""
-    trainer = Pretrainer(cfg, split, out_dir, tracker, meta)
+    trainer = Pretrainer(cfg, split, out_dir, tracker, meta, source, comm)
     if resume is not None:
         trainer.restore(resume)
     return trainer.fit(on_step, on_epoch)

@@ -1,0 +1,119 @@
+"""A folder of jet files read in row ranges: JetNet-layout HDF5 files (one class each, e.g. jbot's own ``q.hdf5``
+... or ``jbot data convert`` output) and JetClass ROOT files. Nothing is read whole: a shard knows its length from
+metadata, and ``read`` returns one validated row range.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from jbot.data.classes import CLASS_LABELS, CLASSES
+from jbot.data.jetclass import CHANNELS, MissingReader, channel_of, read_root, root_entries
+from jbot.data.jetnet import JET_KEY, PARTICLE_KEY, DataError, validate_particles
+
+HDF5_SUFFIXES = (".hdf5", ".h5")
+CLASS_ATTR = "class_name"  # the class of every jet of a shard written by `jbot data convert`
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: Path
+    kind: str  # "hdf5" or "root"
+    n: int
+    label: str | None  # the class of its jets ("q", "Hbb"), None if the name does not say
+
+
+def _label(path: Path, attr: object = None) -> str | None:
+    if isinstance(attr, bytes):
+        attr = attr.decode()
+    if isinstance(attr, str) and attr:
+        return attr
+    if path.stem in CLASSES:
+        return CLASS_LABELS[path.stem]
+    channel = channel_of(path)
+    return CHANNELS[channel] if channel else None
+
+
+def _hdf5_shard(path: Path, n_particles: int) -> Shard:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable HDF5 file (corrupt or truncated?): {exc}") from None
+    with f:
+        if PARTICLE_KEY not in f or not isinstance(f[PARTICLE_KEY], h5py.Dataset):
+            have = ", ".join(f.keys()) or "nothing"
+            raise DataError(f"{path}: missing dataset '{PARTICLE_KEY}' (the file holds {have})")
+        shape = f[PARTICLE_KEY].shape
+        if len(shape) != 3 or shape[1:] != (n_particles, 4):
+            raise DataError(f"{path}: dataset '{PARTICLE_KEY}' has shape {shape}, expected (N, {n_particles}, 4)")
+        if JET_KEY in f and f[JET_KEY].shape[0] != shape[0]:
+            raise DataError(f"{path}: '{JET_KEY}' has {f[JET_KEY].shape[0]} jets, '{PARTICLE_KEY}' {shape[0]}")
+        return Shard(path, "hdf5", int(shape[0]), _label(path, f.attrs.get(CLASS_ATTR)))
+
+
+def _root_shard(path: Path) -> Shard:
+    try:
+        n = root_entries(path)
+    except MissingReader:
+        raise
+    except KeyError as exc:
+        raise DataError(f"{path}: not a JetClass file: missing {exc.args[0]} in TTree 'tree'") from None
+    except Exception as exc:  # uproot raises many kinds on a damaged file
+        raise DataError(f"{path}: not a readable ROOT file (corrupt or truncated?): {exc}") from None
+    return Shard(path, "root", n, _label(path))
+
+
+def find_shards(folder: str | Path, n_particles: int = 30) -> list[Shard]:
+    """Every HDF5 and ROOT file in ``folder`` (sorted by name), checked from metadata only."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: data folder not found")
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (*HDF5_SUFFIXES, ".root"))
+    if not paths:
+        raise DataError(f"{folder}: no .hdf5, .h5 or .root files to stream")
+    shards = [_root_shard(p) if p.suffix == ".root" else _hdf5_shard(p, n_particles) for p in paths]
+    empty = [s.path.name for s in shards if s.n == 0]
+    if empty:
+        raise DataError(f"{folder}: empty files: {', '.join(empty)}")
+    return shards
+
+
+def read_rows(shard: Shard, start: int, stop: int, n_particles: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``[start, stop)`` of a shard, validated: particles (N, P, 4) and jet features (N, 4) float32."""
+    where = f"{shard.path} rows {start}-{stop}"
+    if shard.kind == "root":
+        try:
+            x, jets = read_root(shard.path, start, stop, n_particles)
+        except Exception as exc:
+            raise DataError(f"{where}: cannot be read ({exc})") from None
+    else:
+        try:
+            with h5py.File(shard.path, "r") as f:
+                x = np.asarray(f[PARTICLE_KEY][start:stop], dtype=np.float32)
+                jets = (np.asarray(f[JET_KEY][start:stop], dtype=np.float32) if JET_KEY in f
+                        else np.zeros((len(x), 4), np.float32))
+        except OSError as exc:
+            raise DataError(f"{where}: cannot be read (corrupt or truncated file: {exc})") from None
+    validate_particles(where, x, n_particles)
+    return x, jets
+
+
+def class_names(shards: list[Shard]) -> tuple[str, ...]:
+    """The classes the shards hold, in a fixed order (JetNet's, then JetClass's, then by name)."""
+    order = {name: i for i, name in enumerate([CLASS_LABELS[c] for c in CLASSES] + list(CHANNELS.values()))}
+    found = {s.label for s in shards if s.label is not None}
+    return tuple(sorted(found, key=lambda n: (order.get(n, len(order)), n)))
+
+
+def shards_fingerprint(shards: list[Shard]) -> str:
+    """Names, lengths, sizes and modification times: cheap (a 100 M-jet dataset is never hashed whole)."""
+    h = hashlib.sha256()
+    for s in shards:
+        st = s.path.stat()
+        h.update(f"{s.path.name}:{s.n}:{st.st_size}:{int(st.st_mtime)};".encode())
+    return h.hexdigest()[:16]

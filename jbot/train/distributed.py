@@ -1,0 +1,112 @@
+"""Data-parallel pre-training under ``torchrun`` (PyTorch DDP): which process this is, and the collectives the
+losses need to equal one process's on the global batch.
+
+One process (no ``WORLD_SIZE`` in the environment, or 1) gets ``SINGLE``, whose collectives are identities, so
+the single-process path runs exactly as before. Under ``torchrun --nproc-per-node N`` every rank holds the same
+weights, optimiser and generator state and trains on its own B/N rows of each global batch of B jets:
+
+- gradients are averaged by DDP, so every loss that is a mean over the batch needs nothing more;
+- a mean over a data-dependent count (masked tokens, valid particles) divides by the *global* count shared
+  out over the ranks (``share``), so the averaged gradient is the global mean's;
+- KoLeo's nearest neighbours are searched among all ranks' [CLS] vectors (``gather``, differentiable);
+- the teacher centres are updated from global means (``sum``), identical on every rank.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from jbot.config import ConfigError, RuntimeConfig
+from jbot.train.device import runtime_device
+
+
+@dataclass(frozen=True)
+class Comm:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks (a new tensor, no gradient)."""
+        t = t.detach().clone()
+        if self.active:
+            dist.all_reduce(t)
+        return t
+
+    def minimum(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().clone()
+        if self.active:
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return t
+
+    def share(self, count: torch.Tensor) -> torch.Tensor:
+        """The global count divided by the number of ranks: divide a local sum by it and DDP's gradient average
+        gives the gradient of (global sum) / (global count)."""
+        return self.sum(count) / self.world if self.active else count
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """All ranks' rows in rank order (R*B, ...), differentiable back into this rank's rows."""
+        return _Gather.apply(t) if self.active else t
+
+
+SINGLE = Comm()
+
+
+class _Gather(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient of the gathered tensor and keeps this rank's rows
+    (backend-agnostic: gloo has no reduce_scatter)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t.contiguous())
+        ctx.rows = (dist.get_rank() * t.shape[0], t.shape[0])
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start, n = ctx.rows
+        return grad[start:start + n]
+
+
+def world_from_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) as torchrun sets them; (0, 1, 0) outside torchrun."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError as exc:
+        raise ConfigError(f"WORLD_SIZE / RANK / LOCAL_RANK must be integers ({exc})") from None
+    return rank, world, local
+
+
+def setup(runtime: RuntimeConfig) -> tuple[Comm, torch.device]:
+    """Join torchrun's process group (NCCL on CUDA, gloo on CPU) and pick this rank's device."""
+    rank, world, local = world_from_env()
+    device = runtime_device(runtime)
+    if world <= 1:
+        return SINGLE, device
+    if device.type == "cuda":
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return Comm(rank, world), device
+
+
+def teardown(comm: Comm) -> None:
+    if comm.active and dist.is_initialized():
+        dist.destroy_process_group()
