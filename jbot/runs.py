@@ -65,14 +65,14 @@ def pretrain_inputs(cfg: JbotConfig, device: torch.device) -> PretrainInputs:
         return PretrainInputs(split, None, split.fingerprint)
     d, n_particles = cfg.data, cfg.model.n_particles
     source = open_stream(d.dir, d.window, cfg.pretrain.seed, device, n_particles)
-    split = None
+    monitor = None
     if d.val_dir is not None:
-        split = monitor_split(d.val_dir, KNN_REFERENCE, cfg.pretrain.knn_val_size, cfg.pretrain.seed, n_particles)
-    if split is None:  # no labelled files to monitor with: no k-NN monitor
+        monitor = monitor_split(d.val_dir, KNN_REFERENCE, cfg.pretrain.knn_val_size, cfg.pretrain.seed, n_particles)
+    if monitor is None:  # no labelled files to monitor with: no k-NN monitor
         empty = Part(np.zeros((0, n_particles, 4), np.float32), np.zeros((0, 4), np.float32),
                      np.zeros(0, np.int64), np.zeros(0, np.int64))
-        split = Split("stream", empty, empty, empty, (), cfg.pretrain.seed, source.fingerprint)
-    return PretrainInputs(split, source, source.fingerprint)
+        monitor = Split("stream", empty, empty, empty, (), cfg.pretrain.seed, source.fingerprint)
+    return PretrainInputs(monitor, source, source.fingerprint)
 
 
 def model_label(cfg: JbotConfig) -> str:
@@ -141,10 +141,10 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
     earlier_run = None if resume is None else check_resumable(cfg, inputs.fingerprint, resume, allow_other_data)
     if not comm.is_main:  # another rank of a torchrun job: trains its block of each batch, logs and writes nothing
         try:
-            result = pretrain(cfg, split, out_dir, None, resume, on_step, None, source=inputs.source, comm=comm)
+            return TrackedResult("", None, pretrain(cfg, split, out_dir, None, resume, on_step, None,
+                                                    source=inputs.source, comm=comm))
         finally:
             teardown(comm)
-        return TrackedResult("", None, result)
     all_tags = {**_data_tags(split, device), "jbot.data_fingerprint": inputs.fingerprint, **(tags or {})}
     if comm.active:
         all_tags["jbot.world_size"] = str(comm.world)

@@ -83,20 +83,35 @@ def find_shards(folder: str | Path, n_particles: int = 30) -> list[Shard]:
     return shards
 
 
-def read_rows(shard: Shard, start: int, stop: int, n_particles: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``[start, stop)`` of a shard, validated: particles (N, P, 4) and jet features (N, 4) float32."""
+def read_rows(shard: Shard, start: int, stop: int, n_particles: int = 30,
+              out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``[start, stop)`` of a shard, validated: particles (N, P, 4) and jet features (N, 4) float32.
+    With ``out`` (at least N rows), the particles are read into its first N rows (no new buffer) and returned
+    as that view."""
     where = f"{shard.path} rows {start}-{stop}"
+    n = stop - start
     if shard.kind == "root":
         try:
             x, jets = read_root(shard.path, start, stop, n_particles)
         except Exception as exc:
             raise DataError(f"{where}: cannot be read ({exc})") from None
+        if out is not None:
+            out[:n] = x
+            x = out[:n]
     else:
         try:
             with h5py.File(shard.path, "r") as f:
-                x = np.asarray(f[PARTICLE_KEY][start:stop], dtype=np.float32)
+                ds = f[PARTICLE_KEY]
+                if out is not None and ds.dtype == np.float32:
+                    ds.read_direct(out, np.s_[start:stop], np.s_[0:n])
+                    x = out[:n]
+                else:
+                    x = np.asarray(ds[start:stop], dtype=np.float32)
+                    if out is not None:
+                        out[:n] = x
+                        x = out[:n]
                 jets = (np.asarray(f[JET_KEY][start:stop], dtype=np.float32) if JET_KEY in f
-                        else np.zeros((len(x), 4), np.float32))
+                        else np.zeros((n, 4), np.float32))
         except OSError as exc:
             raise DataError(f"{where}: cannot be read (corrupt or truncated file: {exc})") from None
     validate_particles(where, x, n_particles)

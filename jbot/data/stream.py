@@ -9,8 +9,8 @@ random per-epoch rotation of the shard, K > 1 only); window k holds chunk k of *
 mixes all files (and classes) and is read as one contiguous range per file. A rank reads only its own sub-range
 of each chunk, permutes its rows of the window, and yields batches of B / world rows, carrying the remainder into
 the next window. Host memory holds about two windows (the one being trained on and the next, read by a
-background thread), whatever the dataset's size. With one window and one process the order is exactly the
-in-memory path's.
+background thread, one more in the queue between them) in buffers allocated once, whatever the dataset's size.
+With one window and one process the order is exactly the in-memory path's.
 """
 
 from __future__ import annotations
@@ -30,8 +30,11 @@ from jbot.errors import JbotError
 
 
 class BatchSource(Protocol):
-    n_jets: int
-    fingerprint: str | None
+    @property
+    def n_jets(self) -> int: ...
+
+    @property
+    def fingerprint(self) -> str | None: ...  # None: the split's
 
     def steps(self, batch: int, world: int) -> int: ...
 
@@ -109,37 +112,60 @@ class StreamSource:
             out += [(shard, a, min(b, shard.n))] + ([(shard, 0, b - shard.n)] if b > shard.n else [])
         return [r for r in out if r[2] > r[1]]
 
-    def read_window(self, epoch: int, k: int, rank: int, world: int) -> torch.Tensor:
-        """This rank's rows of window k, in their permuted order (N_k, P, F), on the host."""
-        parts = [read_rows(s, a, b, self.n_particles)[0] for s, a, b in self._ranges(epoch, k, rank, world)]
-        x = torch.from_numpy(np.concatenate(parts)) if parts else torch.empty(0, self.n_particles, 4)
-        perm = torch.randperm(len(x), generator=order_generator(self.seed, epoch, k, rank, torch.device("cpu")))
-        return x[perm]
+    def read_window(self, epoch: int, k: int, rank: int, world: int, raw: np.ndarray | None = None,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+        """This rank's rows of window k, in their permuted order (N_k, P, F), on the host; read through ``raw``
+        and written into ``out`` when given (buffers of at least N_k rows, reused window after window)."""
+        n = sum(b - a for _, a, b in self._ranges(epoch, k, rank, world))
+        raw = np.empty((n, self.n_particles, 4), np.float32) if raw is None else raw
+        filled = 0
+        for shard, a, b in self._ranges(epoch, k, rank, world):
+            read_rows(shard, a, b, self.n_particles, out=raw[filled:])
+            filled += b - a
+        perm = torch.randperm(n, generator=order_generator(self.seed, epoch, k, rank, torch.device("cpu")))
+        if out is None:
+            return torch.from_numpy(raw[:n])[perm]
+        torch.index_select(torch.from_numpy(raw[:n]), 0, perm, out=out[:n])
+        return out[:n]
 
     # ------------------------------------------------------------------ iteration
     def batches(self, epoch: int, start: int, batch: int, rank: int, world: int) -> Iterator[torch.Tensor]:
         _, b = _local_block(batch, rank, world)
         todo = self.steps(batch, world) - start
         skip = start * b
+        sizes = self.window_sizes(rank, world)
         k0 = 0
-        for size in self.window_sizes(rank, world):
+        for size in sizes:
             if skip < size:
                 break
             skip, k0 = skip - size, k0 + 1
-        windows = _Prefetch(lambda k: self.read_window(epoch, k, rank, world), range(k0, self.n_windows))
+        cap = max(sizes)
+        raw = np.empty((cap, self.n_particles, 4), np.float32)  # the reader's, refilled for every window
+        # three windows' slots: the one being trained on, the one waiting in the queue, the one being read
+        slots = [torch.empty(cap, self.n_particles, 4) for _ in range(3)]
+        windows = _Prefetch(lambda k: self.read_window(epoch, k, rank, world, raw, slots[k % 3]),
+                            range(k0, self.n_windows))
         try:
             carry = torch.empty(0, self.n_particles, 4)
             for i, x in enumerate(windows):
                 x = x[skip:] if i == 0 else x
-                x = torch.cat([carry, x]) if len(carry) else x
-                x = x.to(self.device, non_blocking=True)
+                if len(carry):  # the batch that straddles two windows (a small copy)
+                    head = torch.cat([carry, x[:b - len(carry)]])
+                    x = x[b - len(carry):]
+                    if len(head) < b:
+                        carry = head
+                        continue
+                    yield head.to(self.device)
+                    todo -= 1
+                    if todo == 0:
+                        return
                 n_full = min(len(x) // b, todo)
                 for j in range(n_full):
-                    yield x[j * b:(j + 1) * b]
+                    yield x[j * b:(j + 1) * b].to(self.device, copy=True)  # its own memory: the slot is refilled later
                 todo -= n_full
                 if todo == 0:
                     return
-                carry = x[n_full * b:].cpu()
+                carry = x[n_full * b:].clone()
         finally:
             windows.close()
 
