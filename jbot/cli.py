@@ -287,7 +287,7 @@ def pretrain_cmd(
     """Pre-train a jBOT encoder by self-distillation (views, masking, EMA teacher, DINO + iBOT + KoLeo losses),
     tracked in MLflow."""
     from jbot.config import resume_config
-    from jbot.train.distributed import world_from_env
+    from jbot.launch import world_from_env
 
     if world_from_env()[0] != 0:  # another rank of a torchrun job: rank 0 prints; errors still show
         console.quiet = True

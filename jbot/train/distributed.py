@@ -14,13 +14,13 @@ weights, optimiser and generator state and trains on its own B/N rows of each gl
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from jbot.config import ConfigError, RuntimeConfig
+from jbot.config import RuntimeConfig
+from jbot.launch import world_from_env
 from jbot.train.device import runtime_device
 
 
@@ -80,17 +80,6 @@ class _Gather(torch.autograd.Function):
         dist.all_reduce(grad)
         start, n = ctx.rows
         return grad[start:start + n]
-
-
-def world_from_env() -> tuple[int, int, int]:
-    """(rank, world size, local rank) as torchrun sets them; (0, 1, 0) outside torchrun."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-    except ValueError as exc:
-        raise ConfigError(f"WORLD_SIZE / RANK / LOCAL_RANK must be integers ({exc})") from None
-    return rank, world, local
 
 
 def setup(runtime: RuntimeConfig) -> tuple[Comm, torch.device]:
