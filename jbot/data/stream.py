@@ -142,7 +142,9 @@ class StreamSource:
         cap = max(sizes)
         raw = np.empty((cap, self.n_particles, 4), np.float32)  # the reader's, refilled for every window
         # three windows' slots: the one being trained on, the one waiting in the queue, the one being read
-        slots = [torch.empty(cap, self.n_particles, 4) for _ in range(3)]
+        # (page-locked on CUDA: batches are copied to the GPU asynchronously, the step does not wait for them)
+        pinned = self.device.type == "cuda"
+        slots = [torch.empty(cap, self.n_particles, 4, pin_memory=pinned) for _ in range(3)]
         windows = _Prefetch(lambda k: self.read_window(epoch, k, rank, world, raw, slots[k % 3]),
                             range(k0, self.n_windows))
         try:
@@ -161,7 +163,8 @@ class StreamSource:
                         return
                 n_full = min(len(x) // b, todo)
                 for j in range(n_full):
-                    yield x[j * b:(j + 1) * b].to(self.device, copy=True)  # its own memory: the slot is refilled later
+                    # a batch of its own memory (the slot is refilled two windows later)
+                    yield x[j * b:(j + 1) * b].to(self.device, non_blocking=pinned, copy=True)
                 todo -= n_full
                 if todo == 0:
                     return
