@@ -38,7 +38,8 @@ quiet_optuna()
 HEARTBEAT_SECONDS = 2
 GRACE_SECONDS = 6
 PARENT_ATTR = "mlflow_parent_run_id"
-PENDING_ATTR = "mlflow_parent_pending_since"  # set by the creating worker until the parent run exists
+PARENT_CLAIM = "jbot.parent_claim."  # + n: the n-th claim to create the parent run (claim_once: one winner each)
+FAILED_CLAIM_ATTR = "mlflow_parent_failed_claim"  # the claim whose creator failed: the next worker takes over
 PARENT_WAIT_SECONDS = 30
 # A worker needs two connections at once (its trials and the heartbeat thread): many workers on one database
 # server must not exhaust its client slots.
@@ -123,7 +124,7 @@ def _pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
                                        n_warmup_steps=sweep.cfg.sweep.pruner_warmup_steps)
 
 
-def _create_parent(sweep: Sweep, study: optuna.Study) -> str:
+def _create_parent(sweep: Sweep, study: optuna.Study, claim: int) -> str:
     uri = store_uri(sweep.cfg)
     run_id = None
     try:
@@ -145,7 +146,7 @@ def _create_parent(sweep: Sweep, study: optuna.Study) -> str:
         study.set_user_attr(PARENT_ATTR, run_id)
     except BaseException:
         with contextlib.suppress(Exception):
-            study.set_user_attr(PENDING_ATTR, 0.0)  # the next worker makes a parent at once
+            study.set_user_attr(FAILED_CLAIM_ATTR, claim)  # the next worker makes a parent at once
             if run_id is not None:
                 client.set_terminated(run_id, "FAILED")
         raise
@@ -170,9 +171,6 @@ def open_study(sweep: Sweep) -> tuple[optuna.Study, str]:
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=sweep.name, storage=storage, sampler=_sampler(sweep, False),
                                   pruner=pruner)
-    else:
-        study.set_user_attr(PENDING_ATTR, time.time())
-        return study, _create_parent(sweep, study)
     if study.direction.name.lower() != sweep.space.direction:
         raise SweepError(f"study {sweep.name} optimises {study.direction.name.lower()}, the space says "
                          f"{sweep.space.direction}; pick another --study-name")
@@ -180,10 +178,23 @@ def open_study(sweep: Sweep) -> tuple[optuna.Study, str]:
         attrs = study.user_attrs
         if attrs.get(PARENT_ATTR):
             return study, str(attrs[PARENT_ATTR])
-        pending = attrs.get(PENDING_ATTR)
-        if not isinstance(pending, int | float) or time.time() - pending > PARENT_WAIT_SECONDS:
-            return study, _create_parent(sweep, study)  # nobody is making it: this worker does
-        time.sleep(0.5)  # the worker that created the study is creating the parent run
+        claims = _parent_claims(study)
+        last = max(claims, default=-1)
+        # the first worker claims at once; a later claim only when the last claimant failed or went silent
+        stale = last < 0 or attrs.get(FAILED_CLAIM_ATTR) == last or time.time() - claims[last] > PARENT_WAIT_SECONDS
+        if stale and claim_once(study, f"{PARENT_CLAIM}{last + 1}"):
+            return study, _create_parent(sweep, study, last + 1)
+        time.sleep(0.5)  # another worker is creating the parent run
+
+
+def _parent_claims(study: optuna.Study) -> dict[int, float]:
+    """{claim number: when it was made} from the study's system attributes."""
+    out = {}
+    for key, value in study._storage.get_study_system_attrs(study._study_id).items():
+        if key.startswith(PARENT_CLAIM):
+            stamp = json.loads(value) if isinstance(value, str) else value
+            out[int(key[len(PARENT_CLAIM):])] = float(stamp["time"])
+    return out
 
 
 def claim_once(study: optuna.Study, key: str) -> bool:
