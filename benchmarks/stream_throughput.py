@@ -19,6 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from pretrain_throughput import synthetic_jets  # the same JetNet-like jets as the step benchmark (sibling script)
 
 from jbot.data.jetnet import JET_KEY, PARTICLE_KEY
 from jbot.data.shards import find_shards
@@ -27,23 +28,11 @@ from jbot.data.stream import MemorySource, StreamSource
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    mult = rng.integers(10, 31, n)
-    valid = np.arange(30)[None, :] < mult[:, None]
-    pt = -np.sort(-rng.exponential(1.0, (n, 30)), axis=1) * valid
-    x = np.zeros((n, 30, 4), np.float32)
-    x[..., 0] = rng.normal(0, 0.1, (n, 30)) * valid
-    x[..., 1] = rng.normal(0, 0.1, (n, 30)) * valid
-    x[..., 2] = pt / pt.sum(1, keepdims=True)
-    x[..., 3] = valid
-    return x, rng.normal(1, 0.1, (n, 4)).astype(np.float32)
-
-
 def write_hdf5(folder: Path, n: int, shards: int, gzip: bool) -> Path:
     folder.mkdir(parents=True)
     for i in range(shards):
-        x, j = synthetic(n // shards, i)
+        x = synthetic_jets(n // shards, i)
+        j = np.ones((len(x), 4), np.float32)
         with h5py.File(folder / f"part_{i:03d}.hdf5", "w") as f:
             kw = {"compression": "gzip", "chunks": (1024, 30, 4)} if gzip else {}
             f.create_dataset(PARTICLE_KEY, data=x, **kw)
@@ -96,7 +85,7 @@ def main() -> None:
     cpu = torch.device("cpu")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        x, _ = synthetic(args.jets, 0)
+        x = synthetic_jets(args.jets, 0)
         r, n = rate(MemorySource(x, 0, cpu), args.batch)
         rows.append({"path": "in-memory", "jets_per_s": r, "jets": n})
         del x

@@ -15,7 +15,7 @@ import torch
 
 from jbot.config import ConfigError, JbotConfig, flatten
 from jbot.data.shards import read_rows
-from jbot.data.splits import Part, Split, make_split
+from jbot.data.splits import Split, make_split
 from jbot.data.stream import StreamSource, monitor_split, open_stream
 from jbot.evaluate.probe import ProbeResult, run_probe
 from jbot.evaluate.table import write_json
@@ -44,12 +44,15 @@ def load_split(cfg: JbotConfig, preset: str | None = None) -> Split:
 
 @dataclass
 class PretrainInputs:
-    """What pre-training reads: the k-NN monitor's split (also the training jets unless streamed), the streamed
-    source if any, and the training data's fingerprint."""
+    """What pre-training reads: its split (the training jets and the k-NN monitor's, or for streamed data the
+    monitor's alone, with the training files' fingerprint) and the streamed source if any."""
 
     split: Split
     source: StreamSource | None
-    fingerprint: str
+
+    @property
+    def n_train(self) -> int:
+        return len(self.split.train) if self.source is None else self.source.n_jets
 
     def examples(self, n: int) -> np.ndarray:
         """A few training jets (the logged model's input example)."""
@@ -61,18 +64,10 @@ class PretrainInputs:
 
 def pretrain_inputs(cfg: JbotConfig, device: torch.device) -> PretrainInputs:
     if not cfg.data.stream:
-        split = load_split(cfg)
-        return PretrainInputs(split, None, split.fingerprint)
-    d, n_particles = cfg.data, cfg.model.n_particles
-    source = open_stream(d.dir, d.window, cfg.pretrain.seed, device, n_particles)
-    monitor = None
-    if d.val_dir is not None:
-        monitor = monitor_split(d.val_dir, KNN_REFERENCE, cfg.pretrain.knn_val_size, cfg.pretrain.seed, n_particles)
-    if monitor is None:  # no labelled files to monitor with: no k-NN monitor
-        empty = Part(np.zeros((0, n_particles, 4), np.float32), np.zeros((0, 4), np.float32),
-                     np.zeros(0, np.int64), np.zeros(0, np.int64))
-        monitor = Split("stream", empty, empty, empty, (), cfg.pretrain.seed, source.fingerprint)
-    return PretrainInputs(monitor, source, source.fingerprint)
+        return PretrainInputs(load_split(cfg), None)
+    d, tc = cfg.data, cfg.pretrain
+    source = open_stream(d.dir, d.window, tc.seed, device, cfg.model.n_particles)
+    return PretrainInputs(monitor_split(source, d.val_dir, KNN_REFERENCE, tc.knn_val_size, tc.seed), source)
 
 
 def model_label(cfg: JbotConfig) -> str:
@@ -81,14 +76,16 @@ def model_label(cfg: JbotConfig) -> str:
     return {(32, 2, 4): "S", (64, 4, 6): "B"}.get((m.d_model, m.n_layers, m.n_heads), f"D{m.d_model}L{m.n_layers}")
 
 
-def _log_split(run: MlflowRun, cfg: JbotConfig, split: Split) -> None:
+def _log_split(run: MlflowRun, cfg: JbotConfig, split: Split, n_train: int | None = None) -> None:
+    """``n_train`` when the training jets are not the split's own (streamed)."""
     run.log_dataset(cfg.data.dir, split.preset, split.fingerprint,
-                    {"n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test)})
+                    {"n_train": len(split.train) if n_train is None else n_train, "n_val": len(split.val),
+                     "n_test": len(split.test)})
 
 
-def _data_tags(split: Split, device: str) -> dict[str, str]:
+def _data_tags(split: Split, device: str, n_train: int | None = None) -> dict[str, str]:
     return {"jbot.data_fingerprint": split.fingerprint, "jbot.preset": split.preset, "jbot.device": device,
-            "jbot.n_train": str(len(split.train))}
+            "jbot.n_train": str(len(split.train) if n_train is None else n_train)}
 
 
 def _log_json_and_curves(run: MlflowRun, out_dir: Path, name: str, metrics: dict[str, float],
@@ -138,18 +135,16 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
     comm, torch_device = setup(cfg.runtime)
     inputs = pretrain_inputs(cfg, torch_device)
     split, out_dir, device = inputs.split, Path(cfg.pretrain.out_dir), str(torch_device)
-    earlier_run = None if resume is None else check_resumable(cfg, inputs.fingerprint, resume, allow_other_data)
+    earlier_run = None if resume is None else check_resumable(cfg, split.fingerprint, resume, allow_other_data)
     if not comm.is_main:  # another rank of a torchrun job: trains its block of each batch, logs and writes nothing
         try:
             return TrackedResult("", None, pretrain(cfg, split, out_dir, None, resume, on_step, None,
                                                     source=inputs.source, comm=comm))
         finally:
             teardown(comm)
-    all_tags = {**_data_tags(split, device), "jbot.data_fingerprint": inputs.fingerprint, **(tags or {})}
+    all_tags = {**_data_tags(split, device, inputs.n_train), **(tags or {})}
     if comm.active:
         all_tags["jbot.world_size"] = str(comm.world)
-    if inputs.source is not None:
-        all_tags["jbot.n_train"] = str(inputs.source.n_jets)
     if resume is not None:
         all_tags["jbot.resumed_from"] = str(resume)
     name = run_name or f"pretrain-{model_label(cfg)}-{split.preset}-e{cfg.pretrain.epochs}"
@@ -158,7 +153,7 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
                      description=f"jBOT pre-training ({model_label(cfg)}: D={cfg.model.d_model}, "
                                  f"L={cfg.model.n_layers}, H={cfg.model.n_heads}) on {split.preset} jets from "
                                  f"{cfg.data.dir}, {cfg.pretrain.epochs} epochs") as run:
-        _log_split(run, cfg, split)
+        _log_split(run, cfg, split, inputs.n_train)
         if on_start is not None:
             on_start(run.run_id)
         try:

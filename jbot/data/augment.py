@@ -16,7 +16,7 @@ from jbot.data.classes import ETA, PHI, PT, VALID
 from jbot.data.draws import Draws, as_draws
 
 
-def _uniform(shape: tuple[int, ...], gen: torch.Generator | Draws | Draws, device: torch.device, lo: float,
+def _uniform(shape: tuple[int, ...], gen: torch.Generator | Draws, device: torch.device, lo: float,
              hi: float) -> torch.Tensor:
     return as_draws(gen).rand(shape, device) * (hi - lo) + lo
 

@@ -33,8 +33,6 @@ class BatchSource(Protocol):
     @property
     def n_jets(self) -> int: ...
 
-    @property
-    def fingerprint(self) -> str | None: ...  # None: the split's
 
     def steps(self, batch: int, world: int) -> int: ...
 
@@ -62,7 +60,6 @@ class MemorySource:
     def __init__(self, x: np.ndarray | torch.Tensor, seed: int, device: torch.device) -> None:
         self.x = torch.as_tensor(x, dtype=torch.float32, device=device)  # (N, P, F)
         self.n_jets, self.seed, self.device = int(self.x.shape[0]), seed, device
-        self.fingerprint: str | None = None  # the split's
 
     def steps(self, batch: int, world: int) -> int:
         return max(1, self.n_jets // batch)
@@ -116,10 +113,11 @@ class StreamSource:
                     out: torch.Tensor | None = None) -> torch.Tensor:
         """This rank's rows of window k, in their permuted order (N_k, P, F), on the host; read through ``raw``
         and written into ``out`` when given (buffers of at least N_k rows, reused window after window)."""
-        n = sum(b - a for _, a, b in self._ranges(epoch, k, rank, world))
+        ranges = self._ranges(epoch, k, rank, world)
+        n = sum(b - a for _, a, b in ranges)
         raw = np.empty((n, self.n_particles, 4), np.float32) if raw is None else raw
         filled = 0
-        for shard, a, b in self._ranges(epoch, k, rank, world):
+        for shard, a, b in ranges:
             read_rows(shard, a, b, self.n_particles, out=raw[filled:])
             filled += b - a
         perm = torch.randperm(n, generator=order_generator(self.seed, epoch, k, rank, torch.device("cpu")))
@@ -221,27 +219,26 @@ def open_stream(folder: str, window: int, seed: int, device: torch.device, n_par
     return StreamSource(find_shards(folder, n_particles), window, seed, device, n_particles)
 
 
-def monitor_split(folder: str, n_reference: int, n_val: int, seed: int, n_particles: int = 30) -> Split | None:
-    """A small labelled in-memory set for the k-NN monitor of a streamed run: rows spread over every file of
-    ``folder`` (each file is one class), half as k-NN reference, half as queries. None if a file's class is
-    unknown."""
-    shards = find_shards(folder, n_particles)
+def monitor_split(source: StreamSource, val_dir: str | None, n_reference: int, n_val: int, seed: int) -> Split:
+    """The split a streamed run carries: the training files' fingerprint, and for the k-NN monitor a small labelled
+    in-memory sample of ``val_dir`` (rows spread over its files, each file one class), half as reference, half
+    as queries. The sample is empty (no monitor) without ``val_dir`` or when a file's class is unknown."""
+    n_particles = source.n_particles
+    shards = find_shards(val_dir, n_particles) if val_dir is not None else []
     names = class_names(shards)
-    if any(s.label is None for s in shards) or len(names) < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    per = math.ceil((n_reference + n_val) / len(shards))
-    xs, jets, ys = [], [], []
-    for s in shards:
-        m = min(per, s.n)
-        a = int(rng.integers(s.n - m + 1))
-        x, j = read_rows(s, a, a + m, n_particles)
-        xs.append(x)
-        jets.append(j)
-        ys.append(np.full(m, names.index(s.label or ""), dtype=np.int64))
-    order = rng.permutation(sum(len(y) for y in ys))
+    xs, jets, ys = [np.zeros((0, n_particles, 4), np.float32)], [np.zeros((0, 4), np.float32)], [np.zeros(0, np.int64)]
+    if shards and len(names) >= 2 and all(s.label is not None for s in shards):
+        rng = np.random.default_rng(seed)
+        per = math.ceil((n_reference + n_val) / len(shards))
+        for s in shards:
+            m = min(per, s.n)
+            a = int(rng.integers(s.n - m + 1))
+            x, j = read_rows(s, a, a + m, n_particles)
+            xs.append(x)
+            jets.append(j)
+            ys.append(np.full(m, names.index(s.label or ""), dtype=np.int64))
+    order = np.random.default_rng(seed).permutation(sum(len(y) for y in ys))
     x, jet, y = np.concatenate(xs)[order], np.concatenate(jets)[order], np.concatenate(ys)[order]
     n_ref = len(y) * n_reference // (n_reference + n_val)
     ref, val = Part(x[:n_ref], jet[:n_ref], y[:n_ref], y[:n_ref]), Part(x[n_ref:], jet[n_ref:], y[n_ref:], y[n_ref:])
-    empty = ref.subset(np.arange(0))
-    return Split("stream", ref, val, empty, names, seed, shards_fingerprint(shards))
+    return Split("stream", ref, val, ref.subset(np.arange(0)), names if len(y) else (), seed, source.fingerprint)

@@ -50,15 +50,13 @@ class Distillation(nn.Module):
         """Two augmented views stacked (2B, P, F) and the student's ``masked`` (2B, P). Under data parallelism
         ``x`` is this rank's block of the global batch and gets the global batch's draws for its rows."""
         b, r, R = x.shape[0], self.comm.rank, self.comm.world
-        if R == 1:
-            views = torch.cat([augment(x, gen, self.augment_cfg), augment(x, gen, self.augment_cfg)])
-            return views, pt_aware_mask(views, self.mask_cfg, gen)
         B = b * R  # the global batch: this rank holds its rows r*b .. (r+1)*b - 1
-        mine = torch.arange(r * b, (r + 1) * b)
+        mine = None if R == 1 else torch.arange(r * b, (r + 1) * b)
         one = Draws(gen, mine, B)
         views = torch.cat([augment(x, one, self.augment_cfg), augment(x, one, self.augment_cfg)])
         # the global views are stacked (u of all B jets, v of all B jets): this rank's u and v rows of that stack
-        masked = pt_aware_mask(views, self.mask_cfg, Draws(gen, torch.cat([mine, B + mine]), 2 * B))
+        both = None if mine is None else torch.cat([mine, B + mine])
+        masked = pt_aware_mask(views, self.mask_cfg, Draws(gen, both, 2 * B))
         return views, masked
 
     def losses(self, views: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
@@ -85,6 +83,6 @@ class Distillation(nn.Module):
             self.centers.update(t_cls, t_part, valid, comm)
             monitors = torch.stack([
                 entropy(t_cls, tt, self.centers.cls), entropy(s_cls, ts),
-                comm.share(masked.float().sum()) / comm.share(valid.float().sum()).clamp_min(1),
+                comm.sum(masked.float().sum()) / comm.sum(valid.float().sum()).clamp_min(1),
             ])
         return torch.cat([torch.stack([total, l_part.detach(), l_cls.detach(), l_koleo.detach()]), monitors])

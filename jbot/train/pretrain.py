@@ -79,14 +79,14 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 class Pretrainer:
     def __init__(self, cfg: JbotConfig, split: Split, out_dir: str | Path, tracker: Tracker | None = None,
                  meta: dict[str, str] | None = None, source: BatchSource | None = None, comm: Comm = SINGLE) -> None:
-        """``split`` feeds the k-NN monitor (its train part is also the training set unless ``source`` is given)."""
+        """``split`` feeds the k-NN monitor and names the data (its train part is also the training set unless
+        ``source`` is given; then its fingerprint is the source's)."""
         self.cfg, self.split, self.tracker, self.comm = cfg, split, tracker or NullTracker(), comm
         self.meta = dict(meta or {})  # kept in the checkpoint as is (e.g. the MLflow run id)
         self.out_dir = Path(out_dir)
         tc = cfg.pretrain
         self.device = runtime_device(cfg.runtime)
         self.source = source or MemorySource(split.train.x, tc.seed, self.device)
-        self.fingerprint = self.source.fingerprint or split.fingerprint
         self.batch = min(tc.batch_size, self.source.n_jets)
         self.steps = self.source.steps(self.batch, comm.world)
         total = tc.epochs * self.steps
@@ -132,7 +132,7 @@ class Pretrainer:
             "rng": {"generator": self.gen.get_state(), "torch": torch.get_rng_state()},
             "history": self.history,
             "history_steps": self.history_steps,
-            "data_fingerprint": self.fingerprint,
+            "data_fingerprint": self.split.fingerprint,
             "meta": self.meta,
         }
 
