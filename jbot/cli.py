@@ -216,14 +216,15 @@ def data_convert(
     chunk: Annotated[int, typer.Option(min=1, help="Jets read at a time (bounds memory)")] = 100_000,
 ) -> None:
     """Convert JetClass ROOT files into HDF5 shards for streamed pre-training (data.stream=true)."""
-    from jbot.data.convert import convert, total_rows
+    from jbot.data.convert import convert, root_shards
 
     with user_errors():
         start = time.perf_counter()
-        total = total_rows(src, n_particles)
+        shards = root_shards(src, n_particles)
+        total = sum(s.n for s in shards)
         with progress_bar() as bar:
             task = bar.add_task("converting", total=total)
-            done = convert(src, out, n_particles, chunk, on_rows=lambda n: bar.advance(task, n))
+            done = convert(shards, out, n_particles, chunk, on_rows=lambda n: bar.advance(task, n))
         elapsed = time.perf_counter() - start
     kept = sum(c.skipped for c in done)
     console.print(f"wrote {len(done) - kept} shards ({total} jets in all) to {out} in {elapsed:.1f} s"
@@ -309,8 +310,10 @@ def pretrain_cmd(
             cfg = with_store(resume_config(state["config"], overrides), tracking_uri)
             check_more_epochs(cfg, state, resume)
         require_data(cfg)
+        jets = "jets streamed" if cfg.data.stream else f"{cfg.data.preset} jets"
+
         console.print(f"pre-training jBOT (D={cfg.model.d_model}, L={cfg.model.n_layers}, H={cfg.model.n_heads}) "
-                      f"on {cfg.data.preset} jets from {cfg.data.dir} for {cfg.pretrain.epochs} epochs")
+                      f"on {jets} from {cfg.data.dir} for {cfg.pretrain.epochs} epochs")
         from jbot.runs import tracked_pretrain
 
         with progress_bar() as bar:

@@ -60,16 +60,17 @@ def convert_shard(shard: Shard, out: Path, n_particles: int, chunk: int,
     return Converted(atomic_write(target, write), shard.n, False)
 
 
-def convert(src: str | Path, out: str | Path, n_particles: int = 30, chunk: int = 100_000,
-            on_rows: Callable[[int], None] | None = None) -> list[Converted]:
-    """Convert every ROOT file of ``src`` into ``out``; returns the shards in name order."""
+def root_shards(src: str | Path, n_particles: int = 30) -> list[Shard]:
+    """The ROOT files of ``src`` in name order (checked from metadata); an error if there are none."""
     shards = [s for s in find_shards(src, n_particles) if s.kind == "root"]
     if not shards:
         raise DataError(f"{src}: no .root files to convert")
+    return shards
+
+
+def convert(shards: list[Shard], out: str | Path, n_particles: int = 30, chunk: int = 100_000,
+            on_rows: Callable[[int], None] | None = None) -> list[Converted]:
+    """Convert ROOT shards (``root_shards``) into ``out``; returns the HDF5 shards in the same order."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return [convert_shard(s, out, n_particles, chunk, on_rows) for s in shards]
-
-
-def total_rows(src: str | Path, n_particles: int = 30) -> int:
-    return sum(s.n for s in find_shards(src, n_particles) if s.kind == "root")
