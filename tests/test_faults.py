@@ -405,8 +405,9 @@ def test_sigterm_to_jbot_ui_ends_its_server(tmp_path: Path) -> None:
     exp = experiment_id(connect(store), "jbot-pretrain", store)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     log = tmp_path / "ui.log"
-    ui = subprocess.Popen([JBOT, "ui", "--port", str(port), "--tracking-uri", store], stdout=log.open("w"),
-                          stderr=subprocess.STDOUT, env=env)
+    with log.open("w") as out:
+        ui = subprocess.Popen([JBOT, "ui", "--port", str(port), "--tracking-uri", store], stdout=out,
+                              stderr=subprocess.STDOUT, env=env)
     try:
         wait_healthy(f"http://127.0.0.1:{port}", ui)
         server = [p for p in psutil.Process(ui.pid).children(recursive=True)]

@@ -219,8 +219,10 @@ def pg_mlflow_server(postgres: dict[str, str], tmp_path: Path) -> Iterator[str]:
 
 
 def _worker(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([JBOT, *args], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    # scratch files under the test's folder: a worker killed with SIGKILL cannot remove its own
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(log.parent)}
+    with log.open("w") as out:  # the child holds its own copy of the descriptor
+        return subprocess.Popen([JBOT, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -332,8 +334,9 @@ def test_dashboard_serves_the_study_storage(tmp_path: Path) -> None:
     study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=3)
     port = free_port()
     log = tmp_path / "dashboard.log"
-    proc = subprocess.Popen([JBOT, "dashboard", "--storage", storage, "--port", str(port)], stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    with log.open("w") as out:
+        proc = subprocess.Popen([JBOT, "dashboard", "--storage", storage, "--port", str(port)], stdout=out,
+                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         deadline = time.monotonic() + 120
         while True:

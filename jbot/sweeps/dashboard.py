@@ -4,6 +4,7 @@ unless ``--verbose``. Studies are read from the storage as they are written, so 
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,9 @@ def serve(storage: Any, host: str, port: int, quiet: bool, on_ready: Callable[[s
         raise SweepError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
     def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        # ask the serving loop to end at its next poll (shutdown() waits for it, so not on this thread): no
+        # exception raised wherever the main thread happened to be when the signal came
+        threading.Thread(target=server.shutdown, daemon=True).start()
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
