@@ -311,7 +311,6 @@ def pretrain_cmd(
             check_more_epochs(cfg, state, resume)
         require_data(cfg)
         jets = "jets streamed" if cfg.data.stream else f"{cfg.data.preset} jets"
-
         console.print(f"pre-training jBOT (D={cfg.model.d_model}, L={cfg.model.n_layers}, H={cfg.model.n_heads}) "
                       f"on {jets} from {cfg.data.dir} for {cfg.pretrain.epochs} epochs")
         from jbot.runs import tracked_pretrain

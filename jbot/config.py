@@ -433,8 +433,9 @@ def with_overrides(cfg: JbotConfig, overrides: Mapping[str, Any]) -> JbotConfig:
 
 # What a resumed pre-training may change: how long, where, on what hardware, monitoring and tracking, and the
 # sections it does not use. The model, augmentations, masking, optimiser and split must stay as trained.
-RESUMABLE = ("pretrain.epochs", "pretrain.out_dir", "pretrain.knn_every", "pretrain.knn_val_size", "data.dir",
-             "runtime.", "tracking.", "finetune.", "probe.", "anomaly.", "sweep.", "evaluate.")
+RESUMABLE = ("pretrain.epochs", "pretrain.out_dir", "pretrain.knn_every", "pretrain.knn_val_size",
+             "pretrain.checkpoint_every", "data.dir", "data.val_dir", "runtime.", "tracking.", "finetune.", "probe.",
+             "anomaly.", "sweep.", "evaluate.")
 
 
 def resume_config(saved: Mapping[str, Any], overrides: Iterable[str]) -> JbotConfig:
@@ -452,7 +453,7 @@ def resume_config(saved: Mapping[str, Any], overrides: Iterable[str]) -> JbotCon
         raise ConfigError(
             "a resumed pre-training keeps the checkpoint's " + ", ".join(
                 f"{k} ({before.get(k)!r}, asked {after[k]!r})" for k in fixed)
-            + "; only " + ", ".join(p.rstrip(".") for p in RESUMABLE[:6]) + " and the tracking settings may change"
+            + "; only " + ", ".join(p.rstrip(".") for p in RESUMABLE[:8]) + " and the tracking settings may change"
             " (start a new run for the rest)")
     return cfg
 
