@@ -96,10 +96,17 @@ class Context:
     done: dict[str, str]  # step -> run id
 
 
+def scale_config(scale: Scale, size: str) -> str:
+    """The shipped config a scale starts from: jBOT-S's CPU recipe below the paper's scale, else Table 1's."""
+    if size == "S" and scale.jets_per_class is not None:
+        return "jbot-s-cpu"
+    return "jbot-s" if size == "S" else "jbot-b"
+
+
 def make_config(scale: Scale, size: str, data: Path, overrides: list[str], tracking_uri: str) -> JbotConfig:
     if size not in ("S", "B"):
         raise ReproduceError(f"--size is S or B, not {size!r}")
-    cfg = load_config("jbot-s" if size == "S" else "jbot-b", [*scale.overrides, f"data.dir={data}", *overrides])
+    cfg = load_config(scale_config(scale, size), [*scale.overrides, f"data.dir={data}", *overrides])
     return with_overrides(cfg, {"tracking.uri": tracking_uri})
 
 
@@ -214,7 +221,8 @@ def _parent(plan: Plan) -> tuple[str, dict[str, str]]:
         "mlflow.note.content":
         f"The paper's protocol at the {plan.scale.name} scale ({plan.scale.budget}), jBOT-{plan.size}"})
     MlflowRun(client, run.info.run_id).log_params({**flatten(plan.cfg), "tracking.uri": redact(uri),
-                                                   "reproduce.scale": plan.scale.name, "reproduce.size": plan.size})
+                                                   "reproduce.scale": plan.scale.name, "reproduce.size": plan.size,
+                                                   "reproduce.config": scale_config(plan.scale, plan.size)})
     return run.info.run_id, {}
 
 
@@ -237,6 +245,7 @@ def run_reproduction(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
             client.set_tag(parent, step_tag(name), done[name])
         summary = collect(client, done)
         summary.update(scale=plan.scale.name, budget=plan.scale.budget, size=plan.size, parent=parent,
+                       config=scale_config(plan.scale, plan.size),
                        seconds=time.perf_counter() - start, data=str(plan.cfg.data.dir))
         report = write_report(plan.out / "reproduce.html", summary)
         atomic_write_text(plan.out / "reproduce.json", json.dumps(summary, indent=2, default=str))
@@ -316,7 +325,8 @@ def write_report(path: Path, summary: dict[str, Any]) -> Path:
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
 <h1>The paper's claims at the {esc(summary['scale'])} scale (jBOT-{esc(summary['size'])})</h1>
-<p>Scale: {esc(summary['scale'])} ({esc(summary['budget'])}); data: <code>{esc(summary['data'])}</code>; MLflow parent
+<p>Scale: {esc(summary['scale'])} ({esc(summary['budget'])}); config <code>{esc(summary.get('config', ''))}</code>
+with the scale's sizes on top; data: <code>{esc(summary['data'])}</code>; MLflow parent
 run <code>{esc(summary['parent'])}</code> (experiment {EXPERIMENT}). jbot's numbers are on jbot's test split of these
 jets, ± the std over stratified folds of it; the paper's are on JetNet at the published sizes, so they compare
 the method, not these numbers one for one.</p>

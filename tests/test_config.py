@@ -29,6 +29,14 @@ def test_published_sizes_table1() -> None:
     assert differs == {"model.d_model", "model.n_layers", "model.n_heads", "model.d_proj"}
 
 
+def test_cpu_recipe_changes_only_the_optimisation() -> None:
+    """jbot-s-cpu.yaml: the sweep-found recipe for small compute, the paper's model and everything else."""
+    s, cpu = flatten(load_config("jbot-s")), flatten(load_config("jbot-s-cpu"))
+    assert {k for k, v in cpu.items() if s[k] != v} == {"pretrain.base_lr", "pretrain.teacher_temp",
+                                                         "pretrain.student_temp", "pretrain.koleo_weight"}
+    assert cpu["pretrain.base_lr"] == 4e-3
+
+
 def test_overrides_are_typed() -> None:
     cfg = load_config(None, ["model.d_model=64", "pretrain.lr_schedule=cosine", "data.n_train=100"])
     assert cfg.model.d_model == 64 and cfg.pretrain.lr_schedule == "cosine" and cfg.data.n_train == 100
