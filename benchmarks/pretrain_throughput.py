@@ -2,10 +2,14 @@
 
 A pre-training step is everything: two augmented views, pT-aware masking, teacher forward, student forward and
 backward, the three losses, AdamW, the EMA teacher update and the centres. Reported: jets/s as the median over
-timed steps after warm-up (synchronised), peak device memory. Imports only the engine (no mlflow, no optuna).
+timed steps after warm-up (synchronised), peak device memory (CUDA; the process's peak RSS on the CPU). With
+``--rounds N`` the whole grid runs N times, its settings alternating, and each row reports the median over rounds
+(a shared machine's speed drifts: alternation spreads the drift over every setting). Imports only the engine
+(no mlflow, no optuna).
 
-    python benchmarks/pretrain_throughput.py --device cpu --sizes S,B --batches 1024
-    python benchmarks/pretrain_throughput.py --device cuda --batches 1024,8192 --precisions fp32,bf16 --compile off,on
+    python benchmarks/pretrain_throughput.py --device cpu --sizes S,B --batches 1024 --threads 2 --rounds 3
+    python benchmarks/pretrain_throughput.py --device cuda --batches 1024,8192 --precisions fp32,bf16 \
+        --compile off,on --cuda-graphs off,on
 Writes benchmarks/results/throughput-<device>.json.
 """
 
@@ -15,6 +19,7 @@ import argparse
 import itertools
 import json
 import platform
+import resource
 import statistics
 import subprocess
 import time
@@ -105,41 +110,70 @@ def bench_embed(cfg: JbotConfig, batch: int, device: torch.device, warmup: int, 
     return batch / statistics.median(_timed(step, device, warmup, steps))
 
 
+def measure(size: str, batch: int, precision: str, comp: str, graphs: str, device: torch.device,
+            args: argparse.Namespace) -> dict[str, object]:
+    cfg = load_config(SIZES[size], [f"runtime.device={device.type}", f"runtime.precision={precision}",
+                                    f"runtime.compile={comp}", f"runtime.cuda_graphs={graphs}",
+                                    f"pretrain.batch_size={batch}"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    row: dict[str, object] = {
+        "size": size, "batch": batch, "precision": precision, "compile": comp, "cuda_graphs": graphs,
+        "pretrain_jets_per_s": bench_pretrain(cfg, batch, device, args.warmup, args.steps)}
+    if device.type == "cuda":
+        row["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    if not args.pretrain_only:
+        row["finetune_jets_per_s"] = bench_finetune(cfg, batch, device, args.warmup, args.steps)
+        row["embed_jets_per_s"] = bench_embed(cfg, max(batch, 8192), device, args.warmup, args.steps)
+    return row
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sizes", default="S,B")
     p.add_argument("--batches", default="1024")
     p.add_argument("--precisions", default="fp32")
     p.add_argument("--compile", default="off")
+    p.add_argument("--cuda-graphs", default="off", help="off,on: CUDA graphs of the whole pre-training step")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=1, help="repeat the grid, alternating; rows report the median")
+    p.add_argument("--pretrain-only", action="store_true", help="skip the fine-tuning and embedding timings")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    grid = list(itertools.product(args.sizes.split(","), map(int, args.batches.split(",")),
+                                  args.precisions.split(","), args.compile.split(","), args.cuda_graphs.split(",")))
+    runs: dict[tuple, list[dict[str, object]]] = {key: [] for key in grid}
+    for r in range(args.rounds):
+        for key in grid:
+            row = measure(*key, device, args)
+            runs[key].append(row)
+            size, batch, precision, comp, graphs = key
+            print(f"round {r + 1}/{args.rounds} jBOT-{size} batch {batch:5d} {precision} compile={comp} "
+                  f"graphs={graphs}: pretrain {row['pretrain_jets_per_s']:10.0f} jets/s", flush=True)
     rows = []
-    for size, batch, precision, comp in itertools.product(args.sizes.split(","), map(int, args.batches.split(",")),
-                                                          args.precisions.split(","), args.compile.split(",")):
-        cfg = load_config(SIZES[size], [f"runtime.device={device.type}", f"runtime.precision={precision}",
-                                               f"runtime.compile={comp}", f"pretrain.batch_size={batch}"])
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        row = {"size": size, "batch": batch, "precision": precision, "compile": comp,
-               "pretrain_jets_per_s": bench_pretrain(cfg, batch, device, args.warmup, args.steps),
-               "finetune_jets_per_s": bench_finetune(cfg, batch, device, args.warmup, args.steps),
-               "embed_jets_per_s": bench_embed(cfg, max(batch, 8192), device, args.warmup, args.steps)}
-        if device.type == "cuda":
-            row["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    for key, measured in runs.items():
+        row = dict(measured[0])
+        for name in [k for k in row if k.endswith("_jets_per_s")]:
+            values = [float(m[name]) for m in measured]  # type: ignore[arg-type]
+            row[name] = statistics.median(values)
+            row[name.replace("_jets_per_s", "_rounds")] = values
         rows.append(row)
-        print(f"jBOT-{size} batch {batch:5d} {precision} compile={comp}: pretrain {row['pretrain_jets_per_s']:10.0f}"
-              f"  finetune {row['finetune_jets_per_s']:10.0f}  embed {row['embed_jets_per_s']:10.0f} jets/s")
+        extra = "".join(f"  {n.split('_')[0]} {row[n]:10.0f}" for n in ("finetune_jets_per_s", "embed_jets_per_s")
+                        if n in row)
+        print(f"median jBOT-{key[0]} batch {key[1]:5d} {key[2]} compile={key[3]} graphs={key[4]}: "
+              f"pretrain {row['pretrain_jets_per_s']:10.0f}{extra} jets/s")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     payload = {"benchmark": "pretrain_throughput", "device": args.device,
                "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
-               "threads": torch.get_num_threads(), "torch": torch.__version__, "commit": commit, "rows": rows}
+               "threads": torch.get_num_threads(), "torch": torch.__version__, "commit": commit,
+               "rounds": args.rounds, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+               "rows": rows}
     out = args.out or ROOT / "benchmarks" / "results" / f"throughput-{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2))

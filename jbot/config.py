@@ -232,9 +232,11 @@ class RuntimeConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: Literal["auto", "on", "off"] = "auto"  # auto: torch.compile on CUDA only (pre-training)
+    # the whole pre-training step recorded once as a CUDA graph and replayed; auto: on CUDA in one process
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
     threads: int | None = Field(default=None, gt=0)  # CPU threads for torch; None: torch's default
 
-    @field_validator("compile", mode="before")
+    @field_validator("compile", "cuda_graphs", mode="before")
     @classmethod
     def _on_off(cls, value: object) -> object:
         # YAML (and so `--set runtime.compile=off`) reads on/off as booleans

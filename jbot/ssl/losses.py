@@ -30,18 +30,24 @@ def _identity(count: torch.Tensor) -> torch.Tensor:
 def part_loss_view(t_part: torch.Tensor, s_part: torch.Tensor, masked: torch.Tensor, center: torch.Tensor,
                    teacher_temp: float, student_temp: float, norm: str = "jet",
                    share: Callable[[torch.Tensor], torch.Tensor] = _identity) -> torch.Tensor:
-    """L_Part for one view (paper Eq. 1): same-view, masked tokens only. ``t_part``, ``s_part`` (B, P, K).
+    """L_Part for one view (paper Eq. 1): same-view, masked tokens only. ``t_part``, ``s_part`` (B, P, K)."""
+    return part_loss(cross_entropy(t_part, s_part, center, teacher_temp, student_temp), masked, norm, share)
+
+
+def part_loss(h: torch.Tensor, masked: torch.Tensor, norm: str = "jet",
+              share: Callable[[torch.Tensor], torch.Tensor] = _identity) -> torch.Tensor:
+    """L_Part for one view from the per-token cross-entropies ``h`` (B, P); only ``masked`` tokens count.
 
     norm="jet": per-jet mean over its masked tokens, then the mean over jets that have any (default).
     norm="batch": one mean over every masked token of the batch (the published code).
     ``share`` turns a local count into this process's share of the global one (data-parallel training).
     """
-    h = cross_entropy(t_part, s_part, center, teacher_temp, student_temp)  # (B, P)
     m = masked.to(h.dtype)
+    h = torch.where(masked, h, torch.zeros_like(h))  # an unmasked token's value never reaches the loss
     if norm == "batch":
-        return (h * m).sum() / share(m.sum()).clamp_min(1.0)
+        return h.sum() / share(m.sum()).clamp_min(1.0)
     n_masked = m.sum(1)  # (B,)
-    per_jet = (h * m).sum(1) / n_masked.clamp_min(1.0)
+    per_jet = h.sum(1) / n_masked.clamp_min(1.0)
     has = (n_masked > 0).to(h.dtype)
     return (per_jet * has).sum() / share(has.sum()).clamp_min(1.0)
 

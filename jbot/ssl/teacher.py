@@ -19,8 +19,13 @@ def make_teacher(student: M) -> M:
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """theta_t <- tau theta_t + (1 - tau) theta_s, after every optimizer step."""
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float | torch.Tensor) -> None:
+    """theta_t <- tau theta_t + (1 - tau) theta_s, after every optimizer step. ``momentum`` may be a tensor on
+    the device (read there, never on the host: a CUDA graph replays it)."""
     t_params: list[torch.Tensor] = list(teacher.parameters())
     s_params: list[torch.Tensor] = [p.detach() for p in student.parameters()]
-    torch._foreach_lerp_(t_params, s_params, 1.0 - float(momentum))
+    if isinstance(momentum, torch.Tensor):
+        weight = 1.0 - momentum
+        torch._foreach_lerp_(t_params, s_params, [weight] * len(t_params))
+    else:
+        torch._foreach_lerp_(t_params, s_params, 1.0 - float(momentum))

@@ -25,12 +25,25 @@ def runtime_device(runtime: RuntimeConfig) -> torch.device:
     return pick_device(runtime.device)
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, precision: str, cache: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast where asked (auto: on CUDA); ``cache=False`` inside a CUDA graph (cached casts would be
+    the graph's stale copies)."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
 
 
 def use_compile(device: torch.device, setting: str) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def use_cuda_graphs(device: torch.device, setting: str, world: int = 1) -> bool:
+    """CUDA graphs of the pre-training step: auto = on CUDA in one process; on elsewhere is an error."""
+    if setting == "off":
+        return False
+    possible = device.type == "cuda" and world == 1
+    if setting == "on" and not possible:
+        raise ConfigError("runtime.cuda_graphs=on needs a CUDA device and one process (got "
+                          f"{device.type}, {world} processes); use auto or off")
+    return possible

@@ -30,8 +30,9 @@ from jbot.ssl.schedules import lr_schedule, momentum_schedule
 from jbot.ssl.teacher import ema_update, make_teacher
 from jbot.tracking.base import NullTracker, Tracker
 from jbot.train.checkpoint import load_checkpoint, save_checkpoint
-from jbot.train.device import autocast, runtime_device, use_compile
+from jbot.train.device import autocast, runtime_device, use_compile, use_cuda_graphs
 from jbot.train.distributed import SINGLE, Comm
+from jbot.train.graphs import GraphStep
 
 KNN_REFERENCE = 20_000
 
@@ -97,11 +98,16 @@ class Pretrainer:
         self.student.to(self.device)
         self.teacher.to(self.device)
         self.centers = Centers(cfg.model.d_proj, tc.center_momentum).to(self.device)
-        self.method = Distillation(self.student, self.teacher, self.centers, cfg.augment, cfg.mask, tc, comm)
+        graphs = use_cuda_graphs(self.device, cfg.runtime.cuda_graphs, comm.world)
+        # on CUDA no shape depends on the data and nothing waits for the host; on the CPU the heads skip the tokens
+        # no loss reads (fewer FLOPs beat fewer host syncs there)
+        self.method = Distillation(self.student, self.teacher, self.centers, cfg.augment, cfg.mask, tc, comm,
+                                   static=self.device.type == "cuda")
         if comm.active:  # gradients averaged over the ranks in backward
             self.method.student_forward = torch.nn.parallel.DistributedDataParallel(
                 self.student, find_unused_parameters=not cfg.mask.enabled)
-        self.optimizer = torch.optim.AdamW(param_groups(self.student, tc.weight_decay), lr=float(self.lr[0]))
+        self.optimizer = torch.optim.AdamW(param_groups(self.student, tc.weight_decay), lr=float(self.lr[0]),
+                                           capturable=graphs)
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(tc.seed)
         self.epoch = 0
@@ -111,9 +117,14 @@ class Pretrainer:
         self.resumed_from: Path | None = None
         self.history: dict[str, list[float]] = {}
         self.history_steps: dict[str, list[int]] = {}
-        self._loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.method.losses
+        self.loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.method.losses
         if use_compile(self.device, cfg.runtime.compile):
-            self._loss_fn = torch.compile(self.method.losses)  # type: ignore[assignment]
+            if self.method.static:  # one graph: networks, losses, centres
+                self.loss_fn = torch.compile(self.method.losses)  # type: ignore[assignment]
+            else:  # the networks (fusing their elementwise work with the matmuls' outputs); the rest stays eager
+                self.method.teacher_forward = torch.compile(self.teacher)  # type: ignore[assignment]
+                self.method.student_forward = torch.compile(self.method.student_forward)  # type: ignore[assignment]
+        self.graph_step = GraphStep(self, capture=True) if graphs else None
 
     # ------------------------------------------------------------------ state
     @property
@@ -156,12 +167,14 @@ class Pretrainer:
     def train_step(self, xb: torch.Tensor, it: int) -> torch.Tensor:
         """One full step (views, masking, teacher, student, losses, backward, AdamW, EMA, centres) on a batch
         already on the device; returns the detached loss terms (no host sync)."""
+        if self.graph_step is not None:
+            return self.graph_step(xb, it)
         tc = self.cfg.pretrain
         for group in self.optimizer.param_groups:
             group["lr"] = float(self.lr[it])
         views, masked = self.method.views(xb, self.gen)
         with autocast(self.device, self.cfg.runtime.precision):
-            terms = self._loss_fn(views, masked)
+            terms = self.loss_fn(views, masked)
         self.optimizer.zero_grad(set_to_none=True)
         terms[0].backward()
         if tc.grad_clip is not None:

@@ -1,0 +1,90 @@
+"""The pre-training step as one CUDA graph (``runtime.cuda_graphs``).
+
+A graph replays the kernels it recorded, on the tensors it recorded them with, so the step reads nothing from the
+host: the batch is copied into one fixed input tensor, the learning rate and the teacher momentum of every step
+sit in device tensors and are copied into the ones the optimizer and the EMA read, every shape is independent of
+the data (``Distillation.static``), the optimizer is capturable and the views' generator is registered with the
+graph. Without ``capture`` (the CPU) the same code runs eagerly: that is what the tests compare with the plain step.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from jbot.ssl.teacher import ema_update
+from jbot.train.device import autocast
+
+if TYPE_CHECKING:
+    from jbot.train.pretrain import Pretrainer
+
+WARMUP_STEPS = 3  # eager steps before the capture (allocator, optimizer state, compilation)
+
+
+class GraphStep:
+    def __init__(self, trainer: Pretrainer, capture: bool) -> None:
+        self.trainer, self.capture = trainer, capture
+        device = trainer.device
+        self.lr_schedule = torch.as_tensor(trainer.lr, dtype=torch.float32, device=device)
+        self.momentum_schedule = torch.as_tensor(trainer.momentum, dtype=torch.float32, device=device)
+        self.lr = self.lr_schedule[0].clone()  # read by the optimizer
+        self.momentum = self.momentum_schedule[0].clone()  # read by the EMA update
+        self.eager_steps = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_x: torch.Tensor | None = None
+        self.static_terms: torch.Tensor | None = None
+        self._bound = False
+
+    def _bind(self) -> None:
+        """The optimizer reads its LR from ``self.lr`` from now on (after any restore of its state)."""
+        for group in self.trainer.optimizer.param_groups:
+            group["lr"] = self.lr
+        self._bound = True
+
+    def body(self, xb: torch.Tensor) -> torch.Tensor:
+        """Views, losses, backward, clipping, AdamW, EMA and centres; returns the loss terms (on the device)."""
+        t = self.trainer
+        views, masked = t.method.views(xb, t.gen)
+        with autocast(t.device, t.cfg.runtime.precision, cache=not self.capture):
+            terms = t.loss_fn(views, masked)
+        terms[0].backward()
+        if t.cfg.pretrain.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(t.student.parameters(), t.cfg.pretrain.grad_clip)
+        t.optimizer.step()
+        ema_update(t.teacher, t.student, self.momentum)
+        return terms.detach()
+
+    def __call__(self, xb: torch.Tensor, it: int) -> torch.Tensor:
+        if not self._bound:
+            self._bind()
+        self.lr.copy_(self.lr_schedule[it])
+        self.momentum.copy_(self.momentum_schedule[it])
+        if not self.capture:
+            self.trainer.optimizer.zero_grad(set_to_none=True)
+            return self.body(xb)
+        if self.eager_steps < WARMUP_STEPS:  # on a side stream, as capture requires
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.trainer.optimizer.zero_grad(set_to_none=True)
+                terms = self.body(xb)
+            torch.cuda.current_stream().wait_stream(side)
+            self.eager_steps += 1
+            return terms
+        if self.graph is None:
+            self._record(xb)
+        assert self.graph is not None and self.static_x is not None and self.static_terms is not None
+        self.static_x.copy_(xb)
+        self.graph.replay()
+        return self.static_terms.clone()
+
+    def _record(self, xb: torch.Tensor) -> None:
+        """Capture one step; its gradients live in the graph's memory, written (not accumulated) by every replay."""
+        self.static_x = xb.clone()
+        graph = torch.cuda.CUDAGraph()
+        graph.register_generator_state(self.trainer.gen)  # the views' draws advance with every replay
+        self.trainer.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            self.static_terms = self.body(self.static_x)
+        self.graph = graph

@@ -1,0 +1,85 @@
+"""The fast paths of the pre-training step give the plain step's numbers: heads on the tokens a loss reads only,
+the graph-ready step (device-side LR and momentum, data-independent shapes: what a CUDA graph replays) and
+torch.compile on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from jbot.config import ConfigError, JbotConfig, load_config
+from jbot.data.splits import Split, make_split
+from jbot.train.device import use_cuda_graphs
+from jbot.train.graphs import GraphStep
+from jbot.train.pretrain import Pretrainer
+from tests.conftest import TINY
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def tiny(fake_data: Path) -> tuple[JbotConfig, Split]:
+    cfg = load_config(None, TINY + [f"data.dir={fake_data}", "pretrain.grad_clip=3.0", "pretrain.warmup_epochs=0.5"])
+    return cfg, make_split(fake_data, "5class", n_train=400, n_val=0, n_test=0)
+
+
+def run_steps(trainer: Pretrainer) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """STEPS steps on the first batches of epoch 0 -> (STEPS, terms), the teacher's weights."""
+    batches = trainer.source.batches(0, 0, trainer.batch, 0, 1)
+    terms = [trainer.train_step(next(batches), it) for it in range(STEPS)]
+    return torch.stack(terms), {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+
+
+def assert_same_training(a: tuple[torch.Tensor, dict[str, torch.Tensor]],
+                         b: tuple[torch.Tensor, dict[str, torch.Tensor]], rtol: float, atol: float) -> None:
+    torch.testing.assert_close(a[0], b[0], rtol=rtol, atol=atol)
+    for key, value in a[1].items():
+        torch.testing.assert_close(value, b[1][key], rtol=rtol, atol=atol, msg=f"teacher {key} differs")
+
+
+def test_heads_on_selected_tokens_equal_heads_on_all(tiny: tuple[JbotConfig, Split], tmp_path: Path) -> None:
+    cfg, split = tiny
+    sparse = Pretrainer(cfg, split, tmp_path / "a")
+    dense = Pretrainer(cfg, split, tmp_path / "b")
+    assert not sparse.method.static  # the CPU default
+    dense.method.static = True
+    a, b = run_steps(sparse), run_steps(dense)
+    assert a[0][:, 1].min() > 0  # L_Part was computed (masked tokens exist)
+    assert_same_training(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_graph_ready_step_equals_plain_step(tiny: tuple[JbotConfig, Split], tmp_path: Path) -> None:
+    cfg, split = tiny
+    plain = Pretrainer(cfg, split, tmp_path / "a")
+    ready = Pretrainer(cfg, split, tmp_path / "b")
+    ready.method.static = True
+    ready.graph_step = GraphStep(ready, capture=False)
+    a, b = run_steps(plain), run_steps(ready)
+    assert isinstance(ready.optimizer.param_groups[0]["lr"], torch.Tensor)  # read on the device
+    assert float(ready.graph_step.lr) == pytest.approx(float(plain.lr[STEPS - 1]), rel=1e-6)
+    assert_same_training(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_step_on_cpu_equals_eager(tiny: tuple[JbotConfig, Split], tmp_path: Path) -> None:
+    cfg, split = tiny
+    compiled_cfg = load_config(None, TINY + [f"data.dir={cfg.data.dir}", "pretrain.grad_clip=3.0",
+                                             "pretrain.warmup_epochs=0.5", "runtime.compile=on"])
+    eager = Pretrainer(cfg, split, tmp_path / "a")
+    compiled = Pretrainer(compiled_cfg, split, tmp_path / "b")
+    assert compiled.method.teacher_forward is not compiled.teacher  # the networks went through torch.compile
+    assert_same_training(run_steps(eager), run_steps(compiled), rtol=1e-4, atol=1e-5)
+    # the checkpoint's keys are the plain modules' (a compiled run resumes in eager mode and back)
+    assert set(compiled.state()["student"]) == set(eager.state()["student"])
+
+
+def test_cuda_graphs_setting() -> None:
+    cpu = torch.device("cpu")
+    assert not use_cuda_graphs(cpu, "auto") and not use_cuda_graphs(cpu, "off")
+    with pytest.raises(ConfigError, match="cuda_graphs=on needs a CUDA device"):
+        use_cuda_graphs(cpu, "on")
+    with pytest.raises(ConfigError, match="one process"):
+        use_cuda_graphs(torch.device("cuda"), "on", world=2)
+    assert not use_cuda_graphs(torch.device("cuda"), "auto", world=2)
+    assert load_config(None, ["runtime.cuda_graphs=off"]).runtime.cuda_graphs == "off"
