@@ -687,30 +687,29 @@ def reproduce_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    out: Annotated[Path, typer.Option(help="Folder for jets, checkpoints and the report")] = Path("data/demo"),
+    out: Annotated[Path, typer.Option(help="Folder for jets, checkpoints and the reports")] = Path("data/demo"),
     jets_per_class: Annotated[int, typer.Option(help="Generated jets per class")] = 2000,
     workers: Annotated[int, typer.Option(help="Pythia processes")] = 2,
-    epochs: Annotated[int, typer.Option(help="Pre-training epochs")] = 12,
+    epochs: Annotated[int | None, typer.Option(help="Pre-training epochs (default: the demo scale's)")] = None,
+    set_: SetOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """The whole story on the embedded MLflow store: generate, pre-train, probe, fine-tune vs from scratch,
-    pre-train on background, register, anomaly report from the registry alias."""
+    """The whole story on the embedded MLflow store: generate jets, the paper's claims at the demo scale with a
+    verdict each (`jbot reproduce --scale demo`), register the background encoder, tune the anomaly score and
+    write its report from the registry alias."""
     from jbot.demo import DemoSettings, run_demo
-    from jbot.evaluate.table import results_table
 
     with user_errors():
         res = run_demo(DemoSettings(out=out, jets_per_class=jets_per_class, workers=workers, epochs=epochs,
-                                  tracking_uri=tracking_uri),
+                                    tracking_uri=tracking_uri, overrides=tuple(set_ or [])),
                        lambda text: console.print(f"[bold]{text}[/]"))
-    pre = res["pretrain"].payload
-    console.print(f"jBOT-S pre-training: {pre.epochs} epochs in {pre.seconds:.0f} s, "
-                  f"validation k-NN accuracy {pre.knn_acc:.4f}")
-    probe = res["probe"].payload
-    names = probe.class_names
-    rows = {**{f"{label} probe": row for label, row in probe.rows().items()},
-            "fine-tuned (10 %)": res["finetune"].payload.metrics,
-            "from scratch (10 %)": res["scratch"].payload.metrics}
-    console.print(results_table("5-class tagging on the demo's test jets", rows, names))
+    science = res["science"]
+    console.print(f"[bold]The paper's claims at the demo scale[/] (jBOT-S, config {science['config']}; "
+                  "numbers beside the paper's in the report):")
+    for claim in science["claims"]:
+        verdict = "[green]holds[/]" if claim["holds"] else "[yellow]does not hold[/]"
+        console.print(f"  {verdict}: {claim['text']}")
+    console.print(f"reproduction report: {science['report']} (MLflow parent run {science['parent']})")
     reg = res["registered"]
     console.print(f"registered jbot-encoder version {reg.version} (@champion) from run {reg.run_id}")
     sweep = res["sweep"]

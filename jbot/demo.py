@@ -1,9 +1,11 @@
 """The end-to-end demo behind ``make demo`` / ``jbot demo``, on the embedded MLflow store.
 
-Generate jets with Pythia8; pre-train a small jBOT-S on 5 classes, probe it, fine-tune it with 10 % of the labels
-against the from-scratch baseline; pre-train on background (q, g) only, register the encoder as
-``jbot-encoder@champion``, sweep a few anomaly-score settings and write the anomaly report from the registry
-alias.
+Generate jets with Pythia8; run ``jbot reproduce --scale demo`` on them (the paper's protocol with the CPU
+recipe: pre-training on 5 classes, probes of it and of a random encoder, fine-tuning with 10 % and 100 % of the
+labels against the same from scratch, top tagging, pre-training on background (q, g) and anomaly scores), with a
+verdict per claim and its report; then the MLOps tour: register the background encoder as
+``jbot-encoder@champion``, sweep a few anomaly-score settings on the validation split and write the anomaly
+report from the registry alias.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from jbot.config import GenerateConfig, JbotConfig, load_config, with_overrides
+from jbot.config import GenerateConfig, with_overrides
 from jbot.data.classes import CLASSES
 from jbot.paths import resolve_tracking_uri
 
@@ -23,28 +25,18 @@ class DemoSettings:
     out: Path = Path("data/demo")
     jets_per_class: int = 2000
     workers: int = 2
-    epochs: int = 12
-    finetune_epochs: int = 20
+    epochs: int | None = None  # None: the demo scale's
     anomaly_trials: int = 8
     seed: int = 1
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else the embedded store
-
-
-def demo_config(settings: DemoSettings, preset: str, out_dir: Path) -> JbotConfig:
-    cfg = load_config(None, [
-        f"data.dir={settings.out / 'jets'}", f"data.preset={preset}", "pretrain.batch_size=256",
-        f"pretrain.epochs={settings.epochs}", "pretrain.warmup_epochs=2", "pretrain.knn_every=4",
-        f"pretrain.out_dir={out_dir}", f"finetune.epochs={settings.finetune_epochs}", "finetune.batch_size=256",
-        "finetune.patience=6", "finetune.lr=1e-3", "finetune.fraction=0.1", "anomaly.reference_size=2000",
-        "probe.silhouette_samples=2000", "tracking.log_system_metrics=false",
-    ])
-    return with_overrides(cfg, {"tracking.uri": resolve_tracking_uri(settings.tracking_uri)})
+    overrides: tuple[str, ...] = ()  # --set items on top of the demo scale's config
 
 
 def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> dict:
     """Each step is a tracked jbot command; returns what the summary prints."""
     from jbot.data.generate import generate
-    from jbot.runs import tracked_anomaly, tracked_finetune, tracked_pretrain, tracked_probe
+    from jbot.reproduce import plan_for, run_reproduction
+    from jbot.runs import tracked_anomaly
     from jbot.sweeps.objectives import anomaly_objective, run_sweep
     from jbot.sweeps.spaces import ParamSpec, load_space
     from jbot.sweeps.study import Sweep
@@ -54,25 +46,22 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> dict:
     start = time.perf_counter()
     jets = settings.out / "jets"
     if not all((jets / f"{c}.hdf5").is_file() for c in CLASSES):
-        say(f"1/6 generating {settings.jets_per_class} jets per class with Pythia8 + FastJet")
+        say(f"generating {settings.jets_per_class} jets per class with Pythia8 + FastJet")
         generate(GenerateConfig(jets_per_class=settings.jets_per_class, workers=settings.workers,
                                 seed=settings.seed), jets)
     else:
-        say(f"1/6 using the jets already in {jets}")
-    cfg5 = demo_config(settings, "5class", settings.out / "pretrain-5class")
-    say("2/6 pre-training jBOT-S on 5 classes")
-    pre = tracked_pretrain(cfg5, experiment="jbot-demo-pretrain")
-    say("3/6 probing the frozen encoder")
-    probe = tracked_probe(cfg5, pre.run_id, "5class", experiment="jbot-demo-probe")
-    say("4/6 fine-tuning with 10 % of the labels, and the same from scratch")
-    ft = tracked_finetune(cfg5, pre.run_id, out_dir=settings.out / "finetune", experiment="jbot-demo-finetune")
-    fs = tracked_finetune(cfg5, None, out_dir=settings.out / "scratch", experiment="jbot-demo-finetune")
-    cfgqg = demo_config(settings, "qg", settings.out / "pretrain-qg")
-    say("5/6 pre-training on background (q, g) only and registering it as jbot-encoder@champion")
-    qg = tracked_pretrain(cfgqg, experiment="jbot-demo-anomaly-pretrain")
+        say(f"using the jets already in {jets}")
+    overrides = [*(f"pretrain.epochs={settings.epochs}",) * (settings.epochs is not None), *settings.overrides]
+    plan = plan_for("demo", "S", jets, settings.out / "reproduce", overrides,
+                    resolve_tracking_uri(settings.tracking_uri))
+    say(f"the paper's protocol at the demo scale ({len(plan.steps)} steps; `jbot reproduce --scale demo`)")
+    science = run_reproduction(plan, lambda text: say(f"  {text}"))
+    cfgqg = with_overrides(plan.cfg, {"data.preset": "qg"})
     client = connect(store_uri(cfgqg))
-    reg = register_best(client, "jbot-demo-anomaly-pretrain", "val/knn_acc", "jbot-encoder", "max", "champion")
-    say(f"6/6 sweeping {settings.anomaly_trials} anomaly-score settings on the validation split, then the report "
+    say("registering the background (q, g) encoder as jbot-encoder@champion")
+    reg = register_best(client, "jbot-reproduce", "val/knn_acc", "jbot-encoder", "max", "champion",
+                        filter_string="params.`data.preset` = 'qg'", parent_run_id=science["parent"])
+    say(f"sweeping {settings.anomaly_trials} anomaly-score settings on the validation split, then the report "
         "from models:/jbot-encoder@champion")
     champion = "models:/jbot-encoder@champion"
     space = load_space("anomaly.yaml")
@@ -87,6 +76,5 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> dict:
             "for tuning (the settings table below holds the best trial's values)")
     anomaly = tracked_anomaly(tuned, champion, out_dir=settings.out / "anomaly", experiment="jbot-demo-anomaly",
                               notes=[note], tuned=True)
-    return {"pretrain": pre, "probe": probe, "finetune": ft, "scratch": fs, "qg": qg, "registered": reg,
-            "sweep": summary, "anomaly": anomaly, "seconds": time.perf_counter() - start,
-            "uri": store_uri(cfgqg)}
+    return {"science": science, "registered": reg, "sweep": summary, "anomaly": anomaly,
+            "seconds": time.perf_counter() - start, "uri": store_uri(cfgqg)}

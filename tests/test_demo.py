@@ -1,0 +1,37 @@
+"""`jbot demo` end to end on a tiny configuration: the reproduction with a verdict per claim, the background
+encoder registered as @champion from that reproduction, and the anomaly report from the registry alias."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from jbot.cli import app
+from tests.conftest import write_fake_folder
+from tests.test_reproduce import QUICK
+
+runner = CliRunner()
+
+
+def test_demo_prints_a_verdict_per_claim_and_reports_from_the_registry(tmp_path: Path) -> None:
+    write_fake_folder(tmp_path / "demo" / "jets", 400)  # present: nothing is generated
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--tracking-uri", store,
+                                 *[a for item in QUICK for a in ("--set", item)]])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "using the jets already in" in out
+    for claim in ("pre-training gain:", "with 10% of the labels", "with 100% of the labels", "top tagging",
+                  "anomaly (k-NN score"):
+        assert sum(f"{verdict}: {claim}" in out for verdict in ("holds", "does not hold")) == 1, claim
+    assert (tmp_path / "demo" / "reproduce" / "reproduce.html").is_file()
+    assert (tmp_path / "demo" / "anomaly").is_dir()
+
+    client = MlflowClient(store)
+    version = client.get_model_version_by_alias("jbot-encoder", "champion")
+    run = client.get_run(version.run_id)
+    assert run.data.params["data.preset"] == "qg"  # the background encoder of the reproduction
+    parent = run.data.tags["mlflow.parentRunId"]
+    assert client.get_run(parent).data.tags["jbot.role"] == "reproduce-parent"
