@@ -23,8 +23,8 @@ def test_demo_prints_a_verdict_per_claim_and_reports_from_the_registry(tmp_path:
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
     assert "using the jets already in" in out
-    for claim in ("pre-training gain:", "with 10% of the labels", "with 100% of the labels", "top tagging",
-                  "anomaly (k-NN score"):
+    for claim in ("pre-training gain:", "fine-tuned above from scratch with 10%",
+                  "fine-tuned above from scratch with 100%", "top tagging, fine-tuned", "anomaly (k-NN score"):
         assert sum(f"{verdict}: {claim}" in out for verdict in ("holds", "does not hold")) == 1, claim
     assert (tmp_path / "demo" / "reproduce" / "reproduce.html").is_file()
     assert (tmp_path / "demo" / "anomaly").is_dir()
