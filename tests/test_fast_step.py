@@ -12,7 +12,7 @@ import torch
 from jbot.config import ConfigError, JbotConfig, load_config
 from jbot.data.splits import Split, make_split
 from jbot.train.device import use_cuda_graphs
-from jbot.train.graphs import GraphStep
+from jbot.train.graphs import WARMUP_STEPS, GraphCaptureError, GraphStep
 from jbot.train.pretrain import Pretrainer
 from tests.conftest import TINY
 
@@ -72,6 +72,24 @@ def test_compiled_step_on_cpu_equals_eager(tiny: tuple[JbotConfig, Split], tmp_p
     assert_same_training(run_steps(eager), run_steps(compiled), rtol=1e-4, atol=1e-5)
     # the checkpoint's keys are the plain modules' (a compiled run resumes in eager mode and back)
     assert set(compiled.state()["student"]) == set(eager.state()["student"])
+
+
+def test_a_failed_capture_goes_on_eagerly_unless_graphs_were_required(tiny: tuple[JbotConfig, Split], tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Recording really fails here (no CUDA): auto trains on without the graph, on is an error naming the fix."""
+    cfg, split = tiny
+    plain = Pretrainer(cfg, split, tmp_path / "a")
+    fallback = Pretrainer(cfg, split, tmp_path / "b")
+    fallback.method.static = True
+    fallback.graph_step = GraphStep(fallback, capture=True)
+    fallback.graph_step.eager_steps = WARMUP_STEPS  # the next step is the one recorded
+    assert_same_training(run_steps(plain), run_steps(fallback), rtol=1e-5, atol=1e-6)
+    assert "CUDA graph capture failed" in capsys.readouterr().err and not fallback.graph_step.capture
+    strict = Pretrainer(cfg, split, tmp_path / "c")
+    strict.graph_step = GraphStep(strict, capture=True, required=True)
+    strict.graph_step.eager_steps = WARMUP_STEPS
+    with pytest.raises(GraphCaptureError, match="runtime.cuda_graphs=off"):
+        run_steps(strict)
 
 
 def test_cuda_graphs_setting() -> None:

@@ -9,10 +9,12 @@ graph. Without ``capture`` (the CPU) the same code runs eagerly: that is what th
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 import torch
 
+from jbot.errors import JbotError
 from jbot.ssl.teacher import ema_update
 from jbot.train.device import autocast
 
@@ -22,9 +24,15 @@ if TYPE_CHECKING:
 WARMUP_STEPS = 3  # eager steps before the capture (allocator, optimizer state, compilation)
 
 
+class GraphCaptureError(JbotError, RuntimeError):
+    """runtime.cuda_graphs=on and the step could not be recorded."""
+
+
 class GraphStep:
-    def __init__(self, trainer: Pretrainer, capture: bool) -> None:
-        self.trainer, self.capture = trainer, capture
+    def __init__(self, trainer: Pretrainer, capture: bool, required: bool = False) -> None:
+        """``required`` (runtime.cuda_graphs=on): a failed capture is an error; otherwise (auto) training goes on
+        without the graph, saying so once."""
+        self.trainer, self.capture, self.required = trainer, capture, required
         device = trainer.device
         self.lr_schedule = torch.as_tensor(trainer.lr, dtype=torch.float32, device=device)
         self.momentum_schedule = torch.as_tensor(trainer.momentum, dtype=torch.float32, device=device)
@@ -73,7 +81,18 @@ class GraphStep:
             self.eager_steps += 1
             return terms
         if self.graph is None:
-            self._record(xb)
+            try:
+                self._record(xb)
+            except Exception as exc:  # noqa: BLE001 - whatever stopped the capture, the eager step still works
+                if self.required:
+                    raise GraphCaptureError(f"the pre-training step could not be recorded as a CUDA graph ({exc}); "
+                                            "run with --set runtime.cuda_graphs=off") from exc
+                sys.stderr.write(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); training goes on "
+                                 "without it (runtime.cuda_graphs=off silences this)\n")
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.capture = False
+                return self(xb, it)
         assert self.graph is not None and self.static_x is not None and self.static_terms is not None
         self.static_x.copy_(xb)
         self.graph.replay()

@@ -124,7 +124,8 @@ class Pretrainer:
             else:  # the networks (fusing their elementwise work with the matmuls' outputs); the rest stays eager
                 self.method.teacher_forward = torch.compile(self.teacher)  # type: ignore[assignment]
                 self.method.student_forward = torch.compile(self.method.student_forward)  # type: ignore[assignment]
-        self.graph_step = GraphStep(self, capture=True) if graphs else None
+        self.graph_step = (GraphStep(self, capture=True, required=cfg.runtime.cuda_graphs == "on") if graphs
+                           else None)
 
     # ------------------------------------------------------------------ state
     @property
