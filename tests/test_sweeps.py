@@ -45,7 +45,7 @@ def _children(client: MlflowClient, parent: str) -> list:
 
 
 def test_spaces_are_validated(inputs: tuple[Path, Path], tmp_path: Path) -> None:
-    for name in ("finetune", "anomaly", "pretrain"):
+    for name in ("finetune", "anomaly", "pretrain", "pretrain-anomaly"):
         load_space(f"{name}.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("objective: val/acc\nparams:\n  finetune.lr: {type: float, low: 1.0, high: 0.1}\n")
@@ -157,6 +157,34 @@ def test_anomaly_sweep_samples_each_score_its_own_settings(inputs: tuple[Path, P
     again = run_anomaly(load_model(encoder).encoder, split, cfg.anomaly, part="val", n_folds=2)
     score = best.params["anomaly.score"]
     assert again.metrics[f"{score}/combined/auc"] == pytest.approx(best.value, abs=1e-6)
+
+
+def test_pretrain_sweep_on_the_validation_anomaly_auc(inputs: tuple[Path, Path], tmp_path: Path) -> None:
+    """The second pre-training study: each trial pre-trains on q+g and is scored by its encoder's validation
+    anomaly AUC, logged to the trial's run beside the k-NN monitor; on 5 classes it is an error naming the fix."""
+    data, _ = inputs
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    sets = ["data.preset=qg", "pretrain.epochs=1", "pretrain.batch_size=64", "model.d_model=16", "model.n_heads=2",
+            "model.n_layers=1", "model.d_proj=8", "anomaly.reference_size=200", "sweep.sampler=random",
+            "tracking.log_system_metrics=false", "data.n_train=300", "data.n_val=100", "data.n_test=100"]
+    args = ["sweep", "pretrain", "--space", "pretrain-anomaly", "--trials", "2", "--data", str(data), "--storage",
+            storage, "--study-name", "anomaly-recipe", "--tracking-uri", tracking,
+            *[a for item in sets for a in ("--set", item)]]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="anomaly-recipe", storage=storage)
+    assert study.metric_names == ["val/anomaly/combined/auc"]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2 and all(0.0 <= t.value <= 1.0 for t in complete)
+    client = MlflowClient(tracking)
+    run = client.get_run(complete[0].user_attrs["mlflow_run_id"])
+    assert run.data.metrics["val/anomaly/combined/auc"] == pytest.approx(complete[0].value)
+    assert {"val/anomaly/W/auc", "val/anomaly/t/auc", "val/knn_acc"} <= set(run.data.metrics)
+
+    on_5class = runner.invoke(app, [*args[:-2 * len(sets)], "--study-name", "wrong",
+                                    *[a for item in sets[1:] for a in ("--set", item)]])
+    assert on_5class.exit_code == 2 and "data.preset=qg" in on_5class.output, on_5class.output
 
 
 def _claims_granted(url: str) -> list[bool]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from jbot.anomaly.scores import AnomalyScore, l2_normalise, make_scores
+from jbot.anomaly.scores import AnomalyScore, l2_normalise, make_score, make_scores
 from jbot.config import AnomalyConfig
 from jbot.data.classes import CLASS_LABELS, SIGNALS, is_background, is_signal
 from jbot.data.splits import Part, Split
@@ -82,6 +82,20 @@ def evaluate_scores(scores: list[AnomalyScore], ref_emb: np.ndarray, ref_labels:
         for key, v in signal_metrics(values[score.name], origin, n_folds, seed).items():
             metrics[f"{score.name}/{key}"] = v
     return metrics, values
+
+
+def validation_anomaly(encoder: JetEncoder, split: Split, cfg: AnomalyConfig, device: torch.device | str = "cpu",
+                       n_folds: int = 2) -> dict[str, float]:
+    """``cfg.score`` alone (the one a study tunes) on the validation split: ``{signal}/auc`` ... for W, Z, t and
+    combined; what a pre-training study on the anomaly AUC optimises."""
+    if split.preset != "qg":
+        raise ValueError(f"anomaly detection uses the qg preset, not {split.preset}")
+    ref = reference_set(split.train, cfg.reference_size, cfg.seed)
+    ref_emb = l2_normalise(embed(encoder.to(device), ref.x, device=device)[0])
+    val_emb = l2_normalise(embed(encoder, split.val.x, device=device)[0])
+    metrics, _ = evaluate_scores([make_score(cfg.score, cfg, cfg.seed)], ref_emb, ref.origin, val_emb,
+                                 split.val.origin, n_folds, cfg.seed)
+    return {k.split("/", 1)[1]: v for k, v in metrics.items()}
 
 
 def run_anomaly(encoder: JetEncoder, split: Split, cfg: AnomalyConfig, device: torch.device | str = "cpu",

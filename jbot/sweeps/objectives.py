@@ -5,14 +5,16 @@ attribute ``mlflow_run_id``."""
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
+from mlflow.entities import Metric
 
-from jbot.config import JbotConfig, with_overrides
+from jbot.config import ConfigError, JbotConfig, with_overrides
 from jbot.io import scratch_dir
 from jbot.sweeps.study import Sweep, SweepOutcome, claim_once, log_study_summary, run_worker
 from jbot.tracking.mlflow import connect, store_uri
@@ -166,8 +168,18 @@ def anomaly_objective(sweep: Sweep, source: str) -> Callable[[optuna.Trial, str]
 # ----------------------------------------------------------------------------------------- pre-training
 
 
+ANOMALY_PREFIX = "val/anomaly/"  # a pre-training study on the q+g encoder's validation anomaly metrics
+
+
 def pretrain_objective(sweep: Sweep, work_dir: Path) -> Callable[[optuna.Trial, str], float]:
+    """The validation k-NN accuracy (reported every ``knn_every`` epochs, so trials can be pruned), or with an
+    objective ``val/anomaly/<signal>/<metric>`` that metric of ``anomaly.score`` on the validation split after
+    q+g pre-training (``data.preset=qg``; measured once, at the end: no pruning)."""
     from jbot.runs import tracked_pretrain
+
+    on_anomaly = sweep.space.objective.startswith(ANOMALY_PREFIX)
+    if on_anomaly and sweep.cfg.data.preset != "qg":
+        raise ConfigError(f"objective {sweep.space.objective} needs q+g pre-training: --set data.preset=qg")
 
     def objective(trial: optuna.Trial, parent: str) -> float:
         def body(cfg: JbotConfig, tags: dict[str, str]) -> float:
@@ -177,9 +189,14 @@ def pretrain_objective(sweep: Sweep, work_dir: Path) -> Callable[[optuna.Trial, 
             res = tracked_pretrain(cfg, experiment=sweep.mlflow_experiment, run_name=f"trial-{trial.number:03d}",
                                    parent_run_id=parent, tags=tags,
                                    on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
-                                   on_epoch=lambda r: report(r.epoch, r.metrics))
+                                   on_epoch=None if on_anomaly else lambda r: report(r.epoch, r.metrics))
             if flag["pruned"]:
                 raise optuna.TrialPruned()
+            if on_anomaly:
+                metrics = _validation_anomaly(cfg, res.payload.checkpoint)
+                connect(store_uri(cfg)).log_batch(res.run_id, metrics=[
+                    Metric(k, v, int(time.time() * 1000), cfg.pretrain.epochs) for k, v in metrics.items()])
+                return metrics[sweep.space.objective]
             if res.payload.knn_acc is None:
                 raise ValueError("pre-training sweeps need a validation split (data.n_val > 0)")
             return float(res.payload.knn_acc)
@@ -187,6 +204,17 @@ def pretrain_objective(sweep: Sweep, work_dir: Path) -> Callable[[optuna.Trial, 
         return tracked_trial(sweep, trial, body)
 
     return objective
+
+
+def _validation_anomaly(cfg: JbotConfig, checkpoint: Path) -> dict[str, float]:
+    from jbot.anomaly.detect import validation_anomaly
+    from jbot.runs import load_split
+    from jbot.train.checkpoint import load_encoder
+    from jbot.train.device import runtime_device
+
+    metrics = validation_anomaly(load_encoder(checkpoint), load_split(cfg, "qg"), cfg.anomaly,
+                                 runtime_device(cfg.runtime))
+    return {ANOMALY_PREFIX + k: v for k, v in metrics.items()}
 
 
 def run_sweep(sweep: Sweep, objective: Callable[[optuna.Trial, str], float],
