@@ -88,25 +88,21 @@ def validation_anomaly(encoder: JetEncoder, split: Split, cfg: AnomalyConfig, de
                        n_folds: int = 2) -> dict[str, float]:
     """``cfg.score`` alone (the one a study tunes) on the validation split: ``{signal}/auc`` ... for W, Z, t and
     combined; what a pre-training study on the anomaly AUC optimises."""
-    if split.preset != "qg":
-        raise ValueError(f"anomaly detection uses the qg preset, not {split.preset}")
-    ref = reference_set(split.train, cfg.reference_size, cfg.seed)
-    ref_emb = l2_normalise(embed(encoder.to(device), ref.x, device=device)[0])
-    val_emb = l2_normalise(embed(encoder, split.val.x, device=device)[0])
-    metrics, _ = evaluate_scores([make_score(cfg.score, cfg, cfg.seed)], ref_emb, ref.origin, val_emb,
-                                 split.val.origin, n_folds, cfg.seed)
-    return {k.split("/", 1)[1]: v for k, v in metrics.items()}
+    result = run_anomaly(encoder, split, cfg, device, part="val", n_folds=n_folds, scores=[cfg.score])
+    return {k.split("/", 1)[1]: v for k, v in result.metrics.items()}
 
 
 def run_anomaly(encoder: JetEncoder, split: Split, cfg: AnomalyConfig, device: torch.device | str = "cpu",
-                part: str = "test", n_folds: int = 10) -> AnomalyResult:
-    """Embed the reference set and the evaluation part (``test``, or ``val`` for tuning), compute every score."""
+                part: str = "test", n_folds: int = 10, scores: list[str] | None = None) -> AnomalyResult:
+    """Embed the reference set and the evaluation part (``test``, or ``val`` for tuning), compute every score
+    (or those named in ``scores``)."""
     if split.preset != "qg":
         raise ValueError(f"anomaly detection uses the qg preset, not {split.preset}")
     ref = reference_set(split.train, cfg.reference_size, cfg.seed)
     target: Part = getattr(split, part)
     ref_emb = l2_normalise(embed(encoder.to(device), ref.x, device=device)[0])
     test_emb = l2_normalise(embed(encoder, target.x, device=device)[0])
-    metrics, values = evaluate_scores(make_scores(cfg, cfg.seed), ref_emb, ref.origin, test_emb, target.origin,
+    chosen = make_scores(cfg, cfg.seed) if scores is None else [make_score(n, cfg, cfg.seed) for n in scores]
+    metrics, values = evaluate_scores(chosen, ref_emb, ref.origin, test_emb, target.origin,
                                       n_folds, cfg.seed)
     return AnomalyResult(metrics, values, target.origin, test_emb, len(ref))

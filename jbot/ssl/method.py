@@ -42,7 +42,7 @@ class Distillation(nn.Module):
     centre, so by default the projection head runs on those alone (the student's on a fraction of the tokens:
     a large saving of head compute, forward and backward). ``static=True`` keeps every
     shape independent of the data instead (the head on all tokens, no host synchronisation): what
-    ``torch.compile(fullgraph)`` and CUDA graphs need. Both give the same losses.
+    ``torch.compile`` as one graph and CUDA graphs need. Both give the same losses.
     """
 
     def __init__(self, student: JBOTNetwork, teacher: JBOTNetwork, centers: Centers, augment_cfg: AugmentConfig,

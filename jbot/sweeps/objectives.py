@@ -180,6 +180,7 @@ def pretrain_objective(sweep: Sweep, work_dir: Path) -> Callable[[optuna.Trial, 
     on_anomaly = sweep.space.objective.startswith(ANOMALY_PREFIX)
     if on_anomaly and sweep.cfg.data.preset != "qg":
         raise ConfigError(f"objective {sweep.space.objective} needs q+g pre-training: --set data.preset=qg")
+    scored = _anomaly_scorer(sweep.cfg) if on_anomaly else None
 
     def objective(trial: optuna.Trial, parent: str) -> float:
         def body(cfg: JbotConfig, tags: dict[str, str]) -> float:
@@ -192,8 +193,8 @@ def pretrain_objective(sweep: Sweep, work_dir: Path) -> Callable[[optuna.Trial, 
                                    on_epoch=None if on_anomaly else lambda r: report(r.epoch, r.metrics))
             if flag["pruned"]:
                 raise optuna.TrialPruned()
-            if on_anomaly:
-                metrics = _validation_anomaly(cfg, res.payload.checkpoint)
+            if scored is not None:
+                metrics = scored(cfg, res.payload.checkpoint)
                 connect(store_uri(cfg)).log_batch(res.run_id, metrics=[
                     Metric(k, v, int(time.time() * 1000), cfg.pretrain.epochs) for k, v in metrics.items()])
                 return metrics[sweep.space.objective]
@@ -206,15 +207,21 @@ def pretrain_objective(sweep: Sweep, work_dir: Path) -> Callable[[optuna.Trial, 
     return objective
 
 
-def _validation_anomaly(cfg: JbotConfig, checkpoint: Path) -> dict[str, float]:
+def _anomaly_scorer(cfg: JbotConfig) -> Callable[[JbotConfig, Path], dict[str, float]]:
+    """A trial's checkpoint -> its ``val/anomaly/...`` metrics; the q+g split is read once per worker."""
     from jbot.anomaly.detect import validation_anomaly
     from jbot.runs import load_split
     from jbot.train.checkpoint import load_encoder
     from jbot.train.device import runtime_device
 
-    metrics = validation_anomaly(load_encoder(checkpoint), load_split(cfg, "qg"), cfg.anomaly,
-                                 runtime_device(cfg.runtime))
-    return {ANOMALY_PREFIX + k: v for k, v in metrics.items()}
+    split = load_split(cfg, "qg")
+
+    def scored(trial_cfg: JbotConfig, checkpoint: Path) -> dict[str, float]:
+        metrics = validation_anomaly(load_encoder(checkpoint), split, trial_cfg.anomaly,
+                                     runtime_device(trial_cfg.runtime))
+        return {ANOMALY_PREFIX + k: v for k, v in metrics.items()}
+
+    return scored
 
 
 def run_sweep(sweep: Sweep, objective: Callable[[optuna.Trial, str], float],

@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from jbot.errors import JbotError
-from jbot.ssl.teacher import ema_update
-from jbot.train.device import autocast
 
 if TYPE_CHECKING:
     from jbot.train.pretrain import Pretrainer
@@ -51,17 +49,8 @@ class GraphStep:
         self._bound = True
 
     def body(self, xb: torch.Tensor) -> torch.Tensor:
-        """Views, losses, backward, clipping, AdamW, EMA and centres; returns the loss terms (on the device)."""
-        t = self.trainer
-        views, masked = t.method.views(xb, t.gen)
-        with autocast(t.device, t.cfg.runtime.precision, cache=not self.capture):
-            terms = t.loss_fn(views, masked)
-        terms[0].backward()
-        if t.cfg.pretrain.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(t.student.parameters(), t.cfg.pretrain.grad_clip)
-        t.optimizer.step()
-        ema_update(t.teacher, t.student, self.momentum)
-        return terms.detach()
+        """The trainer's step body, reading the momentum from the device (autocast's cache off under capture)."""
+        return self.trainer.step_body(xb, self.momentum, cache=not self.capture)
 
     def __call__(self, xb: torch.Tensor, it: int) -> torch.Tensor:
         if not self._bound:

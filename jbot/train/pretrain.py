@@ -170,18 +170,22 @@ class Pretrainer:
         already on the device; returns the detached loss terms (no host sync)."""
         if self.graph_step is not None:
             return self.graph_step(xb, it)
-        tc = self.cfg.pretrain
         for group in self.optimizer.param_groups:
             group["lr"] = float(self.lr[it])
-        views, masked = self.method.views(xb, self.gen)
-        with autocast(self.device, self.cfg.runtime.precision):
-            terms = self.loss_fn(views, masked)
         self.optimizer.zero_grad(set_to_none=True)
+        return self.step_body(xb, float(self.momentum[it]))
+
+    def step_body(self, xb: torch.Tensor, momentum: float | torch.Tensor, cache: bool = True) -> torch.Tensor:
+        """What every step does once the LR is set and the gradients cleared: views, losses, backward, clipping,
+        AdamW, EMA (``momentum`` a number, or a device tensor in a CUDA graph) and centres."""
+        views, masked = self.method.views(xb, self.gen)
+        with autocast(self.device, self.cfg.runtime.precision, cache):
+            terms = self.loss_fn(views, masked)
         terms[0].backward()
-        if tc.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.student.parameters(), tc.grad_clip)
+        if self.cfg.pretrain.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.pretrain.grad_clip)
         self.optimizer.step()
-        ema_update(self.teacher, self.student, float(self.momentum[it]))
+        ema_update(self.teacher, self.student, momentum)
         return terms.detach()
 
     def _kept(self) -> str:
