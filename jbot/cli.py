@@ -171,6 +171,8 @@ def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 def data_generate(
     out: Annotated[Path, typer.Option(help="Output folder for {q,g,w,z,t}.hdf5")],
     jets_per_class: Annotated[int, typer.Option(help="Jets per class")] = 2000,
+    background_jets: Annotated[int | None, typer.Option(
+        help="Jets for each of q and g when more background is wanted (default: --jets-per-class)")] = None,
     classes: Annotated[str, typer.Option(help="Comma-separated classes among q,g,w,z,t")] = "q,g,w,z,t",
     workers: Annotated[int, typer.Option(help="Parallel Pythia processes")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed (output depends on seed and chunk size only)")] = 1,
@@ -181,17 +183,18 @@ def data_generate(
 
     with user_errors():
         try:
-            cfg = GenerateConfig(jets_per_class=jets_per_class, workers=workers, seed=seed, chunk_size=chunk_size,
+            cfg = GenerateConfig(jets_per_class=jets_per_class, background_per_class=background_jets,
+                                 workers=workers, seed=seed, chunk_size=chunk_size,
                                  classes=tuple(c.strip().lower() for c in classes.split(",") if c.strip()))
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, GenerateConfig, "invalid generator options")) from None
         start = time.perf_counter()
         with progress_bar() as bar:
-            task = bar.add_task("generating jets", total=jets_per_class * len(cfg.classes))
+            task = bar.add_task("generating jets", total=cfg.total_jets)
             files = generate(cfg, out, on_chunk=lambda c: bar.advance(task, c.n_jets))
         elapsed = time.perf_counter() - start
     console.print(f"wrote {len(files)} files to {out} in {elapsed:.1f} s "
-                  f"({jets_per_class * len(files) / elapsed:.0f} jets/s)")
+                  f"({cfg.total_jets / elapsed:.0f} jets/s)")
 
 
 @data_app.command("fetch")

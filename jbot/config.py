@@ -277,6 +277,9 @@ class GenerateConfig(Section):
     """Pythia8 + FastJet jet generation (``jbot data generate``)."""
 
     jets_per_class: int = Field(default=2000, gt=0)
+    # q and g jets per class when more background than signal is wanted (the q+g anomaly steps train on, take
+    # their reference from and test on background alone); None: jets_per_class
+    background_per_class: int | None = Field(default=None, gt=0)
     classes: tuple[str, ...] = ("q", "g", "w", "z", "t")
     workers: int = Field(default=1, gt=0)
     seed: int = Field(default=1, ge=0)
@@ -300,6 +303,16 @@ class GenerateConfig(Section):
         if self.pthat_min >= self.pthat_max or self.jet_pt_min >= self.jet_pt_max:
             raise ValueError("pT windows need min < max")
         return self
+
+    def jets_for(self, cls: str) -> int:
+        """Jets to generate for one class."""
+        if cls in ("q", "g") and self.background_per_class is not None:
+            return self.background_per_class
+        return self.jets_per_class
+
+    @property
+    def total_jets(self) -> int:
+        return sum(self.jets_for(c) for c in self.classes)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from jbot.config import GenerateConfig, with_overrides
+from jbot.config import with_overrides
 from jbot.data.classes import CLASSES
 from jbot.paths import resolve_tracking_uri
 
@@ -35,7 +35,7 @@ class DemoSettings:
 def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> dict:
     """Each step is a tracked jbot command; returns what the summary prints."""
     from jbot.data.generate import generate
-    from jbot.reproduce import plan_for, run_reproduction
+    from jbot.reproduce import SCALES, generated_text, plan_for, run_reproduction
     from jbot.runs import tracked_anomaly
     from jbot.sweeps.objectives import anomaly_objective, run_sweep
     from jbot.sweeps.spaces import ParamSpec, load_space
@@ -46,9 +46,9 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> dict:
     start = time.perf_counter()
     jets = settings.out / "jets"
     if not all((jets / f"{c}.hdf5").is_file() for c in CLASSES):
-        say(f"generating {settings.jets_per_class} jets per class with Pythia8 + FastJet")
-        generate(GenerateConfig(jets_per_class=settings.jets_per_class, workers=settings.workers,
-                                seed=settings.seed), jets)
+        gen = SCALES["demo"].generate_config(settings.jets_per_class, settings.workers, settings.seed)
+        say(f"generating {generated_text(gen)} with Pythia8 + FastJet")
+        generate(gen, jets)
     else:
         say(f"using the jets already in {jets}")
     overrides = [*(f"pretrain.epochs={settings.epochs}",) * (settings.epochs is not None), *settings.overrides]

@@ -36,13 +36,22 @@ def step_tag(step: str) -> str:
 
 @dataclass(frozen=True)
 class Scale:
-    """How much of the paper's protocol a machine does: jets to generate when the data folder is empty (None:
-    the real JetNet is required) and the config fields set on top of the chosen size's config."""
+    """How much of the paper's protocol a machine does: jets to generate per class when the data folder is empty
+    (None: the real JetNet is required; q and g get ``background_factor`` times as many, for the q+g anomaly
+    steps, which train on, take their reference from and test on background alone) and the config fields set on
+    top of the chosen size's config."""
 
     name: str
     jets_per_class: int | None
     overrides: tuple[str, ...]
     budget: str
+    background_factor: int = 1
+
+    def generate_config(self, jets_per_class: int, workers: int, seed: int) -> GenerateConfig:
+        """What to generate for this scale with ``jets_per_class`` signal jets per class."""
+        background = jets_per_class * self.background_factor if self.background_factor > 1 else None
+        return GenerateConfig(jets_per_class=jets_per_class, background_per_class=background, workers=workers,
+                              seed=seed)
 
 
 _SMALL = ("tracking.log_system_metrics=false",)
@@ -50,7 +59,8 @@ SCALES = {s.name: s for s in (
     Scale("demo", 2000, ("pretrain.epochs=12", "pretrain.batch_size=256", "pretrain.warmup_epochs=2",
                          "pretrain.knn_every=4", "finetune.epochs=20", "finetune.batch_size=256",
                          "finetune.patience=6", "finetune.lr=1e-3", "anomaly.reference_size=2000",
-                         "probe.silhouette_samples=2000", *_SMALL), "about 5 minutes on 2 CPU cores"),
+                         "probe.silhouette_samples=2000", *_SMALL), "about 10 minutes on 2 CPU cores",
+          background_factor=3),
     Scale("cpu", 10000, ("pretrain.epochs=40", "pretrain.batch_size=256", "pretrain.warmup_epochs=4",
                          "pretrain.knn_every=5", "finetune.epochs=40", "finetune.batch_size=256",
                          "finetune.patience=8", "finetune.lr=1e-3", "anomaly.reference_size=10000",
@@ -129,14 +139,14 @@ def _cfg(plan: Plan, **fields: Any) -> JbotConfig:
 def _steps(plan: Plan) -> list[tuple[str, Callable[[Context], str]]]:
     from jbot.runs import model_label, tracked_anomaly, tracked_finetune, tracked_pretrain, tracked_probe
 
-    out, e = plan.out, plan.cfg.pretrain.epochs
+    out = plan.out
     label = model_label(plan.cfg)
     cfg5 = _cfg(plan, **{"data.preset": "5class", "pretrain.out_dir": str(out / "pretrain-5class")})
     cfgqg = _cfg(plan, **{"data.preset": "qg", "pretrain.out_dir": str(out / "pretrain-qg")})
 
     def pretrain(cfg: JbotConfig, preset: str) -> Callable[[Context], str]:
         return lambda ctx: tracked_pretrain(cfg, experiment=EXPERIMENT, parent_run_id=ctx.parent,
-                                            run_name=f"pretrain-{label}-{preset}-e{e}").run_id
+                                            run_name=f"pretrain-{label}-{preset}-e{cfg.pretrain.epochs}").run_id
 
     def probe(preset: str, source: Callable[[Context], str], name: str) -> Callable[[Context], str]:
         return lambda ctx: tracked_probe(cfg5, source(ctx), preset, out_dir=out / name, experiment=EXPERIMENT,
@@ -196,8 +206,16 @@ def ensure_data(plan: Plan, workers: int, seed: int, say: Callable[[str], None])
                              f"(`jbot data fetch --out {data}`)")
     from jbot.data.generate import generate
 
-    say(f"generating {plan.scale.jets_per_class} jets per class with Pythia8 + FastJet (seed {seed}) in {data}")
-    generate(GenerateConfig(jets_per_class=plan.scale.jets_per_class, workers=workers, seed=seed), data)
+    gen = plan.scale.generate_config(plan.scale.jets_per_class, workers, seed)
+    say(f"generating {generated_text(gen)} with Pythia8 + FastJet (seed {seed}) in {data}")
+    generate(gen, data)
+
+
+def generated_text(cfg: GenerateConfig) -> str:
+    """'2000 jets per class' or '6000 q and g, 2000 W, Z and t jets each'."""
+    if cfg.background_per_class is None:
+        return f"{cfg.jets_per_class} jets per class"
+    return f"{cfg.background_per_class} q and g, {cfg.jets_per_class} W, Z and t jets each"
 
 
 def _parent(plan: Plan) -> tuple[str, dict[str, str]]:

@@ -45,3 +45,25 @@ def test_deterministic_for_seed_whatever_the_workers(tmp_path: Path) -> None:
 def test_cli_rejects_unknown_class(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["data", "generate", "--out", str(tmp_path), "--classes", "q,h"])
     assert result.exit_code == 2 and "unknown classes ['h']" in result.output
+
+
+def test_more_background_than_signal(tmp_path: Path) -> None:
+    """--background-jets sizes q and g alone; their first chunks are those of a plain run with the same seed."""
+    result = CliRunner().invoke(app, ["data", "generate", "--out", str(tmp_path / "a"), "--classes", "q,w",
+                                      "--jets-per-class", "8", "--background-jets", "16", "--chunk-size", "8",
+                                      "--seed", "4"])
+    assert result.exit_code == 0, result.output
+    q, w = read_jetnet(tmp_path / "a" / "q.hdf5"), read_jetnet(tmp_path / "a" / "w.hdf5")
+    assert (len(q), len(w)) == (16, 8)
+    plain = generate(GenerateConfig(classes=("q",), jets_per_class=8, chunk_size=8, seed=4), tmp_path / "b")
+    np.testing.assert_array_equal(q.particles[:8], read_jetnet(plain["q"]).particles)
+
+
+def test_demo_scale_generates_more_background() -> None:
+    from jbot.reproduce import SCALES, generated_text
+
+    gen = SCALES["demo"].generate_config(2000, workers=2, seed=1)
+    assert [gen.jets_for(c) for c in gen.classes] == [6000, 6000, 2000, 2000, 2000] and gen.total_jets == 18000
+    assert generated_text(gen) == "6000 q and g, 2000 W, Z and t jets each"
+    cpu = SCALES["cpu"].generate_config(10000, workers=2, seed=1)
+    assert cpu.background_per_class is None and generated_text(cpu) == "10000 jets per class"

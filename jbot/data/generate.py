@@ -69,9 +69,10 @@ class Chunk:
 def plan_chunks(cfg: GenerateConfig) -> list[Chunk]:
     chunks = []
     for cls in cfg.classes:
-        n_chunks = -(-cfg.jets_per_class // cfg.chunk_size)
+        total = cfg.jets_for(cls)
+        n_chunks = -(-total // cfg.chunk_size)
         for i in range(n_chunks):
-            n = min(cfg.chunk_size, cfg.jets_per_class - i * cfg.chunk_size)
+            n = min(cfg.chunk_size, total - i * cfg.chunk_size)
             # Pythia accepts seeds in [1, 900_000_000]
             seed = 1 + (cfg.seed * 1_000_003 + CLASSES.index(cls) * 10_007 + i) % 899_999_999
             chunks.append(Chunk(cls, i, n, seed))
