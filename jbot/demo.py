@@ -65,8 +65,9 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> dict:
         "from models:/jbot-encoder@champion")
     champion = "models:/jbot-encoder@champion"
     space = load_space("anomaly.yaml")
+    most = cfgqg.anomaly.reference_size  # the scale's reference: all the background training jets at the demo scale
     narrow = space.model_copy(update={"params": {
-        **space.params, "anomaly.reference_size": ParamSpec(type="int", low=500, high=2000, log=True)}})
+        **space.params, "anomaly.reference_size": ParamSpec(type="int", low=max(1, most // 10), high=most, log=True)}})
     sweep = Sweep("anomaly", narrow, cfgqg, settings.anomaly_trials, {"model": champion, "demo": str(settings.out)},
                   storage=f"sqlite:///{(settings.out / 'optuna.db').resolve()}", experiment="jbot-demo-sweep-anomaly")
     outcome, summary = run_sweep(sweep, anomaly_objective(sweep, champion))
