@@ -657,7 +657,7 @@ def ui_cmd(
 
 @app.command("reproduce")
 def reproduce_cmd(
-    scale: Annotated[str, typer.Option(help="demo (about 11 min on 2 cores) | cpu (about an hour) | paper (GPU)")]
+    scale: Annotated[str, typer.Option(help="demo (about 12 min on 2 cores) | cpu (about an hour) | paper (GPU)")]
     = "demo",
     size: Annotated[str, typer.Option(help="S | B (jBOT-S or jBOT-B, Table 1)")] = "S",
     data: Annotated[Path, typer.Option(help="Jets; generated here (demo, cpu) when the folder has none")]

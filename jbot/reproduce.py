@@ -59,7 +59,7 @@ SCALES = {s.name: s for s in (
     Scale("demo", 2000, ("pretrain.epochs=12", "pretrain.batch_size=256", "pretrain.warmup_epochs=2",
                          "pretrain.knn_every=4", "finetune.epochs=20", "finetune.batch_size=256",
                          "finetune.patience=6", "finetune.lr=1e-3", "anomaly.reference_size=10000",
-                         "probe.silhouette_samples=2000", *_SMALL), "about 11 minutes on 2 CPU cores",
+                         "probe.silhouette_samples=2000", *_SMALL), "about 12 minutes on 2 CPU cores",
           background_factor=3),
     Scale("cpu", 10000, ("pretrain.epochs=40", "pretrain.batch_size=256", "pretrain.warmup_epochs=4",
                          "pretrain.knn_every=5", "finetune.epochs=40", "finetune.batch_size=256",
