@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from jbot.data.classes import BACKGROUND, CLASSES
 from jbot.errors import JbotError
 from jbot.paths import DEFAULT_CONFIG, Traversable, find_yaml
 
@@ -280,7 +281,7 @@ class GenerateConfig(Section):
     # q and g jets per class when more background than signal is wanted (the q+g anomaly steps train on, take
     # their reference from and test on background alone); None: jets_per_class
     background_per_class: int | None = Field(default=None, gt=0)
-    classes: tuple[str, ...] = ("q", "g", "w", "z", "t")
+    classes: tuple[str, ...] = CLASSES
     workers: int = Field(default=1, gt=0)
     seed: int = Field(default=1, ge=0)
     chunk_size: int = Field(default=250, gt=0)
@@ -295,9 +296,9 @@ class GenerateConfig(Section):
 
     @model_validator(mode="after")
     def _windows(self) -> GenerateConfig:
-        unknown = sorted(set(self.classes) - {"q", "g", "w", "z", "t"})
+        unknown = sorted(set(self.classes) - set(CLASSES))
         if unknown:
-            raise ValueError(f"unknown classes {unknown}; choose from q, g, w, z, t")
+            raise ValueError(f"unknown classes {unknown}; choose from {', '.join(CLASSES)}")
         if not self.classes:
             raise ValueError("at least one class is needed")
         if self.pthat_min >= self.pthat_max or self.jet_pt_min >= self.jet_pt_max:
@@ -306,7 +307,7 @@ class GenerateConfig(Section):
 
     def jets_for(self, cls: str) -> int:
         """Jets to generate for one class."""
-        if cls in ("q", "g") and self.background_per_class is not None:
+        if cls in BACKGROUND and self.background_per_class is not None:
             return self.background_per_class
         return self.jets_per_class
 
