@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -34,6 +35,7 @@ from jbot.config import (
 from jbot.errors import JbotError
 from jbot.io import scratch_dir
 from jbot.paths import is_model_source, resolve_tracking_uri
+from jbot.redaction import redact
 from jbot.sweeps.kinds import KINDS as SWEEP_KINDS
 from jbot.sweeps.kinds import SweepKind
 
@@ -87,29 +89,45 @@ def main_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show MLflow's and Optuna's own log lines")] = False,
 ) -> None:
     """jBOT: self-distilled jet representations, MLflow-native."""
+    from jbot import signals
     from jbot.logs import configure
 
     configure(verbose)
+    signals.install()  # SIGTERM / SIGUSR1 stop a command as Ctrl-C does (checkpoint, run KILLED, scratch removed)
+
+
+def say_error(text: str) -> None:
+    """One ``error:`` line on stderr: the text escaped (a path like ``data[v2]`` is shown as it is) and redacted."""
+    err_console.print("[bold red]error:[/] " + escape(redact(text)), highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Errors caused by the user's input end the command with a one-paragraph message, not a traceback."""
+    """Errors caused by the user's input end the command with a one-paragraph message, not a traceback; a stop
+    signal or Ctrl-C that no command caught ends it with 128 + the signal (``jbot.signals``)."""
+    from jbot import signals
+
     try:
         yield
     except (JbotError, FileNotFoundError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        say_error(str(exc))
         raise typer.Exit(code=2) from None
+    except KeyboardInterrupt as exc:
+        err_console.print(f"{signals.describe(exc)}: files and runs written before are intact", highlight=False)
+        raise typer.Exit(code=signals.exit_code(exc)) from None
     except Exception as exc:
-        from jbot.io import free_space, is_disk_full
+        from jbot.io import full_disk_message, is_disk_full
         from jbot.paths import home
 
-        if not is_disk_full(exc):
+        if is_disk_full(exc):
+            say_error(full_disk_message(exc, home()))
+            raise typer.Exit(code=2) from None
+        from jbot.tracking.errors import store_problem
+
+        problem = store_problem(exc)
+        if problem is None:
             raise
-        err_console.print(f"[bold red]error:[/] the disk is full ({type(exc).__name__} while writing; "
-                          f"{free_space(home())} free under {home()}, the working folder). Files and runs written "
-                          "before are intact; free some space and run the command again.",
-                          highlight=False, soft_wrap=True)
+        say_error(problem)
         raise typer.Exit(code=2) from None
 
 
@@ -281,16 +299,19 @@ def pretrain_cmd(
     preset: Annotated[str | None, typer.Option(help="5class | tqg | qg (overrides data.preset)")] = None,
     device: DeviceOpt = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (overrides pretrain.out_dir)")] = None,
-    resume: Annotated[Path | None, typer.Option(
-        help="Continue from this checkpoint: its own config, with --set/--out/--data/--device on top")] = None,
+    resume: Annotated[str | None, typer.Option(
+        help="Continue from this checkpoint (its own config, with --set/--out/--data/--device on top), or `auto`: "
+             "from <out>/checkpoint.pt when it exists, else start fresh (one command for a job's first start and "
+             "every requeue)")] = None,
     allow_other_data: Annotated[bool, typer.Option(
         "--allow-other-data", help="With --resume: continue on data whose fingerprint differs")] = False,
     tracking_uri: TrackingOpt = None,
     experiment: ExperimentOpt = None,
 ) -> None:
     """Pre-train a jBOT encoder by self-distillation (views, masking, EMA teacher, DINO + iBOT + KoLeo losses),
-    tracked in MLflow."""
-    from jbot.config import resume_config
+    tracked in MLflow. SIGTERM, SIGUSR1 or Ctrl-C stop it at the next step with a checkpoint there (exit code
+    143, 138 or 130); `--resume` continues exactly where it stopped."""
+    from jbot import signals
     from jbot.launch import world_from_env
 
     if world_from_env()[0] != 0:  # another rank of a torchrun job: rank 0 prints; errors still show
@@ -298,24 +319,15 @@ def pretrain_cmd(
     with user_errors():
         overrides = _overrides(set_, **{"data.dir": data, "data.preset": preset, "runtime.device": device,
                                         "pretrain.out_dir": out})
-        if resume is None:
-            cfg = resolve(config, overrides, tracking_uri)
-        else:
-            if config is not None:
-                raise ConfigError("--resume continues with the checkpoint's own config: change fields with --set, "
-                                  "--out, --data or --device, not --config")
-            if not resume.is_file():
-                raise ConfigError(f"--resume {resume}: checkpoint not found")
-            from jbot.runs import check_more_epochs
-            from jbot.train.checkpoint import load_checkpoint
-
-            state = load_checkpoint(resume)
-            cfg = with_store(resume_config(state["config"], overrides), tracking_uri)
-            check_more_epochs(cfg, state, resume)
+        start = prepare_pretrain(config, overrides, tracking_uri, resume)
+        if start is None:
+            return
+        cfg, checkpoint = start
         require_data(cfg)
         jets = "jets streamed" if cfg.data.stream else f"{cfg.data.preset} jets"
         console.print(f"pre-training jBOT (D={cfg.model.d_model}, L={cfg.model.n_layers}, H={cfg.model.n_heads}) "
-                      f"on {jets} from {cfg.data.dir} for {cfg.pretrain.epochs} epochs")
+                      f"on {escape(jets)} from {escape(str(cfg.data.dir))} for {cfg.pretrain.epochs} epochs"
+                      + (f", continuing from {escape(str(checkpoint))}" if checkpoint else ""))
         from jbot.runs import tracked_pretrain
 
         with progress_bar() as bar:
@@ -329,16 +341,22 @@ def pretrain_cmd(
                 bar.update(task, description=f"epoch {report.epoch + 1}", completed=0)
 
             try:
-                tracked = tracked_pretrain(cfg, resume=resume, experiment=experiment, allow_other_data=allow_other_data,
-                                           on_step=lambda i: bar.advance(task), on_epoch=on_epoch)
-            except KeyboardInterrupt:
+                tracked = tracked_pretrain(cfg, resume=checkpoint, experiment=experiment,
+                                           allow_other_data=allow_other_data, on_step=lambda i: bar.advance(task),
+                                           on_epoch=on_epoch,
+                                           on_notice=lambda text: bar.console.print(f"note: {escape(text)}"))
+            except KeyboardInterrupt as exc:
+                from jbot.runs import resume_command
+
                 ckpt = Path(cfg.pretrain.out_dir) / "checkpoint.pt"
                 bar.stop()
-                err_console.print("interrupted: " + (
-                    f"the last completed epoch is saved in {ckpt}; continue with `jbot pretrain --resume {ckpt}`"
+                where = getattr(exc, "where", None)
+                err_console.print(f"{signals.describe(exc)}" + (f" at {where}" if where else "") + ": " + (
+                    f"{'its state is' if where else 'the last completed epoch is'} saved in {ckpt}; the MLflow run "
+                    f"is KILLED; continue with `{resume_command(ckpt)}` (or `--resume auto`)"
                     if ckpt.is_file() else "no epoch had completed, nothing was saved"), highlight=False,
-                    soft_wrap=True)
-                raise typer.Exit(code=130) from None
+                    soft_wrap=True, markup=False)
+                raise typer.Exit(code=signals.exit_code(exc)) from None
     result = tracked.payload
     table = Table(title="jBOT pre-training")
     table.add_column("metric")
@@ -352,6 +370,48 @@ def pretrain_cmd(
     table.add_row("MLflow run", tracked.run_id)
     table.add_row("model URI", str(tracked.model_uri))
     console.print(table)
+
+
+def prepare_pretrain(config: Path | None, overrides: list[str], tracking_uri: str | None,
+                     resume: str | None) -> tuple[JbotConfig, Path | None] | None:
+    """The config to pre-train with and the checkpoint to continue from (read once, here). ``resume="auto"``:
+    ``<out>/checkpoint.pt`` when it exists (trained with the settings --config and --set give), else a fresh
+    start. None: nothing to do (``auto`` found a checkpoint that has trained every epoch)."""
+    from jbot.config import RESUMABLE, flatten, resume_config
+    from jbot.runs import check_more_epochs
+
+    fresh = None
+    if resume == "auto":
+        fresh = resolve(config, overrides, tracking_uri)
+        path = Path(fresh.pretrain.out_dir) / "checkpoint.pt"
+        if not path.is_file():
+            return fresh, None
+    elif resume is None:
+        return resolve(config, overrides, tracking_uri), None
+    else:
+        if config is not None:
+            raise ConfigError("--resume continues with the checkpoint's own config: change fields with --set, "
+                              "--out, --data or --device, not --config (or use --resume auto)")
+        path = Path(resume)
+        if not path.is_file():
+            raise ConfigError(f"--resume {resume}: checkpoint not found")
+    from jbot.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    cfg = with_store(resume_config(state["config"], overrides), tracking_uri)
+    if fresh is not None:
+        before, after = flatten(fresh), flatten(cfg)
+        differ = sorted(k for k in before if before[k] != after.get(k) and not k.startswith(RESUMABLE))
+        if differ:
+            raise ConfigError(f"--resume auto: {path} was trained with other settings than these: " + ", ".join(
+                f"{k} ({after.get(k)!r} there, {before[k]!r} here)" for k in differ[:5])
+                + "; use another --out, or --resume PATH to continue with the checkpoint's own settings")
+        done = int(state.get("epoch", 0))
+        if done >= cfg.pretrain.epochs and not int(state.get("step", 0)):
+            console.print(f"{escape(str(path))} has trained all {done} epochs: nothing to do")
+            return None
+    check_more_epochs(cfg, state, path)
+    return cfg, path
 
 
 # ---------------------------------------------------------------------------------- probe / finetune
@@ -679,9 +739,12 @@ def reproduce_cmd(
         ensure_data(plan, workers, seed, console.print)
         try:
             summary = run_reproduction(plan, lambda text: console.print(f"[bold]{text}[/]"))
-        except KeyboardInterrupt:
-            err_console.print("interrupted: finished steps are kept; run the same command again to go on")
-            raise typer.Exit(code=130) from None
+        except KeyboardInterrupt as exc:
+            from jbot import signals
+
+            err_console.print(f"{signals.describe(exc)}: the parent run and the running step are KILLED; finished "
+                              "steps are kept; run the same command again to go on", highlight=False)
+            raise typer.Exit(code=signals.exit_code(exc)) from None
     for claim in summary["claims"]:
         console.print(f"{'holds' if claim['holds'] else 'does not hold'}: {claim['text']}")
     console.print(f"report: {summary['report']}; MLflow parent run {summary['parent']} "
@@ -767,10 +830,12 @@ def _print_sweep(outcome: Any, summary: dict[str, Any]) -> None:
         console.print("the best trial's test metrics and registration were done by another worker")
 
 
-def _interrupted(kind: str) -> None:
-    err_console.print(f"interrupted: completed trials are kept in the study; re-run the same `jbot sweep {kind}` "
-                      "command to resume")
-    raise typer.Exit(code=130)
+def _interrupted(kind: str, exc: KeyboardInterrupt) -> None:
+    from jbot import signals
+
+    err_console.print(f"{signals.describe(exc)}: completed trials are kept in the study and the running one is "
+                      f"queued again; re-run the same `jbot sweep {kind}` command to resume", highlight=False)
+    raise typer.Exit(code=signals.exit_code(exc))
 
 
 def _sweep_command(kind: SweepKind) -> Callable[..., None]:
@@ -790,8 +855,8 @@ def _sweep_command(kind: SweepKind) -> Callable[..., None]:
             objective, finish = kind.start(sweep, given.get("model"), extras, scratch_dir(f"sweep-{kind.name}-"))
             try:
                 outcome, summary = run_sweep(sweep, objective, finish)
-            except KeyboardInterrupt:
-                _interrupted(kind.name)
+            except KeyboardInterrupt as exc:
+                _interrupted(kind.name, exc)
         _print_sweep(outcome, summary)
         if kind.note:
             console.print(kind.note)

@@ -124,6 +124,45 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+_stores: list[Path] = []  # the SQLite stores this process writes (named when their disk fills up)
+
+
+def note_store(uri: str) -> None:
+    """Remember an SQLite store's file (``jbot.tracking.mlflow.connect`` and the Optuna storage call this)."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):]).absolute()
+        if path not in _stores:
+            _stores.append(path)
+
+
+def stores() -> list[Path]:
+    return list(_stores)
+
+
+def full_disk_message(exc: BaseException, home: Path) -> str:
+    """What a full disk stopped: the file being written where the error names it (else the SQLite stores this
+    process writes), with the free space where that file is."""
+    named = next((Path(e.filename) for e in _chain(exc) if isinstance(e, OSError) and e.filename), None)
+    sqlite = any("sqlite" in type(e).__module__ or "database or disk is full" in str(e) for e in _chain(exc))
+    if named is not None:
+        where = f"while writing {named} ({free_space(named.parent)} free there)"
+    elif sqlite and _stores:
+        where = "while writing the store " + ", ".join(f"{p} ({free_space(p.parent)} free there)" for p in _stores)
+    else:
+        where = f"while writing ({free_space(home)} free under {home}, the working folder)"
+    return (f"the disk is full {where}. Files and runs written before are intact; free some space and run the "
+            "command again.")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not e for e in seen):
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
 _scratch: tempfile.TemporaryDirectory[str] | None = None
 
 

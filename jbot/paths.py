@@ -16,6 +16,10 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from jbot.redaction import is_redacted, redact
+
+__all__ = ["redact"]
+
 HOME_ENV = "JBOT_HOME"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
@@ -36,13 +40,20 @@ def default_optuna_storage() -> str:
 
 
 def resolve_tracking_uri(flag: str | None = None, configured: str | None = None) -> str:
-    """The MLflow store, first found: ``--tracking-uri``, ``tracking.uri``, ``$MLFLOW_TRACKING_URI``, embedded."""
+    """The MLflow store, first found: ``--tracking-uri``, ``tracking.uri``, ``$MLFLOW_TRACKING_URI``, embedded.
+
+    A configured URI whose password was redacted (a checkpoint's config: jbot never stores passwords) is skipped
+    for the flag or the environment; with neither, that is an error naming both."""
+    if configured and is_redacted(configured) and not flag:
+        found = os.environ.get(TRACKING_ENV)
+        if not found:
+            from jbot.errors import JbotError
+
+            raise JbotError(f"the tracking store {configured} needs its password, which jbot never writes into "
+                            "checkpoints or runs: pass --tracking-uri with it or set MLFLOW_TRACKING_URI (for "
+                            "PostgreSQL, PGPASSWORD or ~/.pgpass keep it out of the URI altogether)")
+        return found
     return flag or configured or os.environ.get(TRACKING_ENV) or embedded_tracking_uri()
-
-
-def redact(url: str) -> str:
-    """A URL without its password (for params, logs and messages)."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 def _shipped(folder: str) -> Traversable:

@@ -220,7 +220,7 @@ def generated_text(cfg: GenerateConfig) -> str:
 
 def _parent(plan: Plan) -> tuple[str, dict[str, str]]:
     """The parent run of this reproduction (found by its key: resumed) or a new one; finished steps' run ids."""
-    from jbot.paths import redact
+    from jbot.redaction import public_config, redact
     from jbot.tracking.mlflow import MlflowRun, connect, experiment_id, git_commit, store_uri
 
     uri = store_uri(plan.cfg)
@@ -238,7 +238,7 @@ def _parent(plan: Plan) -> tuple[str, dict[str, str]]:
         "jbot.reproduce_key": plan.key, "jbot.role": "reproduce-parent", "jbot.git_commit": git_commit(),
         "mlflow.note.content":
         f"The paper's protocol at the {plan.scale.name} scale ({plan.scale.budget}), jBOT-{plan.size}"})
-    MlflowRun(client, run.info.run_id).log_params({**flatten(plan.cfg), "tracking.uri": redact(uri),
+    MlflowRun(client, run.info.run_id).log_params({**flatten(public_config(plan.cfg)), "tracking.uri": redact(uri),
                                                    "reproduce.scale": plan.scale.name, "reproduce.size": plan.size,
                                                    "reproduce.config": scale_config(plan.scale, plan.size)})
     return run.info.run_id, {}
@@ -271,7 +271,10 @@ def run_reproduction(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
         client.log_artifact(parent, str(plan.out / "reproduce.json"), "report")
         for claim in summary["claims"]:
             client.set_tag(parent, f"claim.{claim['name']}", "holds" if claim["holds"] else "does not hold")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C or a stop signal: the running step's run is KILLED by its own command
+        from jbot import signals
+
+        client.set_tag(parent, "jbot.stopped", signals.describe(exc))
         client.set_terminated(parent, "KILLED")
         raise
     except BaseException:

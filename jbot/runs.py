@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import numpy as np
 import torch
 
+from jbot import signals
 from jbot.config import ConfigError, JbotConfig, flatten
 from jbot.data.shards import read_rows
 from jbot.data.splits import Split, make_split
@@ -128,8 +129,10 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
                      on_epoch: Callable[[EpochReport], bool | None] | None = None,
                      parent_run_id: str | None = None, tags: dict[str, str] | None = None,
                      on_start: Callable[[str], None] | None = None, allow_other_data: bool = False,
-                     run_name: str | None = None) -> TrackedResult[PretrainResult]:
-    """Pre-train as one MLflow run. With ``resume`` (a checkpoint), training continues from it on the same data
+                     run_name: str | None = None,
+                     on_notice: Callable[[str], None] | None = None) -> TrackedResult[PretrainResult]:
+    """Pre-train as one MLflow run (``on_notice`` hears what the user should know, e.g. a batch size cut to the
+    training set). With ``resume`` (a checkpoint), training continues from it on the same data
     (its fingerprint must match unless ``allow_other_data``) and in its MLflow run when that run is in this store;
     the checkpoint is written under ``cfg.pretrain.out_dir`` only."""
     comm, torch_device = setup(cfg.runtime)
@@ -156,12 +159,22 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
         _log_split(run, cfg, split, inputs.n_train)
         if on_start is not None:
             on_start(run.run_id)
+        batch = min(cfg.pretrain.batch_size, inputs.n_train)
+        if batch < cfg.pretrain.batch_size:  # the param says what was asked; this, what was used
+            run.log_params({"pretrain.batch_size_used": batch})
+            if on_notice is not None:
+                on_notice(f"pretrain.batch_size {cfg.pretrain.batch_size} is more than the {inputs.n_train} "
+                          f"training jets: training on batches of {batch} (lr = base_lr x {batch}/256)")
         try:
             result: PretrainResult = pretrain(cfg, split, out_dir, run, resume, on_step, on_epoch,
                                               meta={"mlflow_run_id": run.run_id}, source=inputs.source, comm=comm)
-        except KeyboardInterrupt:
-            if (out_dir / "checkpoint.pt").is_file():  # the last completed epoch, saved atomically
-                run.log_artifact(out_dir / "checkpoint.pt", "checkpoints")
+        except KeyboardInterrupt as exc:
+            ckpt = out_dir / "checkpoint.pt"
+            if ckpt.is_file():  # the last completed epoch or, after a stop signal, the step it stopped at
+                run.log_artifact(ckpt, "checkpoints")
+                run.set_tags({"jbot.resume_command": resume_command(ckpt),
+                              "jbot.stopped": f"{signals.describe(exc)}"
+                                              + (f" at {exc.where}" if getattr(exc, "where", None) else "")})
             raise
         finally:
             teardown(comm)
@@ -176,6 +189,11 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
         _log_json_and_curves(run, out_dir, "pretrain", final, result.history, result.steps)
         model_uri = log_jbot_model(result.checkpoint, inputs.examples(EXAMPLE_JETS))
     return TrackedResult(run.run_id, model_uri, result)
+
+
+def resume_command(checkpoint: Path) -> str:
+    """The command that continues a stopped pre-training from its checkpoint."""
+    return f"jbot pretrain --resume {checkpoint}"
 
 
 def check_more_epochs(cfg: JbotConfig, state: dict[str, Any], resume: str | Path) -> None:

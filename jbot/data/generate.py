@@ -208,7 +208,11 @@ def generate_chunk(cfg: GenerateConfig, chunk: Chunk) -> tuple[np.ndarray, np.nd
 
 
 def _worker_init() -> None:
-    # Pythia and FastJet print banners on stdout; the parent owns the terminal (progress bar).
+    # Pythia and FastJet print banners on stdout; the parent owns the terminal (progress bar) and Ctrl-C: it ends
+    # the pool (a worker's own KeyboardInterrupt would only print a traceback)
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
 

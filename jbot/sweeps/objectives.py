@@ -16,6 +16,7 @@ from mlflow.entities import Metric
 
 from jbot.config import ConfigError, JbotConfig, with_overrides
 from jbot.io import scratch_dir
+from jbot.redaction import redact
 from jbot.sweeps.study import Sweep, SweepOutcome, claim_once, log_study_summary, run_worker
 from jbot.tracking.mlflow import connect, store_uri
 
@@ -37,8 +38,10 @@ def tracked_trial(sweep: Sweep, trial: optuna.Trial, body: Callable[[JbotConfig,
         _state_tag(sweep, trial, "PRUNED")
         raise
     except BaseException as exc:
-        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
+        trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:1000])
         _state_tag(sweep, trial, "FAIL")
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or a stop signal: Optuna fails the trial; run it again
+            trial.study.enqueue_trial(trial.params, user_attrs={"jbot.retry_of": trial.number})
         raise
     if not np.isfinite(value):
         _state_tag(sweep, trial, "FAIL")

@@ -27,10 +27,12 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from jbot import signals
 from jbot.config import JbotConfig, flatten
 from jbot.errors import JbotError
 from jbot.logs import quiet_optuna
-from jbot.paths import default_optuna_storage, redact
+from jbot.paths import default_optuna_storage
+from jbot.redaction import public_config, redact
 from jbot.sweeps.spaces import SearchSpace
 from jbot.tracking.mlflow import MlflowRun, connect, experiment_id, git_commit, store_uri
 
@@ -41,6 +43,7 @@ PARENT_ATTR = "mlflow_parent_run_id"
 PARENT_CLAIM = "jbot.parent_claim."  # + n: the n-th claim to create the parent run (claim_once: one winner each)
 FAILED_CLAIM_ATTR = "mlflow_parent_failed_claim"  # the claim whose creator failed: the next worker takes over
 PARENT_WAIT_SECONDS = 30
+_CREATED_HERE: set[str] = set()  # parent runs this process created (it ends them when it is stopped)
 # A worker needs two connections at once (its trials and the heartbeat thread): many workers on one database
 # server must not exhaust its client slots.
 SERVER_POOL = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2}
@@ -135,7 +138,8 @@ def _create_parent(sweep: Sweep, study: optuna.Study, claim: int) -> str:
             "jbot.role": "sweep-parent"}).info.run_id
         # the base config without the searched fields (they get the best trial's values when the study ends), then
         # the study's own settings: its real name, budget and storage
-        params: dict[str, Any] = {k: v for k, v in flatten(sweep.cfg).items() if k not in sweep.space.params}
+        params: dict[str, Any] = {k: v for k, v in flatten(public_config(sweep.cfg)).items()
+                                  if k not in sweep.space.params}
         params.update({"sweep.study_name": sweep.name, "sweep.storage": redact(sweep.storage or default_storage()),
                        "sweep.n_trials": sweep.n_trials, "sweep.objective": sweep.space.objective,
                        "sweep.direction": sweep.space.direction, **sweep.extra_params,
@@ -144,6 +148,7 @@ def _create_parent(sweep: Sweep, study: optuna.Study, claim: int) -> str:
                        for k, v in sweep.space.params.items()})
         MlflowRun(client, run_id).log_params(params)
         study.set_user_attr(PARENT_ATTR, run_id)
+        _CREATED_HERE.add(run_id)
     except BaseException:
         with contextlib.suppress(Exception):
             study.set_user_attr(FAILED_CLAIM_ATTR, claim)  # the next worker makes a parent at once
@@ -251,10 +256,18 @@ def run_worker(sweep: Sweep, objective: Callable[[optuna.Trial, str], float]) ->
     study, parent = open_study(sweep)
     start = time.perf_counter()
     if completed(study) < sweep.n_trials:
-        study.optimize(lambda trial: objective(trial, parent), n_trials=None, catch=(Exception,),
-                       gc_after_trial=True,
-                       callbacks=[MaxTrialsCallback(sweep.n_trials, states=(TrialState.COMPLETE,)),
-                                  _give_up_after_failures(max(5, sweep.n_trials))])
+        try:
+            study.optimize(lambda trial: objective(trial, parent), n_trials=None, catch=(Exception,),
+                           gc_after_trial=True,
+                           callbacks=[MaxTrialsCallback(sweep.n_trials, states=(TrialState.COMPLETE,)),
+                                      _give_up_after_failures(max(5, sweep.n_trials))])
+        except KeyboardInterrupt as exc:  # the running trial is FAIL in Optuna (and queued again), KILLED in MLflow
+            if parent in _CREATED_HERE:  # the parent run this worker made ends with it
+                with contextlib.suppress(Exception):
+                    client = connect(store_uri(sweep.cfg))
+                    client.set_tag(parent, "jbot.stopped", signals.describe(exc))
+                    client.set_terminated(parent, "KILLED")
+            raise
     states = [t.state for t in study.get_trials(deepcopy=False)]
     return SweepOutcome(study, parent, states.count(TrialState.COMPLETE), states.count(TrialState.PRUNED),
                         states.count(TrialState.FAIL), time.perf_counter() - start, sweep.n_trials)

@@ -28,8 +28,10 @@ from mlflow.tracking import MlflowClient
 import jbot
 from jbot.config import JbotConfig, flatten, to_yaml
 from jbot.errors import JbotError
+from jbot.io import note_store
 from jbot.logs import quiet_mlflow
-from jbot.paths import redact, resolve_tracking_uri
+from jbot.paths import resolve_tracking_uri
+from jbot.redaction import is_redacted, public_config, redact
 
 quiet_mlflow()
 MAX_PARAM_LENGTH = 6000
@@ -52,20 +54,131 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
-def connect(uri: str, timeout: float = 5.0) -> MlflowClient:
-    """Point MLflow at ``uri``; an http(s) server must answer its health check within ``timeout`` seconds."""
-    if uri.startswith(("http://", "https://")):
+# What MLflow can track to (a `+driver` suffix allowed on the database schemes); a plain folder path is a file store
+SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks", "databricks-uc")
+DATABASES = ("postgresql", "mysql", "mssql")
+SQLITE_HEADER = b"SQLite format 3\x00"
+_checked: set[str] = set()  # stores already checked by this process
+
+
+def _scheme(uri: str) -> str:
+    return uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return redact(text.removeprefix("(psycopg.OperationalError) "))[:300]
+
+
+def check_store(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, in one line, on a store MLflow could not use: an unknown scheme, a server or database that does
+    not answer within ``timeout`` seconds, an SQLite file that is not a database or cannot be written. Each store
+    is checked once per process."""
+    if uri in _checked:
+        return
+    scheme = _scheme(uri)
+    if is_redacted(uri):
+        raise TrackingError(f"the tracking URI {uri} holds a redacted password: pass the real one with "
+                            "--tracking-uri or MLFLOW_TRACKING_URI")
+    if scheme and scheme not in SCHEMES:
+        raise TrackingError(f"unsupported tracking URI {redact(uri)}: the scheme {scheme!r} is none of MLflow's "
+                            "(sqlite:///PATH, postgresql://..., mysql://..., http(s)://SERVER, or a folder)")
+    if scheme in ("http", "https"):
+        _check_server(uri, timeout)
+    elif scheme == "sqlite":
+        _check_sqlite(Path(uri[len("sqlite:///"):]))
+    elif scheme in DATABASES:
+        _check_database(uri, timeout)
+    _checked.add(uri)
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    """The server's /health, reached as MLflow reaches it: credentials in the URL become a basic-auth header."""
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri.rstrip("/"))
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    request = urllib.request.Request(urlunsplit((parts.scheme, netloc, f"{parts.path}/health", "", "")))
+    if parts.username is not None:
+        login = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            resp.read()
+    except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(
+            f"cannot reach the MLflow tracking server at {redact(uri)} ({redact(str(reason))}). Start it, fix "
+            "--tracking-uri / tracking.uri / MLFLOW_TRACKING_URI, or unset them to use the embedded store under "
+            "mlruns/.") from None
+
+
+def _check_sqlite(db: Path) -> None:
+    """The folder can be made and written, the file (if any) is an SQLite database that can be read and written."""
+    import sqlite3
+
+    folder = db.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrackingError(f"cannot create the MLflow store's folder {folder}: {(exc.strerror or str(exc)).lower()}"
+                            "; set JBOT_HOME to a writable working folder or pass --tracking-uri") from None
+    if db.exists() and not db.is_file():
+        raise TrackingError(f"the MLflow store {db} is not a file")
+    if db.is_file() and db.stat().st_size:
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
-                resp.read()
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise TrackingError(
-                f"cannot reach the MLflow tracking server at {redact(uri)} ({reason}). Start it, fix --tracking-uri"
-                " / tracking.uri / MLFLOW_TRACKING_URI, or unset them to use the embedded store under mlruns/."
-            ) from None
-    elif uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            with db.open("rb") as f:
+                header = f.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise TrackingError(f"the MLflow store {db} cannot be read ({(exc.strerror or str(exc)).lower()})"
+                                ) from None
+        problem = None if header == SQLITE_HEADER else "is not an SQLite database (another kind of file, or damaged)"
+        if problem is None:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            try:
+                conn.execute("select count(*) from sqlite_master").fetchone()
+            except sqlite3.DatabaseError as exc:
+                problem = f"is damaged ({exc})"
+            finally:
+                conn.close()
+        if problem:
+            raise TrackingError(f"the MLflow store {db} {problem}: move it away to start a new store there, or "
+                                "pass --tracking-uri to use another")
+    for path in (db, folder) if db.exists() else (folder,):
+        if not os.access(path, os.W_OK):
+            what = "is read-only" if path == db else "is in a read-only folder"
+            raise TrackingError(f"the MLflow store {db} {what} ({folder}): jbot writes a run to it; set JBOT_HOME "
+                                "to a writable working folder or pass --tracking-uri")
+
+
+def _check_database(uri: str, timeout: float) -> None:
+    """One connection to the database server, given up after ``timeout`` seconds (MLflow would retry for minutes)."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    scheme = _scheme(uri)
+    args = {"connect_timeout": max(1, int(timeout))} if scheme in ("postgresql", "mysql") else {}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=args, poolclass=NullPool)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except Exception as exc:  # sqlalchemy and the drivers raise many types for a bad or unreachable database
+        reason = f"its driver is not installed: {exc}" if isinstance(exc, ImportError) else _first_line(exc)
+        raise TrackingError(f"cannot connect to the MLflow tracking database {redact(uri)} ({redact(reason)}). "
+                            "Start it, fix --tracking-uri / tracking.uri / MLFLOW_TRACKING_URI, or unset them to "
+                            "use the embedded store under mlruns/.") from None
+
+
+def connect(uri: str, timeout: float = 5.0) -> MlflowClient:
+    """Point MLflow at ``uri`` once ``check_store`` has found it usable."""
+    check_store(uri, timeout)
+    note_store(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -242,7 +355,8 @@ def tracked_run(cfg: JbotConfig, command: str, *, experiment: str | None = None,
         all_tags["mlflow.note.content"] = description
     if parent_run_id:  # the tag MLflow nests by; works across processes (the parent need not be active here)
         all_tags["mlflow.parentRunId"] = parent_run_id
-    params = {**flatten(cfg), "tracking.uri": redact(uri)}
+    shown = public_config(cfg)  # what is written: the config with every URI's password redacted
+    params = {**flatten(shown), "tracking.uri": redact(uri)}
     continued = _continuable(client, continue_run, exp_id)
     if continued is not None:
         logged = continued.data.params
@@ -258,15 +372,15 @@ def tracked_run(cfg: JbotConfig, command: str, *, experiment: str | None = None,
     run = MlflowRun(client, active.info.run_id)
     try:
         run.log_params(params)
-        run.log_text(to_yaml(cfg), "config.yaml")
+        run.log_text(to_yaml(shown), "config.yaml")
         yield run
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
         raise
     except BaseException as exc:
         with contextlib.suppress(Exception):
-            run.log_text("".join(traceback.format_exception(exc)), "error/traceback.txt")
-            run.set_tags({"jbot.error": f"{type(exc).__name__}: {exc}"[:5000]})
+            run.log_text(redact("".join(traceback.format_exception(exc))), "error/traceback.txt")
+            run.set_tags({"jbot.error": redact(f"{type(exc).__name__}: {exc}")[:5000]})
         mlflow.end_run("FAILED")
         raise
     else:

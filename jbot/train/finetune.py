@@ -20,6 +20,7 @@ from jbot.data.splits import Part, Split
 from jbot.evaluate.embed import infer
 from jbot.model.encoder import JetEncoder
 from jbot.model.heads import ClassifierHead
+from jbot.redaction import public
 from jbot.train.device import autocast, runtime_device
 from jbot.train.pretrain import TrainingDiverged
 
@@ -106,7 +107,7 @@ def classifier_state(result: FinetuneResult, cfg: JbotConfig, class_names: tuple
     """Checkpoint content of a fine-tuned classifier (rebuilds from the checkpoint alone)."""
     return {
         "kind": "classifier",
-        "config": cfg.model_dump(mode="json"),
+        "config": public(cfg.model_dump(mode="json")),  # no password of any URI
         "encoder": result.model.encoder.state_dict(),
         "classifier": result.model.head.state_dict(),
         "class_names": list(class_names),

@@ -9,6 +9,7 @@ checkpoints and logs.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,12 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from jbot import signals
 from jbot.config import JbotConfig
 from jbot.data.splits import Split
 from jbot.data.stream import BatchSource, MemorySource
 from jbot.errors import JbotError
 from jbot.evaluate.embed import embed
 from jbot.evaluate.knn import knn_classify
+from jbot.redaction import public
 from jbot.ssl.center import Centers
 from jbot.ssl.method import TERMS, Distillation, JBOTNetwork
 from jbot.ssl.schedules import lr_schedule, momentum_schedule
@@ -35,6 +38,7 @@ from jbot.train.distributed import SINGLE, Comm
 from jbot.train.graphs import GraphStep
 
 KNN_REFERENCE = 20_000
+STOP_POLL = 16  # under torchrun, steps between the ranks' checks for a stop signal (one small collective each)
 
 
 class TrainingDiverged(JbotError, RuntimeError):
@@ -134,7 +138,7 @@ class Pretrainer:
 
     def state(self) -> dict[str, Any]:
         return {
-            "config": self.cfg.model_dump(mode="json"),
+            "config": public(self.cfg.model_dump(mode="json")),  # no password of any URI
             "student": self.student.state_dict(),
             "teacher": self.teacher.state_dict(),
             "centers": self.centers.state_dict(),
@@ -217,6 +221,9 @@ class Pretrainer:
                 on_step(i)
             if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < self.steps:
                 self._save({"sums": sums.detach().cpu(), "first_bad": first_bad.cpu()})
+            if self.step < self.steps and self._stop_requested():  # SIGTERM / SIGUSR1: a checkpoint at this step
+                self._save({"sums": sums.detach().cpu(), "first_bad": first_bad.cpu()})
+                self._stop()
         sums = comm.sum(sums) / comm.world  # every rank's mean (one collective per epoch)
         values = (sums / self.steps).tolist()  # the one host sync of the epoch
         bad_step = int(comm.minimum(torch.where(first_bad >= 0, first_bad, torch.full_like(first_bad, self.steps))))
@@ -254,6 +261,27 @@ class Pretrainer:
         save_checkpoint(self.checkpoint_path, state)
         self.saved_epoch = self.epoch
 
+    def _stop_requested(self, boundary: bool = False) -> bool:
+        """A stop signal arrived (on any rank). One process reads a flag after every step (no device sync);
+        under torchrun the ranks agree every ``STOP_POLL`` steps and at epoch ends, so all stop at the same step."""
+        if not self.comm.active:
+            return signals.pending() is not None
+        if not boundary and self.step % STOP_POLL:
+            return False
+        flag = torch.tensor(float(signals.pending() is not None), device=self.device)
+        return bool(self.comm.sum(flag).item() > 0)
+
+    def _stop(self) -> None:
+        """Raise the stop, saying where training stopped (a rank that did not receive the signal itself stops as
+        if it had SIGTERM)."""
+        try:
+            signals.raise_pending()
+            raise signals.Stopped(signal.SIGTERM)
+        except KeyboardInterrupt as exc:  # Stopped, or Ctrl-C received inside the step loop
+            exc.where = (f"epoch {self.epoch + 1}, step {self.step} of {self.steps}" if self.step
+                         else f"the end of epoch {self.epoch}")  # type: ignore[attr-defined]
+            raise
+
     def knn_accuracy(self) -> float | None:
         """k-NN probe (k from config) on frozen student [CLS]: train subset -> validation subset."""
         tc, split = self.cfg.pretrain, self.split
@@ -276,21 +304,24 @@ class Pretrainer:
         tc = self.cfg.pretrain
         start = time.perf_counter()
         knn = None
-        while self.epoch < tc.epochs:
-            metrics = self.run_epoch(on_step)
-            self.epoch += 1
-            last = self.epoch == tc.epochs
-            if (tc.knn_every and self.epoch % tc.knn_every == 0) or last:
-                knn = self.knn_accuracy()
-                if knn is not None:
-                    metrics["val/knn_acc"] = knn
-            for k, v in metrics.items():
-                self.history.setdefault(k, []).append(v)
-                self.history_steps.setdefault(k, []).append(self.epoch)
-            self.tracker.log_metrics(metrics, step=self.epoch)
-            self._save(None)
-            if on_epoch is not None and on_epoch(EpochReport(self.epoch, tc.epochs, metrics)):
-                break
+        with signals.deferred():  # a stop signal ends training at the next step boundary, with a checkpoint there
+            while self.epoch < tc.epochs:
+                metrics = self.run_epoch(on_step)
+                self.epoch += 1
+                last = self.epoch == tc.epochs
+                if (tc.knn_every and self.epoch % tc.knn_every == 0) or last:
+                    knn = self.knn_accuracy()
+                    if knn is not None:
+                        metrics["val/knn_acc"] = knn
+                for k, v in metrics.items():
+                    self.history.setdefault(k, []).append(v)
+                    self.history_steps.setdefault(k, []).append(self.epoch)
+                self.tracker.log_metrics(metrics, step=self.epoch)
+                self._save(None)
+                if self._stop_requested(boundary=True):
+                    self._stop()
+                if on_epoch is not None and on_epoch(EpochReport(self.epoch, tc.epochs, metrics)):
+                    break
         return PretrainResult(self.checkpoint_path, self.epoch, self.history, knn, time.perf_counter() - start,
                               self.history_steps)
 
