@@ -76,8 +76,10 @@ app.add_typer(register_app, name="register")
 sweep_app = typer.Typer(help="Optuna studies: fine-tuning, anomaly-score settings, pre-training.", no_args_is_help=True)
 app.add_typer(sweep_app, name="sweep")
 
-console = Console(soft_wrap=True)  # long paths and URIs stay on one line (copyable)
-err_console = Console(stderr=True, soft_wrap=True)
+# long paths and URIs stay on one line (copyable); no markup: paths, names and messages are printed as they are
+# (`data[v2]` stays `data[v2]`); the few styled lines pass markup=True with their values escaped
+console = Console(soft_wrap=True, markup=False)
+err_console = Console(stderr=True, soft_wrap=True, markup=False)
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="YAML config: a file, or a shipped one by name (jbot-s, jbot-b); default jbot-s")]
@@ -98,7 +100,7 @@ def main_options(
 
 def say_error(text: str) -> None:
     """One ``error:`` line on stderr: the text escaped (a path like ``data[v2]`` is shown as it is) and redacted."""
-    err_console.print("[bold red]error:[/] " + escape(redact(text)), highlight=False, soft_wrap=True)
+    err_console.print("[bold red]error:[/] " + escape(redact(text)), highlight=False, soft_wrap=True, markup=True)
 
 
 @contextlib.contextmanager
@@ -326,8 +328,8 @@ def pretrain_cmd(
         require_data(cfg)
         jets = "jets streamed" if cfg.data.stream else f"{cfg.data.preset} jets"
         console.print(f"pre-training jBOT (D={cfg.model.d_model}, L={cfg.model.n_layers}, H={cfg.model.n_heads}) "
-                      f"on {escape(jets)} from {escape(str(cfg.data.dir))} for {cfg.pretrain.epochs} epochs"
-                      + (f", continuing from {escape(str(checkpoint))}" if checkpoint else ""))
+                      f"on {jets} from {cfg.data.dir} for {cfg.pretrain.epochs} epochs"
+                      + (f", continuing from {checkpoint}" if checkpoint else ""))
         from jbot.runs import tracked_pretrain
 
         with progress_bar() as bar:
@@ -344,7 +346,7 @@ def pretrain_cmd(
                 tracked = tracked_pretrain(cfg, resume=checkpoint, experiment=experiment,
                                            allow_other_data=allow_other_data, on_step=lambda i: bar.advance(task),
                                            on_epoch=on_epoch,
-                                           on_notice=lambda text: bar.console.print(f"note: {escape(text)}"))
+                                           on_notice=lambda text: bar.console.print(f"note: {text}"))
             except KeyboardInterrupt as exc:
                 from jbot.runs import resume_command
 
@@ -408,7 +410,7 @@ def prepare_pretrain(config: Path | None, overrides: list[str], tracking_uri: st
                 + "; use another --out, or --resume PATH to continue with the checkpoint's own settings")
         done = int(state.get("epoch", 0))
         if done >= cfg.pretrain.epochs and not int(state.get("step", 0)):
-            console.print(f"{escape(str(path))} has trained all {done} epochs: nothing to do")
+            console.print(f"{path} has trained all {done} epochs: nothing to do")
             return None
     check_more_epochs(cfg, state, path)
     return cfg, path
@@ -654,6 +656,19 @@ def register_list_cmd(
     console.print(table)
 
 
+def require_free_port(host: str, port: int) -> None:
+    """The UI's address can be listened on (else one line now, not a server that dies after printing its links)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a closed port is free
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} ({(exc.strerror or str(exc)).lower()}): another "
+                              "program uses the port; pass --port with a free one") from None
+
+
 @app.command("ui")
 def ui_cmd(
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
@@ -671,25 +686,27 @@ def ui_cmd(
     with user_errors():
         uri = str(resolve(config, set_, tracking_uri).tracking.uri)
     if uri.startswith(("http://", "https://")):
-        console.print(f"the tracking store is a server: open {uri}")
+        console.print(f"the tracking store is a server: open {redact(uri)}")
         return
     with user_errors():
+        require_free_port(host, port)
         from jbot.tracking.mlflow import connect, jbot_experiments, save_runs_view
 
         client = connect(uri)
         experiments = jbot_experiments(client)
         views = {exp.experiment_id: save_runs_view(client, exp.experiment_id) for exp in experiments}
     base = f"http://{host}:{port}"
-    console.print(f"MLflow UI for {uri} at {base} (Ctrl-C to stop)")
+    console.print(f"MLflow UI for {redact(uri)} at {base} (Ctrl-C to stop)")
     for exp in experiments:
         console.print(f"  {exp.name:<28} {base}/#/experiments/{exp.experiment_id}/runs"
                       f"?viewStateShareKey={views[exp.experiment_id]}")
     if not experiments:
         console.print("  no jbot runs in this store yet")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--registry-store-uri", uri, "--host",
-           host, "--port", str(port), "--workers", "1"]
-    # one server process (no GenAI job runners), in its own process group: stopping jbot ui stops all of it
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port), "--workers", "1"]
+    # one server process (no GenAI job runners), in its own process group: stopping jbot ui stops all of it; the
+    # store's URI goes by the environment, not the command line (which `ps` shows every user of a shared machine)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_BACKEND_STORE_URI": uri,
+           "MLFLOW_REGISTRY_STORE_URI": uri}
     from jbot.logs import verbose
 
     if not verbose():  # the server's request log and start-up notices only with --verbose
@@ -738,7 +755,7 @@ def reproduce_cmd(
         plan = plan_for(scale, size, data, folder, list(set_ or []), resolve_tracking_uri(tracking_uri))
         ensure_data(plan, workers, seed, console.print)
         try:
-            summary = run_reproduction(plan, lambda text: console.print(f"[bold]{text}[/]"))
+            summary = run_reproduction(plan, lambda text: console.print(f"[bold]{escape(text)}[/]", markup=True))
         except KeyboardInterrupt as exc:
             from jbot import signals
 
@@ -768,13 +785,13 @@ def demo_cmd(
     with user_errors():
         res = run_demo(DemoSettings(out=out, jets_per_class=jets_per_class, workers=workers, epochs=epochs,
                                     tracking_uri=tracking_uri, overrides=tuple(set_ or [])),
-                       lambda text: console.print(f"[bold]{text}[/]"))
+                       lambda text: console.print(f"[bold]{escape(text)}[/]", markup=True))
     science = res["science"]
-    console.print(f"[bold]The paper's claims at the demo scale[/] (jBOT-S, config {science['config']}; "
-                  "numbers beside the paper's in the report):")
+    console.print(f"[bold]The paper's claims at the demo scale[/] (jBOT-S, config {escape(science['config'])}; "
+                  "numbers beside the paper's in the report):", markup=True)
     for claim in science["claims"]:
         verdict = "[green]holds[/]" if claim["holds"] else "[yellow]does not hold[/]"
-        console.print(f"  {verdict}: {claim['text']}")
+        console.print(f"  {verdict}: {escape(claim['text'])}", markup=True)
     console.print(f"reproduction report: {science['report']} (MLflow parent run {science['parent']})")
     reg = res["registered"]
     console.print(f"registered jbot-encoder version {reg.version} (@champion) from run {reg.run_id}")

@@ -131,8 +131,9 @@ def note_store(uri: str) -> None:
     """Remember an SQLite store's file (``jbot.tracking.mlflow.connect`` and the Optuna storage call this)."""
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):]).absolute()
-        if path not in _stores:
-            _stores.append(path)
+        if path in _stores:
+            _stores.remove(path)
+        _stores.append(path)  # the last one is the store in use
 
 
 def stores() -> list[Path]:
@@ -147,7 +148,7 @@ def full_disk_message(exc: BaseException, home: Path) -> str:
     if named is not None:
         where = f"while writing {named} ({free_space(named.parent)} free there)"
     elif sqlite and _stores:
-        where = "while writing the store " + ", ".join(f"{p} ({free_space(p.parent)} free there)" for p in _stores)
+        where = f"while writing the store {_stores[-1]} ({free_space(_stores[-1].parent)} free there)"
     else:
         where = f"while writing ({free_space(home)} free under {home}, the working folder)"
     return (f"the disk is full {where}. Files and runs written before are intact; free some space and run the "

@@ -22,7 +22,7 @@ def store_problem(exc: BaseException) -> str | None:
         text = str(err).lower()
         meaning = next((m for words, m in PROBLEMS.items() if words in text), None)
         if meaning is not None and ("sqlite" in type(err).__module__ or "sqlite" in text):
-            where = ", ".join(str(p) for p in stores()) or "the SQLite store"
+            where = str(stores()[-1]) if stores() else "(SQLite)"
             return (f"the MLflow store {where} {meaning}: move it away to start a new store there, or pass "
                     "--tracking-uri to use another")
     return None
