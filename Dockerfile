@@ -6,7 +6,7 @@ ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
 COPY pyproject.toml README.md /tmp/jbot-src/
 COPY jbot /tmp/jbot-src/jbot
-RUN pip install "/tmp/jbot-src[generate,jetclass]" && rm -rf /tmp/jbot-src
+RUN pip install "/tmp/jbot-src[generate,jetclass,s3]" && rm -rf /tmp/jbot-src
 # stores a command makes without a server (mlruns/, sweeps/) go under the working folder
 WORKDIR /work
 ENTRYPOINT ["jbot"]

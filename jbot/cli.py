@@ -178,10 +178,12 @@ def progress_bar() -> Progress:
 
 @config_app.command("show")
 def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Print the resolved configuration (YAML + --set overrides)."""
+    """Print the resolved configuration (YAML + --set overrides; passwords in URIs shown as ***)."""
+    from jbot.redaction import public_config
+
     with user_errors():
         cfg = load_config(config, set_ or [])
-    console.print(to_yaml(cfg), end="", highlight=False, soft_wrap=True)
+    console.print(to_yaml(public_config(cfg)), end="", highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -380,7 +382,6 @@ def prepare_pretrain(config: Path | None, overrides: list[str], tracking_uri: st
     ``<out>/checkpoint.pt`` when it exists (trained with the settings --config and --set give), else a fresh
     start. None: nothing to do (``auto`` found a checkpoint that has trained every epoch)."""
     from jbot.config import RESUMABLE, flatten, resume_config
-    from jbot.runs import check_more_epochs
 
     fresh = None
     if resume == "auto":
@@ -397,6 +398,7 @@ def prepare_pretrain(config: Path | None, overrides: list[str], tracking_uri: st
         path = Path(resume)
         if not path.is_file():
             raise ConfigError(f"--resume {resume}: checkpoint not found")
+    from jbot.runs import check_more_epochs
     from jbot.train.checkpoint import load_checkpoint
 
     state = load_checkpoint(path)

@@ -111,16 +111,22 @@ def wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 120) -> None
 
 
 @contextlib.contextmanager
-def running_mlflow_server(backend: str, artifacts: Path, workers: int = 1) -> Iterator[str]:
-    """A real `mlflow server` process on a free port (proxied artifacts); yields its URL once healthy."""
+def running_mlflow_server(backend: str, artifacts: Path | str, workers: int = 1, env: dict[str, str] | None = None,
+                          cwd: Path | None = None, log: Path | None = None) -> Iterator[str]:
+    """A real `mlflow server` process on a free port (proxied artifacts); yields its URL once healthy.
+
+    ``artifacts``: a local folder or a URI (``s3://bucket/prefix``); ``env``: extra variables for the server only
+    (S3 endpoint and credentials); ``cwd``: its working folder; ``log``: a file for its output (else discarded)."""
     port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
            str(artifacts), "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     # small connection pools: a PostgreSQL backend serves at most 100 clients to everything in the test run
-    env = {**os.environ, "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "2", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "4",
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job runners beside the server
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env=env)
+    server_env = {**os.environ, "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "2", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "4",
+                  "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}  # no GenAI job runners beside it
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(log.open("w")) if log else subprocess.DEVNULL
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=server_env,
+                                cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -123,7 +124,8 @@ FT = ["data.n_train=400", "data.n_val=100", "data.n_test=100", "finetune.batch_s
       "tracking.log_system_metrics=false"]
 
 
-def test_sigterm_to_a_sweep_worker_fails_and_requeues_its_trial_and_ends_its_parent(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_sweep_worker_fails_and_requeues_its_trial_and_ends_its_parent(tmp_path: Path, sig: int) -> None:
     data = write_fake_folder(tmp_path / "jets", 120)
     encoder = tiny_checkpoint(tmp_path / "enc.pt", 0)
     store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
@@ -139,17 +141,19 @@ def test_sigterm_to_a_sweep_worker_fails_and_requeues_its_trial_and_ends_its_par
                                       if r.data.tags.get("jbot.trial") == "0")
 
     _wait_until(running, proc, err)
-    proc.send_signal(signal.SIGTERM)
-    assert _finish(proc) == 143, err.read_text()
+    proc.send_signal(sig)
+    assert _finish(proc) == 128 + sig, err.read_text()
     line = err.read_text().strip()
-    assert line.startswith("stopped by SIGTERM: completed trials are kept") and "\n" not in line, line
+    said = "stopped by SIGTERM" if sig == signal.SIGTERM else "interrupted"
+    assert line.startswith(f"{said}: completed trials are kept") and "\n" not in line, line
     trials = _trials(storage)
     assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
     assert trials[1].params == trials[0].params and trials[1].user_attrs["jbot.retry_of"] == 0
     runs = {r.data.tags.get("jbot.role", "trial"): r for r in _runs(store, "jbot-sweep-finetune")}
     assert runs["trial"].info.status == "KILLED" and runs["sweep-parent"].info.status == "KILLED"
     assert _scratch_left(tmp_path) == [], "the worker's scratch folder (trial checkpoints) is removed"
-
+    if sig == signal.SIGINT:
+        return
     again, _, err2 = _start([*base, *_sets([*FT, "finetune.epochs=1"])], tmp_path, env, "again")
     assert _finish(again) == 0, err2.read_text()
     retried = _trials(storage)[1]
@@ -204,7 +208,6 @@ def _children(pid: int) -> list:
 
 def test_sigterm_to_data_generate_leaves_no_file_and_no_worker(tmp_path: Path) -> None:
     import psutil
-    import pytest
 
     pytest.importorskip("pythia8mc")
     out = tmp_path / "gen"
