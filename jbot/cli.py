@@ -354,10 +354,9 @@ def pretrain_cmd(
 
                 ckpt = Path(cfg.pretrain.out_dir) / "checkpoint.pt"
                 bar.stop()
-                where = getattr(exc, "where", None)
-                err_console.print(f"{signals.describe(exc)}" + (f" at {where}" if where else "") + ": " + (
-                    f"{'its state is' if where else 'the last completed epoch is'} saved in {ckpt}; the MLflow run "
-                    f"is KILLED; continue with `{resume_command(ckpt)}` (or `--resume auto`)"
+                err_console.print(f"{signals.describe(exc, at=True)}: " + (
+                    f"{'its state is' if signals.where(exc) else 'the last completed epoch is'} saved in {ckpt}; "
+                    f"the MLflow run is KILLED; continue with `{resume_command(ckpt)}` (or `--resume auto`)"
                     if ckpt.is_file() else "no epoch had completed, nothing was saved"), highlight=False,
                     soft_wrap=True, markup=False)
                 raise typer.Exit(code=signals.exit_code(exc)) from None

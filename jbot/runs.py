@@ -173,8 +173,7 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
             if ckpt.is_file():  # the last completed epoch or, after a stop signal, the step it stopped at
                 run.log_artifact(ckpt, "checkpoints")
                 run.set_tags({"jbot.resume_command": resume_command(ckpt),
-                              "jbot.stopped": f"{signals.describe(exc)}"
-                                              + (f" at {exc.where}" if getattr(exc, "where", None) else "")})
+                              "jbot.stopped": signals.describe(exc, at=True)})
             raise
         finally:
             teardown(comm)

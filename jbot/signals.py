@@ -28,7 +28,6 @@ class Stopped(KeyboardInterrupt):
 
     def __init__(self, signum: int) -> None:
         self.signum = int(signum)
-        self.where: str | None = None  # where the work stopped, when the stopping code says (pre-training's step)
         super().__init__(self.name)
 
     @property
@@ -95,6 +94,17 @@ def exit_code(exc: BaseException) -> int:
     return 128 + exc.signum if isinstance(exc, Stopped) else 130
 
 
-def describe(exc: BaseException) -> str:
-    """``"stopped by SIGTERM"`` or ``"interrupted"`` (Ctrl-C)."""
-    return f"stopped by {exc.name}" if isinstance(exc, Stopped) else "interrupted"
+def mark(exc: BaseException, where: str) -> None:
+    """Record on a stop (``Stopped`` or Ctrl-C's ``KeyboardInterrupt``) where the work stopped."""
+    exc.jbot_where = where  # type: ignore[attr-defined]
+
+
+def where(exc: BaseException) -> str | None:
+    return getattr(exc, "jbot_where", None)
+
+
+def describe(exc: BaseException, at: bool = False) -> str:
+    """``"stopped by SIGTERM"`` or ``"interrupted"`` (Ctrl-C); with ``at``, where it stopped when that is known
+    (``"stopped by SIGTERM at epoch 2, step 17 of 60"``)."""
+    text = f"stopped by {exc.name}" if isinstance(exc, Stopped) else "interrupted"
+    return f"{text} at {where(exc)}" if at and where(exc) else text

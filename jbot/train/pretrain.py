@@ -278,8 +278,8 @@ class Pretrainer:
             signals.raise_pending()
             raise signals.Stopped(signal.SIGTERM)
         except KeyboardInterrupt as exc:  # Stopped, or Ctrl-C received inside the step loop
-            exc.where = (f"epoch {self.epoch + 1}, step {self.step} of {self.steps}" if self.step
-                         else f"the end of epoch {self.epoch}")  # type: ignore[attr-defined]
+            signals.mark(exc, f"epoch {self.epoch + 1}, step {self.step} of {self.steps}" if self.step
+                         else f"the end of epoch {self.epoch}")
             raise
 
     def knn_accuracy(self) -> float | None:
