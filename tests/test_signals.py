@@ -148,7 +148,8 @@ def test_a_stopped_sweep_worker_fails_and_requeues_its_trial_and_ends_its_parent
     assert line.startswith(f"{said}: completed trials are kept") and "\n" not in line, line
     trials = _trials(storage)
     assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
-    assert trials[1].params == trials[0].params and trials[1].user_attrs["jbot.retry_of"] == 0
+    assert trials[1].system_attrs["fixed_params"] == trials[0].params, "queued again with the same parameters"
+    assert trials[1].user_attrs["jbot.retry_of"] == 0
     runs = {r.data.tags.get("jbot.role", "trial"): r for r in _runs(store, "jbot-sweep-finetune")}
     assert runs["trial"].info.status == "KILLED" and runs["sweep-parent"].info.status == "KILLED"
     assert _scratch_left(tmp_path) == [], "the worker's scratch folder (trial checkpoints) is removed"
