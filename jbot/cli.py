@@ -599,7 +599,8 @@ def anomaly_cmd(
         require_data(cfg, "qg")
         from jbot.runs import tracked_anomaly
 
-        tracked = tracked_anomaly(cfg, model, out_dir=out, experiment=experiment)
+        tracked = tracked_anomaly(cfg, model, out_dir=out, experiment=experiment,
+                                  on_note=lambda text: console.print(f"note: {text}", highlight=False))
     console.print(tracked.payload.table, highlight=False)
     console.print(f"report: {tracked.payload.paths['report']}; MLflow run {tracked.run_id}")
 
@@ -807,7 +808,7 @@ def demo_cmd(
 
 # --------------------------------------------------------------------------------------------- sweeps
 
-TrialsOpt = Annotated[int, typer.Option("--trials", help="Total COMPLETE trials across all workers")]
+TrialsOpt = Annotated[int, typer.Option("--trials", help="Total COMPLETE trials across all workers (at least 1)")]
 StorageOpt = Annotated[str | None, typer.Option(help="Optuna storage: postgresql://..., sqlite:///..., or a .log file")]
 StudyOpt = Annotated[str | None, typer.Option("--study-name", help="Study name (default: derived from the inputs)")]
 SpaceOpt = Annotated[Path | None, typer.Option("--space", help="Search space YAML (default: the shipped <kind>.yaml)")]
@@ -816,6 +817,8 @@ SpaceOpt = Annotated[Path | None, typer.Option("--space", help="Search space YAM
 def _sweep(kind: SweepKind, trials: int, config: Path | None, set_: list[str] | None, data: Path | None,
            space: Path | None, storage: str | None, study_name: str | None, tracking_uri: str | None,
            experiment: str | None, identity: dict[str, Any], fields: dict[str, Any]) -> Any:
+    if trials < 1:
+        raise ConfigError(f"--trials {trials}: a sweep needs at least 1 trial")
     cfg = resolve(config, _overrides(set_, **{"data.dir": data, **fields}), tracking_uri)
     if "model" in identity:
         require_model(identity["model"])
@@ -825,6 +828,7 @@ def _sweep(kind: SweepKind, trials: int, config: Path | None, set_: list[str] | 
 
     search = load_space(space or f"{kind.name}.yaml")
     search.check_against(cfg)
+    kind.check_objective(search.objective, f"search space {space or kind.name}")
 
     return Sweep(kind.name, search, cfg, trials, {"data": str(cfg.data.dir), **identity},
                  storage or cfg.sweep.storage, study_name or cfg.sweep.study_name, experiment,
@@ -835,6 +839,10 @@ def _print_sweep(outcome: Any, summary: dict[str, Any]) -> None:
     console.print(f"study {outcome.study.study_name}: {outcome.n_complete} complete, {outcome.n_pruned} pruned, "
                   f"{outcome.n_failed} failed trials ({outcome.seconds:.0f} s in this worker); "
                   f"MLflow parent run {outcome.parent_run_id}")
+    failed = [t for t in outcome.study.get_trials(deepcopy=False) if t.state.name == "FAIL" and "error" in t.user_attrs]
+    if failed:  # Optuna's own lines only show with --verbose: the reason, once
+        console.print(f"trial {failed[-1].number} failed: {failed[-1].user_attrs['error']}"
+                      + (f" (and {len(failed) - 1} more: see their MLflow runs)" if len(failed) > 1 else ""))
     if "best_value" in summary:
         console.print(f"best trial {summary['best_trial']}: {summary['best_value']:.4f} with "
                       f"{settings_text(summary['best_params'])}"

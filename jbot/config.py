@@ -6,6 +6,7 @@ errors that name the field. No torch import here: the config is read before anyt
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -26,6 +27,14 @@ from jbot.errors import JbotError
 from jbot.paths import DEFAULT_CONFIG, Traversable, find_yaml
 
 Preset = Literal["5class", "tqg", "qg"]
+
+# Upper bounds of the integer fields: far above any real run, low enough that torch, numpy and Optuna take them
+MAX_SEED = 2**32 - 1  # numpy's and Optuna's samplers take seeds in [0, 2**32)
+MAX_EPOCHS = 1_000_000
+MAX_BATCH = 2**24
+MAX_JETS = 10**9
+MAX_K = 100_000  # neighbours of a k-NN
+MAX_STEPS = 10**9
 
 
 class ConfigError(JbotError, ValueError):
@@ -58,14 +67,14 @@ class DataConfig(Section):
 
     dir: str = "data/jets"
     preset: Preset = "5class"
-    seed: int = 42
-    n_train: int | None = Field(default=None, gt=0)
-    n_val: int | None = Field(default=None, ge=0)
-    n_test: int | None = Field(default=None, gt=0)
+    seed: int = Field(default=42, ge=0, le=MAX_SEED)
+    n_train: int | None = Field(default=None, gt=0, le=MAX_JETS)
+    n_val: int | None = Field(default=None, ge=0, le=MAX_JETS)
+    n_test: int | None = Field(default=None, gt=0, le=MAX_JETS)
     # Pre-training only: stream the training jets from the files of `dir` (HDF5 or JetClass ROOT) through a host
     # buffer of `window` jets instead of loading them; `val_dir` (same kind of files) feeds the k-NN monitor.
     stream: bool = False
-    window: int = Field(default=200_000, gt=0)
+    window: int = Field(default=200_000, gt=0, le=MAX_JETS)
     val_dir: str | None = None
 
 
@@ -106,14 +115,14 @@ class MaskConfig(Section):
 class ModelConfig(Section):
     """SPEC §4. ``d_proj`` = K, the projection dimension (D/2 in the paper)."""
 
-    d_model: int = Field(default=32, gt=0)
-    n_heads: int = Field(default=4, gt=0)
-    n_layers: int = Field(default=2, ge=0)
-    d_proj: int = Field(default=16, gt=0)
-    ffn_mult: int = Field(default=4, gt=0)
-    head_hidden_mult: int = Field(default=8, gt=0)
-    n_features: int = Field(default=4, gt=0)
-    n_particles: int = Field(default=30, gt=0)
+    d_model: int = Field(default=32, gt=0, le=2**14)
+    n_heads: int = Field(default=4, gt=0, le=1024)
+    n_layers: int = Field(default=2, ge=0, le=1024)
+    d_proj: int = Field(default=16, gt=0, le=2**20)
+    ffn_mult: int = Field(default=4, gt=0, le=64)
+    head_hidden_mult: int = Field(default=8, gt=0, le=64)
+    n_features: int = Field(default=4, gt=0, le=1024)
+    n_particles: int = Field(default=30, gt=0, le=2**14)
     mask_padding: bool = True  # published models attend to pads: false for imported weights
     # Fixed per-feature scale of (eta_rel, phi_rel, pt_rel, valid) before the token embedding. Raw JetNet features
     # differ between jets by ~0.1 while `valid` is 1, so a freshly initialised encoder maps all jets to almost the
@@ -131,8 +140,8 @@ class ModelConfig(Section):
 class PretrainConfig(Section):
     """SPEC §5-6. ``lr`` = ``base_lr`` x batch_size / 256."""
 
-    epochs: int = Field(default=100, gt=0)
-    batch_size: int = Field(default=1024, gt=1)
+    epochs: int = Field(default=100, gt=0, le=MAX_EPOCHS)
+    batch_size: int = Field(default=1024, gt=1, le=MAX_BATCH)
     base_lr: float = Field(default=5e-4, gt=0.0)
     weight_decay: float = Field(default=1e-4, ge=0.0)
     warmup_epochs: float = Field(default=10, ge=0.0)
@@ -149,11 +158,12 @@ class PretrainConfig(Section):
     part_norm: Literal["jet", "batch"] = "jet"  # batch = published code (one mean over masked tokens)
     dropout: float = Field(default=0.0, ge=0.0, le=1.0)
     grad_clip: float | None = Field(default=None, gt=0.0)
-    checkpoint_every: int = Field(default=0, ge=0)  # steps between mid-epoch checkpoints; 0: at epoch ends only
-    knn_every: int = Field(default=5, ge=0)
-    knn_val_size: int = Field(default=5000, gt=0)
-    knn_k: int = Field(default=30, gt=0)
-    seed: int = 0
+    # steps between mid-epoch checkpoints; 0: at epoch ends only
+    checkpoint_every: int = Field(default=0, ge=0, le=MAX_STEPS)
+    knn_every: int = Field(default=5, ge=0, le=MAX_EPOCHS)
+    knn_val_size: int = Field(default=5000, gt=0, le=MAX_JETS)
+    knn_k: int = Field(default=30, gt=0, le=MAX_K)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     out_dir: str = "runs/pretrain"
 
     @model_validator(mode="after")
@@ -169,41 +179,42 @@ class FinetuneConfig(Section):
     """SPEC §7: fine-tuning with layer-wise LR decay (BEiT convention)."""
 
     task: Literal["5class", "tqg"] = "5class"
-    epochs: int = Field(default=100, gt=0)
-    batch_size: int = Field(default=1024, gt=1)
+    epochs: int = Field(default=100, gt=0, le=MAX_EPOCHS)
+    batch_size: int = Field(default=1024, gt=1, le=MAX_BATCH)
     lr: float = Field(default=2e-4, gt=0.0)
     llrd_decay: float = Field(default=0.7, gt=0.0, le=1.0)
     dropout: float = Field(default=0.2, ge=0.0, le=1.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
-    patience: int = Field(default=10, ge=1)
+    patience: int = Field(default=10, ge=1, le=MAX_EPOCHS)
     fraction: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
 class ProbeConfig(Section):
     """SPEC §7: k-NN and linear probes on the frozen [CLS], clustering metrics."""
 
-    knn_k: int = Field(default=30, gt=0)
+    knn_k: int = Field(default=30, gt=0, le=MAX_K)
     linear_c: float = Field(default=1.0, gt=0.0)
-    linear_max_iter: int = Field(default=1000, gt=0)
-    silhouette_samples: int = Field(default=5000, gt=1)
+    linear_max_iter: int = Field(default=1000, gt=0, le=MAX_STEPS)
+    silhouette_samples: int = Field(default=5000, gt=1, le=MAX_JETS)
 
 
 class AnomalyConfig(Section):
     """SPEC §8: anomaly scores on l2-normalised [CLS] embeddings."""
 
     score: str = "knn"  # the one `jbot sweep anomaly` tunes: a key of jbot.anomaly.scores.SCORES
-    reference_size: int = Field(default=20000, gt=0)
-    knn_k: int = Field(default=30, gt=0)
-    cosine_k: int = Field(default=30, gt=0)
+    reference_size: int = Field(default=20000, gt=0, le=MAX_JETS)
+    knn_k: int = Field(default=30, gt=0, le=MAX_K)
+    cosine_k: int = Field(default=30, gt=0, le=MAX_K)
     cosine_temp: float = Field(default=0.05, gt=0.0)
     mahalanobis_cov: Literal["within", "total"] = "within"
     mahalanobis_reg: float = Field(default=1e-8, ge=0.0)
-    gmm_components: int = Field(default=4, ge=1)
+    gmm_components: int = Field(default=4, ge=1, le=10_000)
     gmm_covariance: Literal["full", "tied", "diag", "spherical"] = "full"
     gmm_reg: float = Field(default=1e-5, ge=0.0)
-    chunk_size: int = Field(default=256, gt=0)  # queries per k-NN block (memory ~ 32768 x this floats)
-    seed: int = 0  # draws the reference set and initialises the GMM, in `jbot anomaly` and its sweep alike
+    chunk_size: int = Field(default=256, gt=0, le=MAX_BATCH)  # queries per k-NN block (memory ~ 32768 x this floats)
+    # draws the reference set and initialises the GMM, in `jbot anomaly` and its sweep alike
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
     @field_validator("score")
     @classmethod
@@ -222,9 +233,9 @@ class SweepConfig(Section):
     study_name: str | None = None
     sampler: Literal["tpe", "random"] = "tpe"
     pruner: Literal["median", "none"] = "median"
-    pruner_startup_trials: int = Field(default=5, ge=0)  # trials that run to the end before any pruning
-    pruner_warmup_steps: int = Field(default=2, ge=0)  # epochs (or probe reports) of a trial never pruned
-    seed: int = 0
+    pruner_startup_trials: int = Field(default=5, ge=0, le=MAX_STEPS)  # trials that run to the end before pruning
+    pruner_warmup_steps: int = Field(default=2, ge=0, le=MAX_EPOCHS)  # epochs (or probe reports) never pruned
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
 class RuntimeConfig(Section):
@@ -235,7 +246,7 @@ class RuntimeConfig(Section):
     compile: Literal["auto", "on", "off"] = "auto"  # auto: torch.compile on CUDA only (pre-training)
     # the whole pre-training step recorded once as a CUDA graph and replayed; auto: on CUDA in one process
     cuda_graphs: Literal["auto", "on", "off"] = "auto"
-    threads: int | None = Field(default=None, gt=0)  # CPU threads for torch; None: torch's default
+    threads: int | None = Field(default=None, gt=0, le=4096)  # CPU threads for torch; None: torch's default
 
     @field_validator("compile", "cuda_graphs", mode="before")
     @classmethod
@@ -247,7 +258,7 @@ class RuntimeConfig(Section):
 class EvaluateConfig(Section):
     """Settings shared by every evaluation (probes, fine-tuned taggers, anomaly scores)."""
 
-    n_folds: int = Field(default=10, ge=2)  # stratified folds behind every metric's ± (its std over folds)
+    n_folds: int = Field(default=10, ge=2, le=1000)  # stratified folds behind every metric's ± (its std over folds)
 
 
 class TrackingConfig(Section):
@@ -277,14 +288,14 @@ class JbotConfig(Section):
 class GenerateConfig(Section):
     """Pythia8 + FastJet jet generation (``jbot data generate``)."""
 
-    jets_per_class: int = Field(default=2000, gt=0)
+    jets_per_class: int = Field(default=2000, gt=0, le=MAX_JETS)
     # q and g jets per class when more background than signal is wanted (the q+g anomaly steps train on, take
     # their reference from and test on background alone); None: jets_per_class
-    background_per_class: int | None = Field(default=None, gt=0)
+    background_per_class: int | None = Field(default=None, gt=0, le=MAX_JETS)
     classes: tuple[str, ...] = CLASSES
-    workers: int = Field(default=1, gt=0)
-    seed: int = Field(default=1, ge=0)
-    chunk_size: int = Field(default=250, gt=0)
+    workers: int = Field(default=1, gt=0, le=1024)
+    seed: int = Field(default=1, ge=0, le=MAX_SEED)
+    chunk_size: int = Field(default=250, gt=0, le=MAX_JETS)
     ecm: float = Field(default=13000.0, gt=0.0)
     pthat_min: float = Field(default=900.0, gt=0.0)
     pthat_max: float = Field(default=1100.0, gt=0.0)
@@ -292,7 +303,7 @@ class GenerateConfig(Section):
     jet_pt_max: float = Field(default=1200.0, gt=0.0)
     jet_radius: float = Field(default=0.8, gt=0.0)
     max_eta: float = Field(default=2.5, gt=0.0)
-    n_particles: int = Field(default=30, gt=0)
+    n_particles: int = Field(default=30, gt=0, le=2**14)
 
     @model_validator(mode="after")
     def _windows(self) -> GenerateConfig:
@@ -335,6 +346,17 @@ def _annotation_at(model: type[BaseModel], loc: Iterable[Any]) -> str | None:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
+_EXCERPT = reprlib.Repr()
+_EXCERPT.maxlist = _EXCERPT.maxtuple = _EXCERPT.maxdict = _EXCERPT.maxset = 10
+_EXCERPT.maxstring = _EXCERPT.maxlong = _EXCERPT.maxother = EXCERPT_CHARS = 120
+
+
+def excerpt(value: Any) -> str:
+    """A bounded repr of a (possibly huge) value: at most ``EXCERPT_CHARS`` characters, cut with "…"."""
+    text = _EXCERPT.repr(value)
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS - 1] + "…"
+
+
 def format_validation_error(err: ValidationError, model: type[BaseModel] = JbotConfig,
                             title: str = "invalid configuration") -> str:
     lines = []
@@ -347,7 +369,7 @@ def format_validation_error(err: ValidationError, model: type[BaseModel] = JbotC
         expected = _annotation_at(model, loc)
         got = item.get("input")
         msg = item["msg"].removeprefix("Value error, ")
-        hint = f" (expected {expected}, got {got!r})" if expected and not isinstance(got, dict) else ""
+        hint = f" (expected {expected}, got {excerpt(got)})" if expected and not isinstance(got, dict) else ""
         lines.append(f"{msg}{hint}" if name == "<root>" else f"{name}: {msg}{hint}")
     return f"{title}:\n  " + "\n  ".join(lines)
 
@@ -361,7 +383,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if len(path) < 2:
         raise ConfigError(f"--set key {key!r} must be section.field (e.g. model.d_model)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml_text(raw, f"--set {key.strip()}") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return path, value
@@ -377,13 +399,97 @@ def _apply(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+# Nodes of a YAML document with every alias expanded: a config has a few hundred; an "anchor bomb" (a list of
+# aliases of a list of aliases ...) has billions and would hang whatever reads it.
+MAX_YAML_NODES = 100_000
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` where a key given twice in one mapping is an error (not the last one winning)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be given again
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class names it
+                continue
+            if duplicate:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, budget: int, sizes: dict[int, int], open_: set[int]) -> int:
+    """Nodes under ``node`` with aliases expanded, counted up to ``budget + 1`` (each shared node counted once per
+    use without walking it again; a node that contains itself counts as too many)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_:
+        return budget + 1
+    open_.add(id(node))
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        children: list[yaml.Node] = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    for child in children:
+        total += _expanded_size(child, budget, sizes, open_)
+        if total > budget:
+            total = budget + 1
+            break
+    open_.discard(id(node))
+    sizes[id(node)] = total
+    return total
+
+
+def load_yaml_text(text: str, where: str) -> Any:
+    """One YAML document, as ``yaml.safe_load`` reads it, or a ConfigError naming ``where`` for a key given twice
+    in one mapping, a document that expands past ``MAX_YAML_NODES`` nodes or one nested too deeply. Invalid YAML
+    raises ``yaml.YAMLError``."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, MAX_YAML_NODES, {}, set()) > MAX_YAML_NODES:
+            raise ConfigError(f"{where}: the YAML expands to more than {MAX_YAML_NODES:,} values once its aliases "
+                              "(*name) are filled in: not a configuration")
+        return loader.construct_document(node)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{where}: duplicate key {exc.key!r} in one mapping (line {exc.line})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: the YAML is nested too deeply to be a configuration") from None
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str | Path | Traversable) -> dict[str, Any]:
     if isinstance(path, str):
         path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    data = path.read_bytes()
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text YAML file (byte {exc.start} is not UTF-8 text: binary data?)") from None
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise ConfigError(f"{path}: not a text YAML file (byte {nul} is NUL: binary data?)")
+    try:
+        loaded = load_yaml_text(text, str(path))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if loaded is None:

@@ -62,7 +62,9 @@ def quiet_mlflow() -> None:
 
 
 def quiet_optuna() -> None:
-    """Optuna installs its own INFO handler on first use: lower it (called again where Optuna is imported)."""
+    """Optuna installs its own INFO handler on first use: lower it to errors (called again where Optuna is
+    imported). Its warnings (a failed trial, no complete trials yet) show with ``--verbose`` only: jbot's summary
+    counts failed trials, and each one's error is kept in the study (and its MLflow run, when it had one)."""
     import sys
 
     optuna = sys.modules.get("optuna")
@@ -72,4 +74,4 @@ def quiet_optuna() -> None:
     if not any(isinstance(f, _NoInterruptTraceback) for f in trials.filters):
         trials.addFilter(_NoInterruptTraceback())
     if not verbose():
-        optuna.logging.set_verbosity(logging.WARNING)
+        optuna.logging.set_verbosity(logging.ERROR)

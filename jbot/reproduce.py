@@ -287,6 +287,8 @@ def run_reproduction(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
 
 def collect(client: Any, done: dict[str, str]) -> dict[str, Any]:
     """Every step's test metrics (by step), the claims and the rows of the report."""
+    from jbot.evaluate.metrics import unresolved
+
     metrics = {name: dict(client.get_run(run_id).data.metrics) for name, run_id in done.items()}
 
     def value(step: str, key: str) -> tuple[float, float]:
@@ -322,10 +324,13 @@ def collect(client: Any, done: dict[str, str]) -> dict[str, Any]:
                      "paper": paper, "paper_source": source})
     for step in ("finetune-tqg-pretrained", "finetune-tqg-scratch"):
         for eps in ("0.1", "0.01", "0.001"):
-            v, std = value(step, f"test/eps_s_at_{eps}")
+            key = f"test/eps_s_at_{eps}"
+            v, std = value(step, key)
+            m = metrics.get(step, {})
             rows.append({"quantity": f"{step}: eps_s at eps_b = {eps}", "jbot": v, "std": std,
                          "run": done.get(step, ""), "paper": None,
-                         "paper_source": "Table 3 (value not recorded in jbot)"})
+                         "paper_source": "Table 3 (value not recorded in jbot)",
+                         **({"unresolved": int(m.get(f"{key}_n_bkg", 0))} if unresolved(m, key) else {})})
     rnd_row = {"quantity": "probe-random: test/knn_acc", "jbot": rnd, "std": rnd_std, "run": done.get("probe-random"),
                "paper": None, "paper_source": "(baseline, not in the paper)"}
     return {"claims": claims, "rows": [rnd_row, *rows], "runs": done}
@@ -340,7 +345,9 @@ def write_report(path: Path, summary: dict[str, Any]) -> Path:
     claims = "".join(f"<li><b>{'holds' if c['holds'] else 'does not hold'}</b>: {esc(c['text'])}</li>"
                      for c in summary["claims"])
     rows = "".join(
-        f"<tr><td>{esc(r['quantity'])}</td><td>{num(r['jbot'])} ± {num(r['std'])}</td><td><code>{esc(str(r['run']))}"
+        f"<tr><td>{esc(r['quantity'])}</td><td>{num(r['jbot'])} "
+        + (f"(not resolved: {r['unresolved']} background jets)" if "unresolved" in r else f"± {num(r['std'])}")
+        + f"</td><td><code>{esc(str(r['run']))}"
         f"</code></td><td>{num(r['paper'])}</td><td>{esc(r['paper_source'])}</td></tr>" for r in summary["rows"])
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>jbot reproduce: {esc(summary['scale'])}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}

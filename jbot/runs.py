@@ -348,18 +348,28 @@ def tracked_import(checkpoint: Path, state: dict[str, Any], tracking_uri: str,
 
 
 def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None, experiment: str | None = None,
-                    notes: list[str] | None = None, tuned: bool = False,
-                    parent_run_id: str | None = None) -> TrackedResult[AnomalyOutcome]:
+                    notes: list[str] | None = None, tuned: bool = False, parent_run_id: str | None = None,
+                    on_note: Callable[[str], None] | None = None) -> TrackedResult[AnomalyOutcome]:
     """Every anomaly score of a frozen encoder on the ``qg`` preset; report + metrics logged as artifacts.
-    ``tuned``: the settings come from an anomaly sweep (the report marks ``anomaly.score`` as tuned)."""
+    ``tuned``: the settings come from an anomaly sweep (the report marks ``anomaly.score`` as tuned). An encoder
+    that saw signal jets in training (not the paper's setting) gets a note in the report, passed to ``on_note``
+    too, and the tag ``jbot.encoder_saw_signal``."""
     from jbot.anomaly.detect import run_anomaly
-    from jbot.anomaly.report import text_table, write_report
+    from jbot.anomaly.report import signal_exposure, signal_note, text_table, write_report
 
     uri = store_uri(cfg)
     loaded = load_from_uri(source, uri)
     split = load_split(cfg, "qg")
     device = runtime_device(cfg.runtime)
     tags = {**_data_tags(split, str(device)), **provenance(source, uri)}
+    notes = list(notes or [])
+    exposure = signal_exposure(loaded.state)
+    if exposure is not None:
+        tags["jbot.encoder_saw_signal"] = str(exposure[0]).lower()
+    if exposure is not None and exposure[0]:
+        notes.append(signal_note(exposure[1]))
+        if on_note is not None:
+            on_note(notes[-1])
     with tracked_run(cfg, "anomaly", experiment=experiment, tags=tags, run_name=f"anomaly-{cfg.anomaly.score}",
                      description=f"anomaly scores of the frozen encoder {source} (q, g background)",
                      parent_run_id=parent_run_id) as run:
@@ -369,7 +379,8 @@ def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None
         prov = {"model": source, **{k.removeprefix("jbot."): v for k, v in tags.items()}, "mlflow_run": run.run_id}
         folder = out_dir or scratch_dir("anomaly-")
         settings = {k: v for k, v in flatten(cfg).items() if k.startswith("anomaly.")}
-        paths = write_report(result, folder, prov, notes or [], settings, cfg.anomaly.score if tuned else None)
+        paths = write_report(result, folder, prov, notes, settings, cfg.anomaly.score if tuned else None,
+                             saw_signal=bool(exposure and exposure[0]))
         for path in paths.values():
             run.log_artifact(path, "report")
     return TrackedResult(run.run_id, None, AnomalyOutcome(result, paths, text_table(result)))

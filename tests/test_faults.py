@@ -479,6 +479,7 @@ def test_smaller_items(fake_data: Path, tmp_path: Path, monkeypatch: pytest.Monk
     handler.emit = records.append  # type: ignore[method-assign]
     logger = logging.getLogger("optuna.study._optimize")
     logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)  # Optuna's warnings show with --verbose only: the filter's own logic here
     try:
         try:
             raise KeyboardInterrupt
@@ -490,6 +491,7 @@ def test_smaller_items(fake_data: Path, tmp_path: Path, monkeypatch: pytest.Monk
             logger.warning("Trial 4 failed", exc_info=sys.exc_info())
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
     assert [r.getMessage() for r in records] == ["Trial 4 failed"] and records[0].exc_info is None
 
     # Ctrl-C during pre-training says how to resume

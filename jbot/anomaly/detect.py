@@ -17,7 +17,7 @@ from jbot.config import AnomalyConfig
 from jbot.data.classes import CLASS_LABELS, SIGNALS, is_background, is_signal
 from jbot.data.splits import Part, Split
 from jbot.evaluate.embed import embed
-from jbot.evaluate.metrics import auc, eps_s_at_eps_b, fold_std
+from jbot.evaluate.metrics import auc, eps_s_at_eps_b, fold_std, mark_working_point
 from jbot.model.encoder import JetEncoder
 
 FPR_TARGETS = (0.1, 0.01, 0.001)
@@ -48,6 +48,9 @@ def signal_metrics(scores: np.ndarray, origin: np.ndarray, n_folds: int = 10, se
         for key, fn in named.items():
             out[f"{name}/{key}"] = fn(everything)
             out[f"{name}/{key}_std"] = fold_std(fn, strat, n_folds, seed)
+        out[f"{name}/n_signal"], out[f"{name}/n_background"] = float(sig.sum()), float((~sig).sum())
+        for f in FPR_TARGETS:
+            mark_working_point(out, f"{name}/tpr_at_fpr_{f:g}", int((~sig).sum()), f)
     return out
 
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from sklearn.metrics import roc_curve
 
-from jbot.anomaly.detect import AnomalyResult
-from jbot.data.classes import LABELS, is_background, is_signal
+from jbot.anomaly.detect import FPR_TARGETS, AnomalyResult
+from jbot.data.classes import BACKGROUND, CLASS_LABELS, CLASSES, LABELS, SIGNALS, is_background, is_signal
+from jbot.evaluate.metrics import MIN_BACKGROUND, shown
 from jbot.io import atomic_write_text
 from jbot.plots import CLASS_COLOURS, SCORE_COLOURS, colour, embedding_map
 
@@ -25,6 +28,39 @@ PUBLISHED_AUC = {
     "gmm": (0.806, 0.820, 0.820, 0.816),
 }
 COLUMNS = ("W", "Z", "t", "combined")
+# the classes each data preset pre-trains on (``qg`` keeps W, Z, t for validation and test: the paper's setting)
+PRETRAINED_ON = {"5class": CLASSES, "tqg": ("t", *BACKGROUND), "qg": BACKGROUND}
+
+
+def signal_exposure(state: Mapping[str, Any]) -> tuple[bool, str] | None:
+    """Whether a checkpoint's encoder saw W, Z or t jets in training, and how ("pre-trained on ..."); None when
+    the checkpoint does not say (streamed data, an untrained encoder, an imported file of another name)."""
+    from jbot.model.keras_import import KERAS_LABELS, NAME
+
+    signal_labels = {CLASS_LABELS[c] for c in SIGNALS}
+    backbone = (state.get("source") or {}).get("backbone")
+    if backbone:  # an imported published backbone: its training data by the prefix of its file name
+        match = NAME.match(Path(backbone).name)
+        if match is None:
+            return None
+        seen = KERAS_LABELS[match.group(1)]
+        return bool(signal_labels & set(seen)), f"imported from {Path(backbone).name}, trained on {', '.join(seen)}"
+    names = tuple(state.get("class_names") or ())
+    if "classifier" in state and signal_labels & set(names):
+        return True, f"fine-tuned on labelled {', '.join(names)} jets"
+    data = (state.get("config") or {}).get("data") or {}
+    preset = data.get("preset")
+    if data.get("stream") or preset not in PRETRAINED_ON:
+        return None
+    classes = PRETRAINED_ON[preset]
+    return bool(set(classes) & set(SIGNALS)), (f"pre-trained on the {preset} preset "
+                                                 f"({', '.join(CLASS_LABELS[c] for c in classes)})")
+
+
+def signal_note(how: str) -> str:
+    """The report's and the console's note on an encoder that saw signal jets (``how``: of ``signal_exposure``)."""
+    return (f"this encoder was {how}: it saw signal jets in training, unlike the paper's unsupervised setting "
+            "(pre-training on q, g alone) behind Table 4's published numbers")
 
 
 def auc_rows(result: AnomalyResult) -> list[list[str]]:
@@ -37,11 +73,29 @@ def auc_rows(result: AnomalyResult) -> list[list[str]]:
     return rows
 
 
+def working_point_rows(result: AnomalyResult) -> list[list[str]]:
+    """TPR at each fixed FPR per score and signal; one the test set cannot resolve says so, without an error."""
+    return [[score, f"FPR = {f:g}", *(shown(result.metrics, f"{score}/{c}/tpr_at_fpr_{f:g}", 3) for c in COLUMNS)]
+            for score in result.scores for f in FPR_TARGETS]
+
+
+def sizes_text(result: AnomalyResult) -> str:
+    """The test set behind every number, and chance."""
+    m = next(iter(result.scores), None)
+    if m is None or f"{m}/combined/n_background" not in result.metrics:
+        return ""
+    counts = ", ".join(f"{int(result.metrics.get(f'{m}/{c}/n_signal', 0))} {c}" for c in COLUMNS[:3])
+    return (f"test set: {int(result.metrics[f'{m}/combined/n_background'])} background (q, g) jets and {counts}; "
+            f"chance AUC 0.50; a TPR at an FPR that stands on fewer than {MIN_BACKGROUND} background jets is not "
+            "resolved")
+
+
 def text_table(result: AnomalyResult) -> str:
     header = ["score", *(f"AUC {c}" for c in COLUMNS), "published W / Z / t / comb. (JetNet)"]
     rows = [header, *auc_rows(result)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows)
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join([*lines, sizes_text(result)] if sizes_text(result) else lines)
 
 
 def roc_figure(result: AnomalyResult, tuned: str | None = None) -> go.Figure:
@@ -90,9 +144,11 @@ def _table(rows: dict[str, object]) -> str:
 
 
 def write_report(result: AnomalyResult, out_dir: str | Path, provenance: dict[str, str], notes: list[str],
-                 settings: dict[str, object] | None = None, tuned: str | None = None) -> dict:
+                 settings: dict[str, object] | None = None, tuned: str | None = None,
+                 saw_signal: bool = False) -> dict:
     """Write ``anomaly_report.html``, ``anomaly_metrics.json`` and ``anomaly_table.txt``; returns their paths.
-    ``settings``: the anomaly settings used (a table); ``tuned``: the score a sweep tuned (marked in the ROC)."""
+    ``settings``: the anomaly settings used (a table); ``tuned``: the score a sweep tuned (marked in the ROC);
+    ``saw_signal``: the encoder was trained on signal jets too (a note says how)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = [roc_figure(result, tuned), distributions_figure(result),
@@ -105,11 +161,17 @@ def write_report(result: AnomalyResult, out_dir: str | Path, provenance: dict[st
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px}</style></head><body>",
         "<h1>Anomaly detection with a frozen jBOT encoder</h1>",
-        "<p>Encoder pre-trained on background (q, g) only; larger score = more anomalous. "
+        "<p>" + ("Encoder trained on signal jets too (see the note): not the paper's setting; " if saw_signal
+                 else "Encoder pre-trained on background (q, g) only; ") + "larger score = more anomalous. "
         f"Reference set: {result.reference_size} background training jets; ± = std over stratified folds "
         "of the test set. Published numbers are the paper's Table 4 (jBOT-S on JetNet), not this data.</p>",
         *(f"<p><b>Note:</b> {html.escape(n)}</p>" for n in notes),
         f"<h2>AUC</h2><table><tr>{header}</tr>{body}</table>",
+        f"<p>{html.escape(sizes_text(result))}</p>",
+        "<h2>TPR at fixed FPR</h2><table><tr>" + "".join(
+            f"<th>{html.escape(h)}</th>" for h in ["score", "working point", *COLUMNS]) + "</tr>" + "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in working_point_rows(result))
+        + "</table>",
         *([f"<h2>Settings{' (tuned: ' + html.escape(tuned) + ')' if tuned else ''}</h2>{_table(settings)}"]
           if settings else []),
         f"<h2>Provenance</h2>{_table(dict(provenance))}",

@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 
 from jbot.data.classes import CLASS_LABELS
-from jbot.data.jetnet import DataError, available_classes, load_classes
+from jbot.data.jetnet import DataError, available_classes, check_data_folder, load_classes
 from jbot.plots import data_distributions, write_html
 
 
 def summarize(data_dir: str | Path) -> dict[str, dict[str, Any]]:
     """Per class: jet count, multiplicity and jet-mass / jet-pT summaries (median and 16/84 % quantiles)."""
-    classes = available_classes(data_dir)
+    classes = available_classes(check_data_folder(data_dir))
     if not classes:
         raise DataError(f"{data_dir}: no class files (q.hdf5, g.hdf5, w.hdf5, z.hdf5, t.hdf5) found")
     out: dict[str, dict[str, Any]] = {}

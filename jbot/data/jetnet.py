@@ -7,6 +7,8 @@ Layout of ``{q,g,w,z,t}.hdf5``:
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,11 +69,26 @@ def _read_dataset(f: h5py.File, path: Path, key: str) -> np.ndarray:
         raise DataError(f"{path}: dataset '{key}' cannot be read (corrupt or truncated file: {exc})") from None
 
 
+def broken_link(path: Path) -> str | None:
+    """What ``path`` is when it is a symbolic link that leads nowhere ("a symbolic link that ..."), else None."""
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        target = os.readlink(path)
+        if exc.errno == errno.ELOOP:
+            return f"a symbolic link that loops (it points to {target}; following the links never reaches a file)"
+        return f"a symbolic link that points to {target}, which does not exist"
+    return None
+
+
 def read_jetnet(path: str | Path, n_particles: int = 30) -> JetSet:
     """Read and validate one class file."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
+        link = broken_link(path)
+        raise DataError(f"{path}: {link}" if link else f"{path}: file not found")
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -144,11 +161,11 @@ def validate_particles(path: str | Path, particles: np.ndarray, n_particles: int
 
 def check_data_dir(data_dir: str | Path, classes: tuple[str, ...]) -> Path:
     """The folder exists and holds a file per class (cheap: checked before anything heavy is loaded)."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise DataError(f"{data_dir}: data folder not found (make one with `jbot data generate --out {data_dir}`)")
+    data_dir = check_data_folder(data_dir)
     for name in classes:
         path = class_file(data_dir, name)
+        if (link := broken_link(path)) is not None:
+            raise DataError(f"{path}: the file for class '{name}' is {link}")
         if path.exists() and not path.is_file():
             raise DataError(f"{path}: the file for class '{name}' is a directory, not an HDF5 file")
         if not path.is_file():
@@ -157,12 +174,27 @@ def check_data_dir(data_dir: str | Path, classes: tuple[str, ...]) -> Path:
     return data_dir
 
 
+def check_data_folder(data_dir: str | Path) -> Path:
+    """``data_dir`` is a folder (a file given in its place, or nothing there, is an error saying so)."""
+    data_dir = Path(data_dir)
+    if data_dir.is_dir():
+        return data_dir
+    if (link := broken_link(data_dir)) is not None:
+        raise DataError(f"{data_dir}: the data folder is {link}")
+    if data_dir.exists():
+        files = ", ".join(f"{c}.hdf5" for c in CLASSES)
+        raise DataError(f"{data_dir} is a file, not a folder: --data (data.dir, `jbot data info`) takes the folder "
+                        f"holding the class files ({files}), e.g. {data_dir.parent}")
+    raise DataError(f"{data_dir}: data folder not found (make one with `jbot data generate --out {data_dir}`)")
+
+
 def load_classes(data_dir: str | Path, classes: tuple[str, ...], n_particles: int = 30) -> dict[str, JetSet]:
     data_dir = check_data_dir(data_dir, classes)
     return {name: read_jetnet(class_file(data_dir, name), n_particles) for name in classes}
 
 
 def available_classes(data_dir: str | Path) -> tuple[str, ...]:
-    return tuple(c for c in CLASSES if class_file(data_dir, c).is_file())
+    """The classes whose file is in the folder (a symbolic link to nothing included: reading it says so)."""
+    return tuple(c for c in CLASSES if os.path.lexists(class_file(data_dir, c)))
 
 

@@ -10,6 +10,9 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import StratifiedKFold
 
 EPS_B_TARGETS = (0.1, 0.01, 0.001)
+# A working point at a fixed background efficiency eps_b stands on floor(N_b x eps_b) background jets of the test
+# set. Below this many it is not resolved: logged with ``{name}_unresolved`` = 1 and without a fold std.
+MIN_BACKGROUND = 10
 
 
 def accuracy(y: np.ndarray, probs: np.ndarray) -> float:
@@ -61,8 +64,38 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, class_names: tuple[
         for c, name in enumerate(class_names):
             named[f"auc_{name}"] = auc_of(c)
     everything = np.arange(len(y))
-    out = {}
+    out: dict[str, float] = {"n_test": float(len(y)), "chance_acc": 1.0 / len(class_names)}
     for name, fn in named.items():
         out[name] = fn(everything)
         out[f"{name}_std"] = fold_std(fn, y, n_folds, seed)
+    if len(class_names) == 2:
+        out["n_background"] = float((y != 1).sum())
+        for target in EPS_B_TARGETS:
+            mark_working_point(out, f"eps_s_at_{target:g}", int((y != 1).sum()), target)
     return out
+
+
+def mark_working_point(out: dict[str, float], name: str, n_background: int, eps_b: float) -> None:
+    """Add ``{name}_n_bkg`` (the background jets the working point stands on); below ``MIN_BACKGROUND`` the fold
+    std is dropped and ``{name}_unresolved`` = 1 is set: the value is then a number, not a measurement."""
+    n_bkg = int(np.floor(n_background * eps_b + 1e-9))
+    out[f"{name}_n_bkg"] = float(n_bkg)
+    if n_bkg < MIN_BACKGROUND:
+        out.pop(f"{name}_std", None)
+        out[f"{name}_unresolved"] = 1.0
+
+
+def unresolved(metrics: dict[str, float], key: str) -> bool:
+    return bool(metrics.get(f"{key}_unresolved"))
+
+
+def shown(metrics: dict[str, float], key: str, digits: int = 4) -> str:
+    """``0.3020 ± 0.0175``, or for a working point the test set cannot resolve ``0.3020 (not resolved: 0 bkg
+    jets)``, or ``-`` when absent."""
+    value = metrics.get(key)
+    if value is None:
+        return "-"
+    if unresolved(metrics, key):
+        return f"{value:.{digits}f} (not resolved: {int(metrics.get(f'{key}_n_bkg', 0))} bkg jets)"
+    std = metrics.get(f"{key}_std")
+    return f"{value:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{value:.{digits}f}"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from jbot.evaluate.metrics import EPS_B_TARGETS
+from jbot.evaluate.metrics import EPS_B_TARGETS, MIN_BACKGROUND, shown
 from jbot.io import atomic_write_text
 
 
@@ -27,12 +27,15 @@ def results_table(title: str, rows: dict[str, dict[str, float]], class_names: tu
     for col in cols:
         table.add_column(col.replace("eps_s_at_", "εs@εb="), justify="right")
     for label, metrics in rows.items():
-        cells = []
-        for col in cols:
-            value = metrics.get(f"{prefix}{col}")
-            std = metrics.get(f"{prefix}{col}_std")
-            cells.append("-" if value is None else f"{value:.4f} ± {std:.4f}" if std is not None else f"{value:.4f}")
-        table.add_row(label, *cells)
+        table.add_row(label, *(shown(metrics, f"{prefix}{col}") for col in cols))
+    first = next(iter(rows.values()), {})
+    if f"{prefix}n_test" in first:
+        sizes = f"{int(first[f'{prefix}n_test'])} test jets"
+        if f"{prefix}n_background" in first:
+            sizes += f", {int(first[f'{prefix}n_background'])} of them background"
+        table.caption = (f"{sizes}; chance: accuracy {first.get(f'{prefix}chance_acc', float('nan')):.2f}, AUC 0.50;"
+                         f" ± = std over test folds; a working point on < {MIN_BACKGROUND} background jets is not "
+                         "resolved")
     return table
 
 
