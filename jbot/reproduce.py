@@ -238,7 +238,10 @@ def _parent(plan: Plan) -> tuple[str, dict[str, str]]:
         "jbot.reproduce_key": plan.key, "jbot.role": "reproduce-parent", "jbot.git_commit": git_commit(),
         "mlflow.note.content":
         f"The paper's protocol at the {plan.scale.name} scale ({plan.scale.budget}), jBOT-{plan.size}"})
-    MlflowRun(client, run.info.run_id).log_params({**flatten(public_config(plan.cfg)), "tracking.uri": redact(uri),
+    # its steps run on several splits: the parent names them all instead of one data.preset
+    params = {k: v for k, v in flatten(public_config(plan.cfg)).items() if k != "data.preset"}
+    MlflowRun(client, run.info.run_id).log_params({**params, "reproduce.presets": "5class, tqg, qg",
+                                                   "tracking.uri": redact(uri),
                                                    "reproduce.scale": plan.scale.name, "reproduce.size": plan.size,
                                                    "reproduce.config": scale_config(plan.scale, plan.size)})
     return run.info.run_id, {}

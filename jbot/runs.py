@@ -38,6 +38,16 @@ P = TypeVar("P")
 EXAMPLE_JETS = 4
 
 
+def settings_used(cfg: JbotConfig, preset: str, loaded: LoadedModel | None = None) -> JbotConfig:
+    """``cfg`` as a command really runs it: on the split of ``preset`` and, for a loaded encoder, with that
+    encoder's model settings. Its params are then what was used (``data.preset`` = the split's, ``model.*`` = the
+    encoder's), never the defaults of a config the command overrode."""
+    update: dict[str, Any] = {"data": cfg.data.model_copy(update={"preset": preset})}
+    if loaded is not None:
+        update["model"] = loaded.encoder.cfg
+    return cfg.model_copy(update=update)
+
+
 def load_split(cfg: JbotConfig, preset: str | None = None) -> Split:
     d = cfg.data
     return make_split(d.dir, preset or d.preset, d.n_train, d.n_val, d.n_test, d.seed)
@@ -222,7 +232,8 @@ def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | 
                   run_name: str | None = None) -> TrackedResult[ProbeResult]:
     uri = store_uri(cfg)
     loaded: LoadedModel = load_from_uri(source, uri)
-    split = load_split(cfg, preset)
+    cfg = settings_used(cfg, preset, loaded)
+    split = load_split(cfg)
     device = runtime_device(cfg.runtime)
     tags = {**_data_tags(split, str(device)), **provenance(source, uri)}
     with tracked_run(cfg, "probe", experiment=experiment, tags=tags, run_name=run_name or f"probe-{split.preset}",
@@ -281,9 +292,8 @@ def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, expe
 
     uri = store_uri(cfg)
     loaded = load_from_uri(source, uri) if source is not None else None
-    if loaded is not None:
-        cfg = cfg.model_copy(update={"model": loaded.encoder.cfg})
-    split = load_split(cfg, cfg.finetune.task)
+    cfg = settings_used(cfg, cfg.finetune.task, loaded)
+    split = load_split(cfg)
     device = runtime_device(cfg.runtime)
     all_tags = {**_data_tags(split, str(device)), "jbot.from_scratch": str(loaded is None).lower(), **(tags or {})}
     if source is not None:
@@ -359,7 +369,8 @@ def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None
 
     uri = store_uri(cfg)
     loaded = load_from_uri(source, uri)
-    split = load_split(cfg, "qg")
+    cfg = settings_used(cfg, "qg", loaded)
+    split = load_split(cfg)
     device = runtime_device(cfg.runtime)
     tags = {**_data_tags(split, str(device)), **provenance(source, uri)}
     notes = list(notes or [])

@@ -51,6 +51,9 @@ def test_reproduce_runs_every_step_once_and_resumes(tmp_path: Path, monkeypatch:
     assert len(steps) == 12 and len(names) == len(set(names)) == 12, names  # each step ran once
     assert {c.info.run_id for c in children} == set(steps.values())
     assert all(c.info.status == "FINISHED" for c in children)
+    for child in children:  # every step's params say the split it ran on
+        assert child.data.params["data.preset"] == child.data.tags["jbot.preset"], child.info.run_name
+    assert "data.preset" not in parent.data.params and parent.data.params["reproduce.presets"] == "5class, tqg, qg"
     tqg = client.get_run(steps["finetune-tqg-pretrained"]).data.metrics
     assert {"test/auc", "test/eps_s_at_0.1", "test/eps_s_at_0.001"} <= set(tqg)
 

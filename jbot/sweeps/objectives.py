@@ -131,7 +131,7 @@ def anomaly_objective(sweep: Sweep, source: str) -> Callable[[optuna.Trial, str]
     from jbot.anomaly.detect import reference_order, signal_metrics
     from jbot.anomaly.scores import l2_normalise, make_score
     from jbot.evaluate.embed import embed
-    from jbot.runs import load_split
+    from jbot.runs import load_split, settings_used
     from jbot.tracking.mlflow import tracked_run
     from jbot.tracking.models import load_from_uri, provenance
     from jbot.train.device import runtime_device
@@ -149,9 +149,10 @@ def anomaly_objective(sweep: Sweep, source: str) -> Callable[[optuna.Trial, str]
 
     def objective(trial: optuna.Trial, parent: str) -> float:
         def body(cfg: JbotConfig, tags: dict[str, str]) -> float:
+            cfg = settings_used(cfg, "qg", loaded)  # the params say the split and encoder the trial used
             with tracked_run(cfg, "anomaly", experiment=sweep.mlflow_experiment, parent_run_id=parent,
                              run_name=f"trial-{trial.number:03d}",
-                             tags={**base_tags, **tags}) as run:
+                             tags={**base_tags, "jbot.preset": split.preset, **tags}) as run:
                 trial.set_user_attr("mlflow_run_id", run.run_id)
                 score = make_score(cfg.anomaly.score, cfg.anomaly, cfg.anomaly.seed)
                 n_ref = min(cfg.anomaly.reference_size, len(ref_all))
