@@ -354,6 +354,8 @@ def pretrain_cmd(
 
                 ckpt = Path(cfg.pretrain.out_dir) / "checkpoint.pt"
                 bar.stop()
+                if world_from_env()[0] != 0:  # rank 0 says it once for the whole job
+                    raise typer.Exit(code=signals.exit_code(exc)) from None
                 err_console.print(f"{signals.describe(exc, at=True)}: " + (
                     f"{'its state is' if signals.where(exc) else 'the last completed epoch is'} saved in {ckpt}; "
                     f"the MLflow run is KILLED; continue with `{resume_command(ckpt)}` (or `--resume auto`)"

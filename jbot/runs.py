@@ -182,7 +182,7 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
             ckpt = out_dir / "checkpoint.pt"
             if ckpt.is_file():  # the last completed epoch or, after a stop signal, the step it stopped at
                 run.log_artifact(ckpt, "checkpoints")
-                run.set_tags({"jbot.resume_command": resume_command(ckpt),
+                run.set_tags({"jbot.resume_command": resume_tag(ckpt),
                               "jbot.stopped": signals.describe(exc, at=True)})
             raise
         finally:
@@ -203,6 +203,11 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: str | Path | None = None, exper
 def resume_command(checkpoint: Path) -> str:
     """The command that continues a stopped pre-training from its checkpoint."""
     return f"jbot pretrain --resume {checkpoint}"
+
+
+def resume_tag(checkpoint: Path) -> str:
+    """The resume command for the run's tag: with the checkpoint's absolute path (it works from any folder)."""
+    return resume_command(checkpoint.absolute())
 
 
 def check_more_epochs(cfg: JbotConfig, state: dict[str, Any], resume: str | Path) -> None:

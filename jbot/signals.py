@@ -1,9 +1,10 @@
 """A scheduler's signals as orderly stops, like Ctrl-C.
 
-SLURM and other schedulers end a job with SIGTERM, and can send a warning signal (SIGUSR1 by convention, e.g.
-``#SBATCH --signal=USR1@120``) a few minutes before the time limit. ``install`` makes both raise ``Stopped``, a
-``KeyboardInterrupt``, in the main thread: every path that already handles Ctrl-C (runs ended KILLED, checkpoints
-kept, trials failed and re-queued, scratch folders removed at exit) handles them too.
+SLURM and other schedulers end a job with SIGTERM, and can send a warning signal (SIGUSR1 by convention) a few
+minutes before the time limit: ``#SBATCH --signal=USR1@120`` reaches the job steps ``srun`` starts,
+``--signal=B:USR1@120`` the batch shell, which forwards it (as ``examples/slurm/`` does). ``install`` makes both
+raise ``Stopped``, a ``KeyboardInterrupt``, in the main thread: every path that already handles Ctrl-C (runs
+ended KILLED, checkpoints kept, trials failed and re-queued, scratch folders removed at exit) handles them too.
 
 Inside ``deferred()`` (pre-training's steps) a first signal, Ctrl-C included, is only recorded: the loop asks
 ``pending()`` at its next step boundary, writes a checkpoint there and calls ``raise_pending()``. A second signal
