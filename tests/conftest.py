@@ -171,3 +171,17 @@ def jet_batch(n: int = 64, seed: int = 0) -> Any:
     x[0, :30, 3] = 1.0  # a full jet: nothing to split into
     x[0, :, 2] = 1.0 / 30
     return x
+
+
+def set_args(items: list[str]) -> list[str]:
+    """``["a.b=1", ...]`` -> ``["--set", "a.b=1", ...]``."""
+    return [a for item in items for a in ("--set", item)]
+
+
+def one_error_line(output: str) -> str:
+    """The one ``error:`` paragraph (rich wraps it at the terminal width), after at most the command's header."""
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    assert len(starts) == 1 and starts[0] <= 3, output
+    assert "Traceback" not in output, output
+    return " ".join(lines[starts[0]:])

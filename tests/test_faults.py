@@ -35,6 +35,8 @@ from jbot.sweeps.study import PARENT_ATTR, Sweep, open_study
 from jbot.train.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from jbot.train.pretrain import Pretrainer, TrainingDiverged
 from tests.conftest import TINY, fake_jets, free_port, tiny_checkpoint, wait_healthy, write_fake_folder
+from tests.conftest import one_error_line as _one_error_line
+from tests.conftest import set_args as _sets
 
 runner = CliRunner()
 JBOT = str(Path(sys.executable).parent / "jbot")
@@ -43,17 +45,6 @@ FAST_FT = ["data.n_train=400", "data.n_val=100", "data.n_test=200", "finetune.ep
            "tracking.log_system_metrics=false"]
 
 
-def _sets(items: list[str]) -> list[str]:
-    return [a for item in items for a in ("--set", item)]
-
-
-def _one_error_line(output: str) -> str:
-    """The one ``error:`` paragraph (rich wraps it at the terminal width), after at most the command's header."""
-    lines = [line for line in output.strip().splitlines() if line.strip()]
-    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
-    assert len(starts) == 1 and starts[0] <= 3, output
-    assert "Traceback" not in output, output
-    return " ".join(lines[starts[0]:])
 
 
 def _sha(path: Path) -> str:

@@ -20,6 +20,8 @@ from typer.testing import CliRunner
 from jbot.cli import app
 from jbot.config import ConfigError
 from tests.conftest import TINY, tiny_checkpoint, write_fake_folder
+from tests.conftest import one_error_line as _one_error_line
+from tests.conftest import set_args as _sets
 
 runner = CliRunner()
 JBOT = str(Path(sys.executable).parent / "jbot")
@@ -27,17 +29,6 @@ FAST_FT = ["data.n_train=400", "data.n_val=100", "data.n_test=200", "finetune.ep
            "tracking.log_system_metrics=false"]
 
 
-def _sets(items: list[str]) -> list[str]:
-    return [a for item in items for a in ("--set", item)]
-
-
-def _one_error_line(output: str) -> str:
-    """The one ``error:`` paragraph (rich wraps it at the terminal width), after at most the command's header."""
-    lines = [line for line in output.strip().splitlines() if line.strip()]
-    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
-    assert len(starts) == 1 and starts[0] <= 3, output
-    assert "Traceback" not in output, output
-    return " ".join(lines[starts[0]:])
 
 
 def _bomb(levels: int = 9) -> str:

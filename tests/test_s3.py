@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from jbot.cli import app
 from tests.conftest import TINY, free_port, psql, running_mlflow_server, write_fake_folder
+from tests.conftest import set_args as _sets
 
 runner = CliRunner()
 BUCKET = "jbot-artifacts"
@@ -33,9 +34,6 @@ SIZES = ["data.n_train=320", "data.n_val=100", "data.n_test=100", "tracking.log_
          "anomaly.gmm_components=2"]
 LOCAL_STORES = {"mlruns", "mlartifacts", "mlflow.db"}  # what MLflow or jbot would write without the server
 
-
-def _sets(items: list[str]) -> list[str]:
-    return [a for item in items for a in ("--set", item)]
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from jbot.cli import app
 from tests.conftest import TINY, psql, write_fake_folder
+from tests.conftest import set_args as _sets
 
 runner = CliRunner()
 TRACKING_PW = "tracking-Pw-9c1f7e"
@@ -23,9 +24,6 @@ SIZES = ["data.n_train=320", "data.n_val=100", "data.n_test=100", "tracking.log_
          "evaluate.n_folds=2", "anomaly.reference_size=100", "anomaly.knn_k=5", "anomaly.cosine_k=5",
          "anomaly.gmm_components=2"]
 
-
-def _sets(items: list[str]) -> list[str]:
-    return [a for item in items for a in ("--set", item)]
 
 
 @pytest.fixture

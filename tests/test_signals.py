@@ -17,6 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from jbot.train.checkpoint import load_checkpoint
+from tests.conftest import set_args as _sets
 from tests.conftest import tiny_checkpoint, write_fake_folder
 
 JBOT = str(Path(sys.executable).parent / "jbot")
@@ -25,9 +26,6 @@ SLOW_STEPS = ["pretrain.epochs=2", "pretrain.batch_size=2", "pretrain.warmup_epo
               "pretrain.knn_val_size=50", "model.d_model=16", "model.n_heads=2", "model.n_layers=1", "model.d_proj=8",
               "data.n_train=80", "data.n_val=20", "data.n_test=20", "tracking.log_system_metrics=false"]
 
-
-def _sets(items: list[str]) -> list[str]:
-    return [a for item in items for a in ("--set", item)]
 
 
 def _env(tmp_path: Path, store: str) -> dict[str, str]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PROJECT_ROOT, TINY, tiny_checkpoint
+from tests.conftest import set_args as _sets
 
 SLURM = PROJECT_ROOT / "examples" / "slurm"
 PRETRAIN, SWEEP = SLURM / "pretrain.sbatch", SLURM / "sweep-worker.sbatch"
@@ -32,9 +33,6 @@ SMALL = ["data.n_train=320", "data.n_val=100", "data.n_test=100", "tracking.log_
 FAST_FT = [*SMALL, "finetune.epochs=1", "finetune.batch_size=128"]
 FAKE_SCONTROL = '#!/bin/bash\necho "$@" >> "$SCONTROL_LOG"\n'
 
-
-def _sets(items: list[str]) -> list[str]:
-    return [a for item in items for a in ("--set", item)]
 
 
 def _block(text: str, name: str) -> str:

@@ -22,21 +22,13 @@ from typer.testing import CliRunner
 
 from jbot.cli import app
 from tests.conftest import TINY, free_port, tiny_checkpoint
+from tests.conftest import one_error_line as _one_error_line
+from tests.conftest import set_args as _sets
 
 runner = CliRunner()
 SIZES = ["data.n_train=320", "data.n_val=100", "data.n_test=100", "tracking.log_system_metrics=false"]
 
 
-def _sets(items: list[str]) -> list[str]:
-    return [a for item in items for a in ("--set", item)]
-
-
-def _one_error_line(output: str) -> str:
-    lines = [line for line in output.strip().splitlines() if line.strip()]
-    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
-    assert len(starts) == 1 and starts[0] <= 3, output
-    assert "Traceback" not in output, output
-    return " ".join(lines[starts[0]:])
 
 
 def _register_list(uri: str) -> tuple[int, str]:

@@ -23,13 +23,11 @@ from jbot.tracking.models import load_from_uri, log_jbot_model
 from jbot.tracking.registry import register_best
 from jbot.train.checkpoint import load_model
 from tests.conftest import TINY, running_mlflow_server, tiny_checkpoint
+from tests.conftest import set_args as _sets
 
 runner = CliRunner()
 SIZES = ["data.n_train=400", "data.n_val=100", "data.n_test=200"]
 
-
-def _sets(items: list[str]) -> list[str]:
-    return [a for item in items for a in ("--set", item)]
 
 
 @pytest.fixture
