@@ -919,7 +919,6 @@ def dashboard_cmd(
     from jbot.logs import verbose
 
     with user_errors():
-        from jbot.paths import redact
         from jbot.sweeps.dashboard import open_storage, serve, study_links
 
         url, opened = open_storage(storage)

@@ -60,17 +60,23 @@ def free_space(path: str | Path) -> str:
 
 def is_disk_full(exc: BaseException) -> bool:
     """``exc`` or anything in its chain is a full disk (ENOSPC, SQLite's "database or disk is full", ...)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in exception_chain(exc):
         if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         text = str(current).lower()
         if "disk is full" in text or "no space left" in text or "disk quota" in text:
             return True
-        current = current.__cause__ or current.__context__
     return False
+
+
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes / contexts, each once."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not e for e in seen):
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
 
 
 def write_error(path: Path, exc: BaseException) -> WriteError:
@@ -143,8 +149,9 @@ def stores() -> list[Path]:
 def full_disk_message(exc: BaseException, home: Path) -> str:
     """What a full disk stopped: the file being written where the error names it (else the SQLite stores this
     process writes), with the free space where that file is."""
-    named = next((Path(e.filename) for e in _chain(exc) if isinstance(e, OSError) and e.filename), None)
-    sqlite = any("sqlite" in type(e).__module__ or "database or disk is full" in str(e) for e in _chain(exc))
+    chain = exception_chain(exc)
+    named = next((Path(e.filename) for e in chain if isinstance(e, OSError) and e.filename), None)
+    sqlite = any("sqlite" in type(e).__module__ or "database or disk is full" in str(e) for e in chain)
     if named is not None:
         where = f"while writing {named} ({free_space(named.parent)} free there)"
     elif sqlite and _stores:
@@ -153,15 +160,6 @@ def full_disk_message(exc: BaseException, home: Path) -> str:
         where = f"while writing ({free_space(home)} free under {home}, the working folder)"
     return (f"the disk is full {where}. Files and runs written before are intact; free some space and run the "
             "command again.")
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and all(current is not e for e in seen):
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return seen
 
 
 _scratch: tempfile.TemporaryDirectory[str] | None = None

@@ -16,9 +16,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from jbot.redaction import is_redacted, redact
-
-__all__ = ["redact"]
+from jbot.redaction import is_redacted
 
 HOME_ENV = "JBOT_HOME"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")

@@ -33,7 +33,7 @@ def redact(text: str) -> str:
 
 def is_redacted(uri: str | None) -> bool:
     """A URI whose password was removed by ``redact`` (it cannot be connected to)."""
-    return bool(uri) and redact(str(uri)) == uri and (f":{MARK}@" in str(uri) or f"={MARK}" in str(uri))
+    return bool(uri) and (f":{MARK}@" in str(uri) or f"={MARK}" in str(uri))
 
 
 def public(value: Any) -> Any:

@@ -3,7 +3,7 @@ file, instead of MLflow's traceback. MLflow-free: the CLI asks this about any ex
 
 from __future__ import annotations
 
-from jbot.io import _chain, stores
+from jbot.io import exception_chain, stores
 
 # SQLite's own words -> what they mean to the user
 PROBLEMS = {
@@ -18,7 +18,7 @@ PROBLEMS = {
 
 def store_problem(exc: BaseException) -> str | None:
     """One line for an SQLite error of a store this process uses; None for anything else."""
-    for err in _chain(exc):
+    for err in exception_chain(exc):
         text = str(err).lower()
         meaning = next((m for words, m in PROBLEMS.items() if words in text), None)
         if meaning is not None and ("sqlite" in type(err).__module__ or "sqlite" in text):
