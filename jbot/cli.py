@@ -1,4 +1,5 @@
-"""The ``jbot`` command line: each command loads its config, calls one library function, prints a summary."""
+"""The ``jbot`` command line: the options of each command and what it prints. The work is in ``jbot.commands``
+(one module per command); this module imports typer and rich, and loads the rest only when a command runs."""
 
 from __future__ import annotations
 
@@ -23,21 +24,21 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from jbot.commands.inputs import require_data, require_model, resolve
+from jbot.commands.sweep_kinds import KINDS as SWEEP_KINDS
+from jbot.commands.sweep_kinds import SweepKind
 from jbot.config import (
     ConfigError,
     GenerateConfig,
-    JbotConfig,
     format_validation_error,
     load_config,
     to_yaml,
-    with_overrides,
 )
 from jbot.errors import JbotError
 from jbot.io import scratch_dir
-from jbot.paths import is_model_source, resolve_tracking_uri
+from jbot.model.sizes import size_help
+from jbot.paths import resolve_tracking_uri
 from jbot.redaction import redact
-from jbot.sweeps.kinds import KINDS as SWEEP_KINDS
-from jbot.sweeps.kinds import SweepKind
 
 
 def _plain_types() -> None:
@@ -131,35 +132,6 @@ def user_errors() -> Iterator[None]:
             raise
         say_error(problem)
         raise typer.Exit(code=2) from None
-
-
-def resolve(config: Path | None, overrides: list[str] | None, tracking_uri: str | None = None) -> JbotConfig:
-    """The command's config, with ``tracking.uri`` resolved once (flag > config > env > embedded)."""
-    return with_store(load_config(config, overrides or []), tracking_uri)
-
-
-def with_store(cfg: JbotConfig, tracking_uri: str | None) -> JbotConfig:
-    return with_overrides(cfg, {"tracking.uri": resolve_tracking_uri(tracking_uri, cfg.tracking.uri)})
-
-
-def require_data(cfg: JbotConfig, preset: str | None = None) -> None:
-    """Fail on a missing data folder or class file before torch and MLflow are loaded."""
-    if cfg.data.stream:
-        from jbot.data.shards import find_shards
-
-        find_shards(cfg.data.dir, cfg.model.n_particles)
-        if cfg.data.val_dir is not None:
-            find_shards(cfg.data.val_dir, cfg.model.n_particles)
-        return
-    from jbot.data.classes import PRESET_CLASSES
-    from jbot.data.jetnet import check_data_dir
-
-    check_data_dir(cfg.data.dir, PRESET_CLASSES.get(preset or cfg.data.preset, ()))
-
-
-def require_model(source: str) -> None:
-    if not is_model_source(source):
-        raise ConfigError(f"--model {source}: no such checkpoint file, run id or runs:/ / models:/ URI")
 
 
 def settings_text(params: dict[str, Any]) -> str:
@@ -323,17 +295,18 @@ def pretrain_cmd(
     with user_errors():
         overrides = _overrides(set_, **{"data.dir": data, "data.preset": preset, "runtime.device": device,
                                         "pretrain.out_dir": out})
-        start = prepare_pretrain(config, overrides, tracking_uri, resume)
-        if start is None:
+        from jbot.commands.pretrain import prepare, resume_command, tracked_pretrain
+
+        start = prepare(config, overrides, tracking_uri, resume)
+        if start.done is not None:
+            console.print(start.done)
             return
-        cfg, checkpoint = start
+        cfg = start.cfg
         require_data(cfg)
         jets = "jets streamed" if cfg.data.stream else f"{cfg.data.preset} jets"
         console.print(f"pre-training jBOT (D={cfg.model.d_model}, L={cfg.model.n_layers}, H={cfg.model.n_heads}) "
                       f"on {jets} from {cfg.data.dir} for {cfg.pretrain.epochs} epochs"
-                      + (f", continuing from {checkpoint}" if checkpoint else ""))
-        from jbot.runs import tracked_pretrain
-
+                      + (f", continuing from {start.resume.path}" if start.resume else ""))
         with progress_bar() as bar:
             task = bar.add_task("epoch 1", total=None)
 
@@ -345,13 +318,11 @@ def pretrain_cmd(
                 bar.update(task, description=f"epoch {report.epoch + 1}", completed=0)
 
             try:
-                tracked = tracked_pretrain(cfg, resume=checkpoint, experiment=experiment,
+                tracked = tracked_pretrain(cfg, resume=start.resume, experiment=experiment,
                                            allow_other_data=allow_other_data, on_step=lambda i: bar.advance(task),
                                            on_epoch=on_epoch,
                                            on_notice=lambda text: bar.console.print(f"note: {text}"))
             except KeyboardInterrupt as exc:
-                from jbot.runs import resume_command
-
                 ckpt = Path(cfg.pretrain.out_dir) / "checkpoint.pt"
                 bar.stop()
                 if world_from_env()[0] != 0:  # rank 0 says it once for the whole job
@@ -377,48 +348,6 @@ def pretrain_cmd(
     console.print(table)
 
 
-def prepare_pretrain(config: Path | None, overrides: list[str], tracking_uri: str | None,
-                     resume: str | None) -> tuple[JbotConfig, Path | None] | None:
-    """The config to pre-train with and the checkpoint to continue from (read once, here). ``resume="auto"``:
-    ``<out>/checkpoint.pt`` when it exists (trained with the settings --config and --set give), else a fresh
-    start. None: nothing to do (``auto`` found a checkpoint that has trained every epoch)."""
-    from jbot.config import RESUMABLE, flatten, resume_config
-
-    fresh = None
-    if resume == "auto":
-        fresh = resolve(config, overrides, tracking_uri)
-        path = Path(fresh.pretrain.out_dir) / "checkpoint.pt"
-        if not path.is_file():
-            return fresh, None
-    elif resume is None:
-        return resolve(config, overrides, tracking_uri), None
-    else:
-        if config is not None:
-            raise ConfigError("--resume continues with the checkpoint's own config: change fields with --set, "
-                              "--out, --data or --device, not --config (or use --resume auto)")
-        path = Path(resume)
-        if not path.is_file():
-            raise ConfigError(f"--resume {resume}: checkpoint not found")
-    from jbot.runs import check_more_epochs
-    from jbot.train.checkpoint import load_checkpoint
-
-    state = load_checkpoint(path)
-    cfg = with_store(resume_config(state["config"], overrides), tracking_uri)
-    if fresh is not None:
-        before, after = flatten(fresh), flatten(cfg)
-        differ = sorted(k for k in before if before[k] != after.get(k) and not k.startswith(RESUMABLE))
-        if differ:
-            raise ConfigError(f"--resume auto: {path} was trained with other settings than these: " + ", ".join(
-                f"{k} ({after.get(k)!r} there, {before[k]!r} here)" for k in differ[:5])
-                + "; use another --out, or --resume PATH to continue with the checkpoint's own settings")
-        done = int(state.get("epoch", 0))
-        if done >= cfg.pretrain.epochs and not int(state.get("step", 0)):
-            console.print(f"{path} has trained all {done} epochs: nothing to do")
-            return None
-    check_more_epochs(cfg, state, path)
-    return cfg, path
-
-
 # ---------------------------------------------------------------------------------- probe / finetune
 
 
@@ -441,7 +370,7 @@ def probe_cmd(
         cfg = resolve(config, _overrides(set_, **{"data.dir": data, "runtime.device": device}), tracking_uri)
         require_model(model)
         require_data(cfg, preset)
-        from jbot.runs import tracked_probe
+        from jbot.commands.probe import tracked_probe
 
         tracked = tracked_probe(cfg, model, preset, out_dir=out, experiment=experiment)
     from jbot.evaluate.table import results_table
@@ -479,8 +408,8 @@ def finetune_cmd(
         if not from_scratch and model is not None:
             require_model(model)
         require_data(cfg, cfg.finetune.task)
+        from jbot.commands.finetune import tracked_finetune
         from jbot.evaluate.table import results_table
-        from jbot.runs import tracked_finetune
 
         label = "from scratch" if from_scratch else "fine-tuned"
         with progress_bar() as bar:
@@ -513,13 +442,9 @@ def import_keras_cmd(
         for path in (backbone, classifier):
             if path is not None and not path.is_file():
                 raise ConfigError(f"{path}: Keras weights file not found")
-        from jbot.model.keras_import import import_keras
-        from jbot.runs import tracked_import
-        from jbot.train.checkpoint import save_checkpoint
+        from jbot.commands.import_keras import tracked_import
 
-        state = import_keras(backbone, classifier)
-        save_checkpoint(out, state)
-        tracked = tracked_import(out, state, str(uri), register)
+        state, tracked = tracked_import(backbone, classifier, out, str(uri), register)
     m = state["config"]["model"]
     extra = f" + classifier ({len(state['class_names'])} classes)" if classifier else ""
     console.print(f"imported D={m['d_model']}, H={m['n_heads']}, L={m['n_layers']}{extra} -> {out}")
@@ -544,15 +469,11 @@ def embed_cmd(
         require_model(model)
         if not input_.is_file():
             raise ConfigError(f"--input {input_}: file not found")
-        from jbot.evaluate.embed import embed_to_file
-        from jbot.tracking.models import load_from_uri
-        from jbot.train.device import runtime_device
+        from jbot.commands.embed import embed_file
 
-        loaded = load_from_uri(model, str(cfg.tracking.uri))
         with progress_bar() as bar:
             task = bar.add_task("embedding", total=None)
-            shapes = embed_to_file(loaded, input_, out, batch_size, runtime_device(cfg.runtime),
-                                   on_batch=lambda n: bar.advance(task, n))
+            shapes = embed_file(cfg, model, input_, out, batch_size, on_batch=lambda n: bar.advance(task, n))
     console.print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
 
 
@@ -570,13 +491,12 @@ def export_cmd(
     with user_errors():
         if format_ != "onnx":
             raise ConfigError(f"--format {format_!r}: only onnx is supported")
-        uri = resolve(config, set_, tracking_uri).tracking.uri
+        cfg = resolve(config, set_, tracking_uri)
         require_model(model)
-        from jbot.export import export_onnx
-        from jbot.tracking.models import load_from_uri
+        from jbot.commands.export import export_model
 
         with console.status("exporting to ONNX"):
-            names = export_onnx(load_from_uri(model, str(uri)), out)
+            names = export_model(cfg, model, out)
     console.print(f"wrote {out}: inputs {', '.join(names['inputs'])} -> outputs {', '.join(names['outputs'])}")
 
 
@@ -599,7 +519,7 @@ def anomaly_cmd(
         cfg = resolve(config, _overrides(set_, **{"data.dir": data, "runtime.device": device}), tracking_uri)
         require_model(model)
         require_data(cfg, "qg")
-        from jbot.runs import tracked_anomaly
+        from jbot.commands.anomaly import tracked_anomaly
 
         tracked = tracked_anomaly(cfg, model, out_dir=out, experiment=experiment,
                                   on_note=lambda text: console.print(f"note: {text}", highlight=False))
@@ -660,19 +580,6 @@ def register_list_cmd(
     console.print(table)
 
 
-def require_free_port(host: str, port: int) -> None:
-    """The UI's address can be listened on (else one line now, not a server that dies after printing its links)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a closed port is free
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port} ({(exc.strerror or str(exc)).lower()}): another "
-                              "program uses the port; pass --port with a free one") from None
-
-
 @app.command("ui")
 def ui_cmd(
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
@@ -682,10 +589,7 @@ def ui_cmd(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Start the MLflow UI on the configured store and print its URL (Ctrl-C or SIGTERM stops it and its workers)."""
-    import os
-    import signal
-    import subprocess
-    import sys
+    from jbot.logs import verbose
 
     with user_errors():
         uri = str(resolve(config, set_, tracking_uri).tracking.uri)
@@ -693,54 +597,24 @@ def ui_cmd(
         console.print(f"the tracking store is a server: open {redact(uri)}")
         return
     with user_errors():
-        require_free_port(host, port)
-        from jbot.tracking.mlflow import connect, jbot_experiments, save_runs_view
+        from jbot.tracking.ui import experiment_links, serve_ui
 
-        client = connect(uri)
-        experiments = jbot_experiments(client)
-        views = {exp.experiment_id: save_runs_view(client, exp.experiment_id) for exp in experiments}
-    base = f"http://{host}:{port}"
-    console.print(f"MLflow UI for {redact(uri)} at {base} (Ctrl-C to stop)")
-    for exp in experiments:
-        console.print(f"  {exp.name:<28} {base}/#/experiments/{exp.experiment_id}/runs"
-                      f"?viewStateShareKey={views[exp.experiment_id]}")
-    if not experiments:
-        console.print("  no jbot runs in this store yet")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port), "--workers", "1"]
-    # one server process (no GenAI job runners), in its own process group: stopping jbot ui stops all of it; the
-    # store's URI goes by the environment, not the command line (which `ps` shows every user of a shared machine)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_BACKEND_STORE_URI": uri,
-           "MLFLOW_REGISTRY_STORE_URI": uri}
-    from jbot.logs import verbose
+        def ready(base: str) -> None:
+            links = experiment_links(uri, base)
+            console.print(f"MLflow UI for {redact(uri)} at {base} (Ctrl-C to stop)")
+            for name, link in links:
+                console.print(f"  {name:<28} {link}")
+            if not links:
+                console.print("  no jbot runs in this store yet")
 
-    if not verbose():  # the server's request log and start-up notices only with --verbose
-        cmd += ["--uvicorn-opts", "--log-level warning --no-access-log"]
-        env["PYTHONWARNINGS"] = "ignore"
-    server = subprocess.Popen(cmd, start_new_session=True, env=env)
-
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        server.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+        serve_ui(uri, host, port, quiet=not verbose(), on_ready=ready)
 
 
 @app.command("reproduce")
 def reproduce_cmd(
     scale: Annotated[str, typer.Option(help="demo (about 12 min on 2 cores) | cpu (about an hour) | paper (GPU)")]
     = "demo",
-    size: Annotated[str, typer.Option(help="S | B (jBOT-S or jBOT-B, Table 1)")] = "S",
+    size: Annotated[str, typer.Option(help=size_help())] = "S",
     data: Annotated[Path, typer.Option(help="Jets; generated here (demo, cpu) when the folder has none")]
     = Path("data/jets"),
     out: Annotated[Path | None, typer.Option(help="Folder for checkpoints and the report "
@@ -753,7 +627,7 @@ def reproduce_cmd(
     """The paper's protocol end to end at a scale your machine allows: probes, fine-tuning vs scratch, top
     tagging, anomaly detection; one MLflow parent run, resumable (finished steps are skipped on re-run)."""
     with user_errors():
-        from jbot.reproduce import ensure_data, plan_for, run_reproduction
+        from jbot.commands.reproduce import ensure_data, plan_for, run_reproduction
 
         folder = out or Path(f"runs/reproduce-{scale}-{size}")
         plan = plan_for(scale, size, data, folder, list(set_ or []), resolve_tracking_uri(tracking_uri))
@@ -784,7 +658,7 @@ def demo_cmd(
     """The whole story on the embedded MLflow store: generate jets, the paper's claims at the demo scale with a
     verdict each (`jbot reproduce --scale demo`), register the background encoder, tune the anomaly score and
     write its report from the registry alias."""
-    from jbot.demo import DemoSettings, run_demo
+    from jbot.commands.demo import DemoSettings, run_demo
 
     with user_errors():
         res = run_demo(DemoSettings(out=out, jets_per_class=jets_per_class, workers=workers, epochs=epochs,
@@ -878,7 +752,7 @@ def _sweep_command(kind: SweepKind) -> Callable[..., None]:
             sweep = _sweep(kind, given["trials"], given["config"], given["set_"], given["data"], given["space"],
                            given["storage"], given["study_name"], given["tracking_uri"], given["experiment"],
                            identity, fields)
-            from jbot.sweeps.objectives import run_sweep
+            from jbot.commands.sweep import run_sweep
 
             objective, finish = kind.start(sweep, given.get("model"), extras, scratch_dir(f"sweep-{kind.name}-"))
             try:

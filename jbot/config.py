@@ -1,7 +1,7 @@
 """Typed configuration: one frozen pydantic model per section, YAML files, ``--set a.b=c`` overrides.
 
-Every field is documented by its name and the SPEC section it comes from. Unknown keys and wrong types are
-errors that name the field. No torch import here: the config is read before anything heavy is loaded.
+Every field is documented by its name and the section of docs/method.md it comes from. Unknown keys and wrong
+types are errors that name the field. No torch import here: the config is read before anything heavy is loaded.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _number_kinds(annotation: Any) -> set[type]:
 
 
 class DataConfig(Section):
-    """SPEC §1. Sizes left as ``None`` take the published sizes, scaled down to the data on disk."""
+    """docs/method.md §1. Sizes left as ``None`` take the published sizes, scaled down to the data on disk."""
 
     dir: str = "data/jets"
     preset: Preset = "5class"
@@ -79,7 +79,7 @@ class DataConfig(Section):
 
 
 class AugmentConfig(Section):
-    """SPEC §2: rotation, smearing, collinear splitting (two independent views per jet)."""
+    """docs/method.md §2: rotation, smearing, collinear splitting (two independent views per jet)."""
 
     rotation: bool = True
     smear: bool = True
@@ -98,7 +98,7 @@ class AugmentConfig(Section):
 
 
 class MaskConfig(Section):
-    """SPEC §3: pT-aware masking of student views."""
+    """docs/method.md §3: pT-aware masking of student views."""
 
     enabled: bool = True
     ratio_min: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -113,7 +113,7 @@ class MaskConfig(Section):
 
 
 class ModelConfig(Section):
-    """SPEC §4. ``d_proj`` = K, the projection dimension (D/2 in the paper)."""
+    """docs/method.md §4. ``d_proj`` = K, the projection dimension (D/2 in the paper)."""
 
     d_model: int = Field(default=32, gt=0, le=2**14)
     n_heads: int = Field(default=4, gt=0, le=1024)
@@ -138,7 +138,7 @@ class ModelConfig(Section):
 
 
 class PretrainConfig(Section):
-    """SPEC §5-6. ``lr`` = ``base_lr`` x batch_size / 256."""
+    """docs/method.md §5-6. ``lr`` = ``base_lr`` x batch_size / 256."""
 
     epochs: int = Field(default=100, gt=0, le=MAX_EPOCHS)
     batch_size: int = Field(default=1024, gt=1, le=MAX_BATCH)
@@ -176,7 +176,7 @@ class PretrainConfig(Section):
 
 
 class FinetuneConfig(Section):
-    """SPEC §7: fine-tuning with layer-wise LR decay (BEiT convention)."""
+    """docs/method.md §7: fine-tuning with layer-wise LR decay (BEiT convention)."""
 
     task: Literal["5class", "tqg"] = "5class"
     epochs: int = Field(default=100, gt=0, le=MAX_EPOCHS)
@@ -191,7 +191,7 @@ class FinetuneConfig(Section):
 
 
 class ProbeConfig(Section):
-    """SPEC §7: k-NN and linear probes on the frozen [CLS], clustering metrics."""
+    """docs/method.md §7: k-NN and linear probes on the frozen [CLS], clustering metrics."""
 
     knn_k: int = Field(default=30, gt=0, le=MAX_K)
     linear_c: float = Field(default=1.0, gt=0.0)
@@ -200,7 +200,7 @@ class ProbeConfig(Section):
 
 
 class AnomalyConfig(Section):
-    """SPEC §8: anomaly scores on l2-normalised [CLS] embeddings."""
+    """docs/method.md §8: anomaly scores on l2-normalised [CLS] embeddings."""
 
     score: str = "knn"  # the one `jbot sweep anomaly` tunes: a key of jbot.anomaly.scores.SCORES
     reference_size: int = Field(default=20000, gt=0, le=MAX_JETS)

@@ -109,3 +109,13 @@ def describe(exc: BaseException, at: bool = False) -> str:
     (``"stopped by SIGTERM at epoch 2, step 17 of 60"``)."""
     text = f"stopped by {exc.name}" if isinstance(exc, Stopped) else "interrupted"
     return f"{text} at {where(exc)}" if at and where(exc) else text
+
+
+@contextlib.contextmanager
+def serving() -> Iterator[None]:
+    """A server's lifetime (``jbot ui``, ``jbot dashboard``): Ctrl-C, SIGTERM or SIGUSR1 (raised as
+    ``KeyboardInterrupt`` once ``install`` ran) end it quietly; the caller's ``finally`` closes what it opened."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        pass

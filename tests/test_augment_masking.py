@@ -1,4 +1,4 @@
-"""Property tests of the augmentations (SPEC §2) and pT-aware masking (SPEC §3)."""
+"""Property tests of the augmentations (docs/method.md §2) and pT-aware masking (docs/method.md §3)."""
 
 from __future__ import annotations
 

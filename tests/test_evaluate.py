@@ -1,4 +1,4 @@
-"""Metrics, probes and fine-tuning pieces (SPEC §7)."""
+"""Metrics, probes and fine-tuning pieces (docs/method.md §7)."""
 
 from __future__ import annotations
 

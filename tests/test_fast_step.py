@@ -1,9 +1,10 @@
 """The fast paths of the pre-training step give the plain step's numbers: heads on the tokens a loss reads only,
 the graph-ready step (device-side LR and momentum, data-independent shapes: what a CUDA graph replays) and
-torch.compile on the CPU."""
+torch.compile on the CPU; on a CUDA device, the recorded graph's replays."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -13,23 +14,32 @@ from jbot.config import ConfigError, JbotConfig, load_config
 from jbot.data.splits import Split, make_split
 from jbot.train.device import use_cuda_graphs
 from jbot.train.graphs import WARMUP_STEPS, GraphCaptureError, GraphStep
-from jbot.train.pretrain import Pretrainer
+from jbot.train.pretrain import EagerStep, Pretrainer, pretrain_step
 from tests.conftest import TINY
 
 STEPS = 4
+# the comparisons on the CPU stay there on a machine with CUDA too (runtime.device=auto would pick it)
+SETTINGS = ["pretrain.grad_clip=3.0", "pretrain.warmup_epochs=0.5"]
+CPU = [*SETTINGS, "runtime.device=cpu"]
 
 
 @pytest.fixture(scope="module")
 def tiny(fake_data: Path) -> tuple[JbotConfig, Split]:
-    cfg = load_config(None, TINY + [f"data.dir={fake_data}", "pretrain.grad_clip=3.0", "pretrain.warmup_epochs=0.5"])
+    cfg = load_config(None, TINY + [f"data.dir={fake_data}", *CPU])
     return cfg, make_split(fake_data, "5class", n_train=400, n_val=0, n_test=0)
 
 
-def run_steps(trainer: Pretrainer) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """STEPS steps on the first batches of epoch 0 -> (STEPS, terms), the teacher's weights."""
+def run_steps(trainer: Pretrainer, steps: int = STEPS) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``steps`` steps on the first batches of epoch 0 -> (steps, terms), the teacher's weights."""
     batches = trainer.source.batches(0, 0, trainer.batch, 0, 1)
-    terms = [trainer.train_step(next(batches), it) for it in range(STEPS)]
+    terms = [trainer.train_step(next(batches), it) for it in range(steps)]
     return torch.stack(terms), {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+
+
+def graph_step(trainer: Pretrainer, capture: bool, required: bool = False) -> GraphStep:
+    """The trainer's step wrapped for a CUDA graph, whatever its device."""
+    return GraphStep(functools.partial(pretrain_step, trainer.parts), trainer.lr, trainer.momentum, trainer.gen,
+                     trainer.device, capture=capture, required=required)
 
 
 def assert_same_training(a: tuple[torch.Tensor, dict[str, torch.Tensor]],
@@ -55,41 +65,70 @@ def test_graph_ready_step_equals_plain_step(tiny: tuple[JbotConfig, Split], tmp_
     plain = Pretrainer(cfg, split, tmp_path / "a")
     ready = Pretrainer(cfg, split, tmp_path / "b")
     ready.method.static = True
-    ready.graph_step = GraphStep(ready, capture=False)
+    ready.step_fn = graph_step(ready, capture=False)
     a, b = run_steps(plain), run_steps(ready)
     assert isinstance(ready.optimizer.param_groups[0]["lr"], torch.Tensor)  # read on the device
-    assert float(ready.graph_step.lr) == pytest.approx(float(plain.lr[STEPS - 1]), rel=1e-6)
+    assert float(ready.step_fn.lr) == pytest.approx(float(plain.lr[STEPS - 1]), rel=1e-6)
     assert_same_training(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_compiled_step_on_cpu_equals_eager(tiny: tuple[JbotConfig, Split], tmp_path: Path) -> None:
     cfg, split = tiny
-    compiled_cfg = load_config(None, TINY + [f"data.dir={cfg.data.dir}", "pretrain.grad_clip=3.0",
-                                             "pretrain.warmup_epochs=0.5", "runtime.compile=on"])
+    compiled_cfg = load_config(None, TINY + [f"data.dir={cfg.data.dir}", *CPU, "runtime.compile=on"])
     eager = Pretrainer(cfg, split, tmp_path / "a")
     compiled = Pretrainer(compiled_cfg, split, tmp_path / "b")
-    assert compiled.method.teacher_forward is not compiled.teacher  # the networks went through torch.compile
+    assert isinstance(compiled.step_fn, EagerStep)
+    assert compiled.step_fn.parts.teacher_forward is not compiled.teacher  # the networks went through torch.compile
     assert_same_training(run_steps(eager), run_steps(compiled), rtol=1e-4, atol=1e-5)
     # the checkpoint's keys are the plain modules' (a compiled run resumes in eager mode and back)
     assert set(compiled.state()["student"]) == set(eager.state()["student"])
 
 
+class _FailingGraph:
+    def __init__(self) -> None:
+        raise RuntimeError("capture is not possible here")
+
+
 def test_a_failed_capture_goes_on_eagerly_unless_graphs_were_required(tiny: tuple[JbotConfig, Split], tmp_path: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    """Recording really fails here (no CUDA): auto trains on without the graph, on is an error naming the fix."""
+                                                                      capsys: pytest.CaptureFixture[str],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recording fails (made to, with or without CUDA): auto trains on without the graph, on is an error naming
+    the fix."""
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FailingGraph)
     cfg, split = tiny
     plain = Pretrainer(cfg, split, tmp_path / "a")
     fallback = Pretrainer(cfg, split, tmp_path / "b")
     fallback.method.static = True
-    fallback.graph_step = GraphStep(fallback, capture=True)
-    fallback.graph_step.eager_steps = WARMUP_STEPS  # the next step is the one recorded
+    fallback.step_fn = step = graph_step(fallback, capture=True)
+    step.eager_steps = WARMUP_STEPS  # the next step is the one recorded
     assert_same_training(run_steps(plain), run_steps(fallback), rtol=1e-5, atol=1e-6)
-    assert "CUDA graph capture failed" in capsys.readouterr().err and not fallback.graph_step.capture
+    err = capsys.readouterr().err
+    assert "CUDA graph capture failed (RuntimeError: capture is not possible here)" in err and not step.capture
+    assert step.graph is None
     strict = Pretrainer(cfg, split, tmp_path / "c")
-    strict.graph_step = GraphStep(strict, capture=True, required=True)
-    strict.graph_step.eager_steps = WARMUP_STEPS
+    strict.step_fn = step = graph_step(strict, capture=True, required=True)
+    step.eager_steps = WARMUP_STEPS
     with pytest.raises(GraphCaptureError, match="runtime.cuda_graphs=off"):
         run_steps(strict)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("compile", ["off", "on"])
+def test_recorded_graph_replays_the_eager_step(tiny: tuple[JbotConfig, Split], tmp_path: Path, compile: str) -> None:
+    """On CUDA (static shapes there): warm-up steps, the capture, then replays train as the eager step does,
+    with the networks and losses compiled or not."""
+    cfg, split = tiny
+    base = TINY + [f"data.dir={cfg.data.dir}", *SETTINGS, "runtime.device=cuda", "runtime.precision=fp32"]
+    eager = Pretrainer(load_config(None, [*base, "runtime.compile=off", "runtime.cuda_graphs=off"]), split,
+                       tmp_path / "a")
+    graphed = Pretrainer(load_config(None, [*base, f"runtime.compile={compile}", "runtime.cuda_graphs=on"]), split,
+                         tmp_path / "b")
+    assert isinstance(graphed.step_fn, GraphStep) and graphed.method.static
+    steps = WARMUP_STEPS + 3  # the last two replay the recorded graph
+    a, b = run_steps(eager, steps), run_steps(graphed, steps)
+    assert graphed.step_fn.graph is not None and graphed.step_fn.capture
+    assert_same_training(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_cuda_graphs_setting() -> None:

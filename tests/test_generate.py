@@ -60,7 +60,7 @@ def test_more_background_than_signal(tmp_path: Path) -> None:
 
 
 def test_demo_scale_generates_more_background() -> None:
-    from jbot.reproduce import SCALES, generated_text
+    from jbot.commands.reproduce import SCALES, generated_text
 
     gen = SCALES["demo"].generate_config(2000, workers=2, seed=1)
     assert [gen.jets_for(c) for c in gen.classes] == [6000, 6000, 2000, 2000, 2000] and gen.total_jets == 18000

@@ -1,4 +1,4 @@
-"""Parity with the authors' published Keras checkpoints (SPEC §9) through `jbot import-keras` + `jbot embed`."""
+"""Parity with the authors' published Keras checkpoints (docs/method.md §9) through `jbot import-keras` + `jbot embed`."""
 
 from __future__ import annotations
 

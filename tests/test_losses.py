@@ -1,4 +1,4 @@
-"""Loss terms against golden numbers computed once from SPEC §5's formulas (float64 NumPy) and stored."""
+"""Loss terms against golden numbers computed once from the formulas of docs/method.md §5 (float64 NumPy) and stored."""
 
 from __future__ import annotations
 

@@ -12,10 +12,10 @@ from jbot.cli import app
 from jbot.config import JbotConfig, load_config
 from jbot.data.splits import Split, make_split
 from jbot.evaluate.embed import embed
-from jbot.ssl.method import Distillation
-from jbot.tracking.base import MemoryTracker
+from jbot.ssl.method import Distillation, StudentOutputs, TeacherOutputs
 from jbot.train.checkpoint import CheckpointError, load_checkpoint, load_encoder
 from jbot.train.pretrain import EpochReport, Pretrainer, TrainingDiverged, pretrain
+from jbot.train.tracker import MemoryTracker
 from tests.conftest import TINY
 
 
@@ -55,10 +55,24 @@ def test_pretrain_logs_monitors_and_checkpoints(tiny: tuple[JbotConfig, Split], 
 def test_teacher_never_receives_gradients(tiny: tuple[JbotConfig, Split], tmp_path: Path) -> None:
     cfg, split = tiny
     trainer = Pretrainer(cfg, split, tmp_path)
-    views, masked = trainer.method.views(trainer.source.x[:32], trainer.gen)
-    trainer.method.losses(views, masked)[0].backward()
+    method = trainer.method
+    views, masked = method.views(trainer.source.x[:32], trainer.gen)
+    teacher = method.teacher_outputs(trainer.teacher, views)
+    method.losses(teacher, method.student_outputs(trainer.student, views, masked))[0].backward()
     assert all(p.grad is None for p in trainer.teacher.parameters())
     assert any(p.grad is not None for p in trainer.student.parameters())
+
+
+def test_losses_read_the_centres_and_the_step_updates_them(tiny: tuple[JbotConfig, Split], tmp_path: Path) -> None:
+    cfg, split = tiny
+    trainer = Pretrainer(cfg, split, tmp_path)
+    method, xb = trainer.method, trainer.source.x[:32]
+    views, masked = method.views(xb, trainer.gen)
+    before = {k: v.clone() for k, v in trainer.centers.state_dict().items()}
+    method.losses(method.teacher_outputs(trainer.teacher, views), method.student_outputs(trainer.student, views, masked))
+    assert all(torch.equal(v, trainer.centers.state_dict()[k]) for k, v in before.items())
+    trainer.train_step(xb, 0)
+    assert all(not torch.equal(v, trainer.centers.state_dict()[k]) for k, v in before.items())
 
 
 def test_resume_equals_uninterrupted(tiny: tuple[JbotConfig, Split], tmp_path: Path) -> None:
@@ -88,9 +102,9 @@ def test_divergence_names_epoch_and_step_and_keeps_checkpoint(
     original = Distillation.losses
     calls = {"n": 0}
 
-    def poisoned(self: Distillation, views: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    def poisoned(self: Distillation, teacher: TeacherOutputs, student: StudentOutputs) -> torch.Tensor:
         calls["n"] += 1
-        terms = original(self, views, masked)
+        terms = original(self, teacher, student)
         if calls["n"] == steps + 3:  # epoch 2, step 3
             terms = terms * float("nan")
         return terms

@@ -27,12 +27,12 @@ def test_reproduce_runs_every_step_once_and_resumes(tmp_path: Path, monkeypatch:
     args = ["reproduce", "--scale", "demo", "--data", str(data), "--out", str(tmp_path / "out"),
             "--tracking-uri", store, *[a for item in QUICK for a in ("--set", item)]]
 
-    import jbot.runs
+    import jbot.commands.anomaly
 
     def broken(*args: object, **kwargs: object) -> None:
         raise JbotError("the anomaly step broke")
 
-    monkeypatch.setattr(jbot.runs, "tracked_anomaly", broken)
+    monkeypatch.setattr(jbot.commands.anomaly, "tracked_anomaly", broken)
     first = runner.invoke(app, args)
     assert first.exit_code == 2 and "the anomaly step broke" in first.output, first.output
     monkeypatch.undo()

@@ -148,8 +148,8 @@ def test_anomaly_sweep_samples_each_score_its_own_settings(inputs: tuple[Path, P
     # tuning and `jbot anomaly` score against the same reference jets: the best trial's value is what run_anomaly
     # gives on the validation split with the best settings
     from jbot.anomaly.detect import run_anomaly
+    from jbot.commands.common import load_split
     from jbot.config import load_config, with_overrides
-    from jbot.runs import load_split
     from jbot.train.checkpoint import load_model
 
     cfg = with_overrides(load_config(None, ["anomaly.reference_size=200", f"data.dir={data}"]), best.params)

@@ -1,4 +1,4 @@
-"""Anomaly detection with a frozen encoder pre-trained on background (SPEC §8): reference set, scores, metrics.
+"""Anomaly detection with a frozen encoder pre-trained on background (docs/method.md §8): references, scores, metrics.
 
 Background = q, g (origin 0, 1); signals = W, Z, t (origin 2, 3, 4). Metrics per signal against all background
 and for the three combined: AUC and TPR at FPR = 1e-1, 1e-2, 1e-3, each with a std over stratified folds.
@@ -87,25 +87,58 @@ def evaluate_scores(scores: list[AnomalyScore], ref_emb: np.ndarray, ref_labels:
     return metrics, values
 
 
-def validation_anomaly(encoder: JetEncoder, split: Split, cfg: AnomalyConfig, device: torch.device | str = "cpu",
-                       n_folds: int = 2) -> dict[str, float]:
-    """``cfg.score`` alone (the one a study tunes) on the validation split: ``{signal}/auc`` ... for W, Z, t and
-    combined; what a pre-training study on the anomaly AUC optimises."""
-    result = run_anomaly(encoder, split, cfg, device, part="val", n_folds=n_folds, scores=[cfg.score])
-    return {k.split("/", 1)[1]: v for k, v in result.metrics.items()}
+@dataclass
+class Embedded:
+    """A q+g split's embeddings for scoring, computed once: the reference candidates (background training jets in
+    ``reference_order``, L2-normalised) and the evaluation part's jets (``test``, or ``val`` for tuning)."""
+
+    reference: np.ndarray  # (R, D), in reference order
+    reference_origin: np.ndarray  # (R,)
+    order: np.ndarray  # (R,) their indices in the training part
+    target: np.ndarray  # (N, D)
+    target_origin: np.ndarray  # (N,)
+
+    def references(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The reference set R of ``size`` jets: ``reference_set``'s jets, in its (file) order."""
+        pick = np.argsort(self.order[:min(size, len(self.order))])
+        return self.reference[pick], self.reference_origin[pick]
+
+
+def embed_split(encoder: JetEncoder, split: Split, part: str, largest: int, seed: int,
+                device: torch.device | str = "cpu") -> Embedded:
+    """Embed the first ``largest`` jets of the reference order and the evaluation ``part``."""
+    if split.preset != "qg":
+        raise ValueError(f"anomaly detection uses the qg preset, not {split.preset}")
+    order = reference_order(len(split.train), seed)[:largest]
+    target: Part = getattr(split, part)
+    ref_emb = l2_normalise(embed(encoder.to(device), split.train.x[order], device=device)[0])
+    target_emb = l2_normalise(embed(encoder, target.x, device=device)[0])
+    return Embedded(ref_emb, split.train.origin[order], order, target_emb, target.origin)
+
+
+def score_anomalies(embedded: Embedded, cfg: AnomalyConfig, names: list[str] | None = None,
+                    n_folds: int = 10) -> AnomalyResult:
+    """Fit every score (or those in ``names``) on ``cfg.reference_size`` reference jets and evaluate them: the one
+    scoring route, taken by ``jbot anomaly``, the pre-training study's validation metric and each anomaly-sweep
+    trial alike."""
+    ref_emb, ref_origin = embedded.references(cfg.reference_size)
+    chosen = make_scores(cfg, cfg.seed) if names is None else [make_score(n, cfg, cfg.seed) for n in names]
+    metrics, values = evaluate_scores(chosen, ref_emb, ref_origin, embedded.target, embedded.target_origin,
+                                      n_folds, cfg.seed)
+    return AnomalyResult(metrics, values, embedded.target_origin, embedded.target, len(ref_emb))
 
 
 def run_anomaly(encoder: JetEncoder, split: Split, cfg: AnomalyConfig, device: torch.device | str = "cpu",
                 part: str = "test", n_folds: int = 10, scores: list[str] | None = None) -> AnomalyResult:
     """Embed the reference set and the evaluation part (``test``, or ``val`` for tuning), compute every score
     (or those named in ``scores``)."""
-    if split.preset != "qg":
-        raise ValueError(f"anomaly detection uses the qg preset, not {split.preset}")
-    ref = reference_set(split.train, cfg.reference_size, cfg.seed)
-    target: Part = getattr(split, part)
-    ref_emb = l2_normalise(embed(encoder.to(device), ref.x, device=device)[0])
-    test_emb = l2_normalise(embed(encoder, target.x, device=device)[0])
-    chosen = make_scores(cfg, cfg.seed) if scores is None else [make_score(n, cfg, cfg.seed) for n in scores]
-    metrics, values = evaluate_scores(chosen, ref_emb, ref.origin, test_emb, target.origin,
-                                      n_folds, cfg.seed)
-    return AnomalyResult(metrics, values, target.origin, test_emb, len(ref))
+    embedded = embed_split(encoder, split, part, cfg.reference_size, cfg.seed, device)
+    return score_anomalies(embedded, cfg, scores, n_folds)
+
+
+def validation_anomaly(encoder: JetEncoder, split: Split, cfg: AnomalyConfig, device: torch.device | str = "cpu",
+                       n_folds: int = 2) -> dict[str, float]:
+    """``cfg.score`` alone (the one a study tunes) on the validation split: ``{signal}/auc`` ... for W, Z, t and
+    combined; what a pre-training study on the anomaly AUC optimises."""
+    result = run_anomaly(encoder, split, cfg, device, part="val", n_folds=n_folds, scores=[cfg.score])
+    return {k.split("/", 1)[1]: v for k, v in result.metrics.items()}

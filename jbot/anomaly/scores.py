@@ -1,4 +1,4 @@
-"""Anomaly scores on l2-normalised [CLS] embeddings (SPEC §8); larger score = more anomalous.
+"""Anomaly scores on l2-normalised [CLS] embeddings (docs/method.md §8); larger score = more anomalous.
 
 Each score is a small fit/score object: ``fit(reference, labels)`` on background jets, ``score(z)``, built from
 the config by ``from_config``. ``@register`` puts it in ``SCORES``, the one list of scores: ``anomaly.score``

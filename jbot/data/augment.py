@@ -1,4 +1,4 @@
-"""Physics augmentations (SPEC §2), vectorised over the batch on the training device.
+"""Physics augmentations (docs/method.md §2), vectorised over the batch on the training device.
 
 Input and output: particles ``x`` (B, P, F) with F = (eta_rel, phi_rel, pt_rel, valid). Randomness comes from
 an explicit ``torch.Generator`` on the same device as ``x``; every jet (and every call, i.e. every view) draws
@@ -86,7 +86,7 @@ def collinear_split(x: torch.Tensor, gen: torch.Generator | Draws, lo: float = 0
 
 
 def augment(x: torch.Tensor, gen: torch.Generator | Draws, cfg: AugmentConfig) -> torch.Tensor:
-    """One view: rotation, smearing, collinear splitting, in that order (SPEC §2)."""
+    """One view: rotation, smearing, collinear splitting, in that order (docs/method.md §2)."""
     if cfg.rotation:
         x = rotate(x, gen)
     if cfg.smear and cfg.smear_scale > 0:

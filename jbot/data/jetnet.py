@@ -1,4 +1,4 @@
-"""JetNet-layout HDF5 files (SPEC §1): one file per class, read and written with h5py, validated on read.
+"""JetNet-layout HDF5 files (docs/method.md §1): one file per class, read and written with h5py, validated on read.
 
 Layout of ``{q,g,w,z,t}.hdf5``:
   particle_features  float32 (N, P=30, F=4) = (eta_rel, phi_rel, pt_rel, valid), pT-sorted, zero-padded
@@ -110,7 +110,7 @@ def _bad(path: Path, key: str, what: str, bad_jets: np.ndarray) -> None:
 
 
 def validate_jets(path: str | Path, particles: np.ndarray, jets: np.ndarray, n_particles: int = 30) -> None:
-    """Shapes, finiteness, the valid flag, empty padded slots and positive pT_rel (SPEC §1)."""
+    """Shapes, finiteness, the valid flag, empty padded slots and positive pT_rel (docs/method.md §1)."""
     path = Path(path)
     _check_particle_shape(path, particles, n_particles)
     if jets.ndim != 2 or jets.shape[1] != len(JET_FEATURE_NAMES):

@@ -1,4 +1,4 @@
-"""pT-aware masking of student views (SPEC §3), vectorised over the batch."""
+"""pT-aware masking of student views (docs/method.md §3), vectorised over the batch."""
 
 from __future__ import annotations
 

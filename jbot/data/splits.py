@@ -1,4 +1,4 @@
-"""The published splits as presets (SPEC §1): ``5class``, ``tqg`` (top tagging), ``qg`` (anomaly detection).
+"""The published splits as presets (docs/method.md §1): ``5class``, ``tqg`` (top tagging), ``qg`` (anomaly detection).
 
 Every draw comes from ``numpy.random.default_rng(seed)``: one permutation per class, in class order. Train and
 validation jets are taken from the front of a class's permutation and test jets from its back, so the test set

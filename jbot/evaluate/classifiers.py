@@ -1,4 +1,4 @@
-"""The two probe classifiers of a frozen embedding (SPEC §7), used by ``jbot.evaluate.probe``: k-NN (k = 30,
+"""The two probe classifiers of a frozen embedding (docs/method.md §7), used by ``jbot.evaluate.probe``: k-NN (k = 30,
 uniform, Euclidean) and linear (standardise + multinomial logistic regression, L2, C = 1)."""
 
 from __future__ import annotations

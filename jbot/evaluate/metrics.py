@@ -1,4 +1,4 @@
-"""Classification metrics (SPEC §7): accuracy, one-vs-rest AUC, signal efficiency at fixed background
+"""Classification metrics (docs/method.md §7): accuracy, one-vs-rest AUC, signal efficiency at fixed background
 efficiency, each with a +- std over stratified folds of the test set (no retraining)."""
 
 from __future__ import annotations

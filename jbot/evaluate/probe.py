@@ -1,4 +1,4 @@
-"""``jbot probe``: k-NN and linear probes plus clustering metrics of a frozen encoder on a split (SPEC §7)."""
+"""``jbot probe``: k-NN and linear probes plus clustering metrics of a frozen encoder on a split (docs/method.md §7)."""
 
 from __future__ import annotations
 

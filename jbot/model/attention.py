@@ -1,4 +1,4 @@
-"""Multi-head self-attention with separate q/k/v/out projections and head dim k_d = floor(D / H) (SPEC §4).
+"""Multi-head self-attention with separate q/k/v/out projections and head dim k_d = floor(D / H) (docs/method.md §4).
 
 jBOT-B has D = 64 and H = 6, so H * k_d = 60 != D: ``torch.nn.MultiheadAttention`` cannot express it.
 """

@@ -1,4 +1,4 @@
-"""The jBOT particle transformer (SPEC §4): token embedding, [CLS], post-LN blocks, no positional encoding."""
+"""The jBOT particle transformer (docs/method.md §4): token embedding, [CLS], post-LN blocks, no positional encoding."""
 
 from __future__ import annotations
 
@@ -68,5 +68,5 @@ class JetEncoder(nn.Module):
         return h[:, 0], h[:, 1:]
 
     def backbone_parameters(self) -> int:
-        """Parameters of the published backbone (embedding, [CLS], blocks): SPEC §4's table."""
+        """Parameters of the published backbone (embedding, [CLS], blocks): docs/method.md §4's table."""
         return sum(p.numel() for n, p in self.named_parameters() if n != "mask_token")

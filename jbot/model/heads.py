@@ -1,4 +1,4 @@
-"""Heads on the encoder outputs (SPEC §4)."""
+"""Heads on the encoder outputs (docs/method.md §4)."""
 
 from __future__ import annotations
 

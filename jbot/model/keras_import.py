@@ -1,4 +1,4 @@
-"""The authors' published Keras 3 ``.weights.h5`` files (SPEC §9) read with h5py, no TensorFlow.
+"""The authors' published Keras 3 ``.weights.h5`` files (docs/method.md §9) read with h5py, no TensorFlow.
 
 Weights are mapped by dataset path and position, never by the ``name`` attributes (they depend on Keras's
 global counters). Keras kernels are (in, out): the PyTorch weight is the transpose. The published computation

@@ -1,10 +1,10 @@
-"""EMA centres of the teacher outputs (SPEC §5): one for [CLS], one for particle tokens."""
+"""EMA centres of the teacher outputs (docs/method.md §5): one for [CLS], one for particle tokens."""
 
 from __future__ import annotations
 
 import torch
 
-from jbot.train.distributed import SINGLE, Comm
+from jbot.comm import SINGLE, Comm
 
 
 class Centers(torch.nn.Module):

@@ -1,4 +1,4 @@
-"""Self-distillation losses (SPEC §5)."""
+"""Self-distillation losses (docs/method.md §5)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,19 @@
-"""One jBOT training step (SPEC §2-5): two views -> teacher (full views) -> student (masked views) -> losses."""
+"""The jBOT method (docs/method.md §2-5): two views -> teacher (full views) -> student (masked views) -> losses.
+
+Each piece is one call of ``Distillation`` that the pre-training step (``jbot.train.pretrain.pretrain_step``)
+makes in turn: ``views``, ``teacher_outputs``, ``student_outputs``, ``losses``, then, after the optimizer and
+the EMA, ``monitors``. None of them updates anything: the step updates the centres itself.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from jbot.comm import SINGLE, Comm
 from jbot.config import AugmentConfig, MaskConfig, ModelConfig, PretrainConfig
 from jbot.data.augment import augment
 from jbot.data.classes import VALID
@@ -14,9 +23,14 @@ from jbot.model.encoder import JetEncoder
 from jbot.model.heads import ProjectionHead
 from jbot.ssl.center import Centers
 from jbot.ssl.losses import cls_loss, cross_entropy, entropy, koleo, part_loss
-from jbot.train.distributed import SINGLE, Comm
 
 TERMS = ("loss", "loss_part", "loss_cls", "loss_koleo", "teacher_entropy", "student_entropy", "masked_fraction")
+LOSS_TERMS = TERMS[:4]  # ``Distillation.losses``; ``Distillation.monitors`` gives the rest
+
+# a network as the step calls it (the network itself, DDP's wrapper, a compiled one):
+# (x, masked, project) -> backbone [CLS], projected [CLS], projected particle tokens (``JBOTNetwork.forward``)
+Forward = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None],
+                   tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 class JBOTNetwork(nn.Module):
@@ -35,25 +49,38 @@ class JBOTNetwork(nn.Module):
         return cls, self.head(cls), self.head(part if project is None else part[project])
 
 
-class Distillation(nn.Module):
-    """Holds student, teacher and centres; ``losses`` computes the loss terms of one batch.
+class TeacherOutputs(NamedTuple):
+    """The teacher's projections of both views stacked (2B = u then v), in float32, without gradient."""
+
+    cls: torch.Tensor  # (2B, K)
+    part: torch.Tensor  # every particle token (2B, P, K), or the valid ones alone, in row-major order (M, K)
+    valid: torch.Tensor  # (2B, P) the views' valid particles
+    part_valid: torch.Tensor | None  # which of ``part``'s tokens the centre averages: ``valid``, or None (all)
+
+
+class StudentOutputs(NamedTuple):
+    """The student's outputs of both masked views stacked (2B), with gradient."""
+
+    backbone: torch.Tensor  # (2B, D) [CLS] before the head (KoLeo)
+    cls: torch.Tensor  # (2B, K) float32
+    part: torch.Tensor  # float32: every particle token (2B, P, K), or the masked ones alone (M, K)
+    masked: torch.Tensor  # (2B, P) the tokens the student saw as [MASK]
+
+
+class Distillation:
+    """The method's pieces of one batch: views, the teacher's and the student's outputs, losses and monitors.
 
     Only the student's masked particle tokens enter L_Part and only the teacher's valid ones L_Part and the
     centre, so by default the projection head runs on those alone (the student's on a fraction of the tokens:
     a large saving of head compute, forward and backward). ``static=True`` keeps every
-    shape independent of the data instead (the head on all tokens, no host synchronisation): what
-    ``torch.compile`` as one graph and CUDA graphs need. Both give the same losses.
+    shape independent of the data instead (the head on all tokens, no host synchronisation): what a compiled
+    ``losses`` without graph breaks and CUDA graphs need. Both give the same losses.
     """
 
-    def __init__(self, student: JBOTNetwork, teacher: JBOTNetwork, centers: Centers, augment_cfg: AugmentConfig,
-                 mask_cfg: MaskConfig, train_cfg: PretrainConfig, comm: Comm = SINGLE, static: bool = False) -> None:
-        super().__init__()
+    def __init__(self, centers: Centers, augment_cfg: AugmentConfig, mask_cfg: MaskConfig, train_cfg: PretrainConfig,
+                 comm: Comm = SINGLE, static: bool = False) -> None:
         self.static = static
-        self.student, self.teacher, self.centers = student, teacher, centers
-        self.comm = comm
-        # the modules the forwards go through: DDP's wrapper under torchrun (gradient all-reduce), compiled ones
-        self.student_forward: nn.Module = student
-        self.teacher_forward: nn.Module = teacher
+        self.centers, self.comm = centers, comm
         self.augment_cfg, self.mask_cfg, self.cfg = augment_cfg, mask_cfg, train_cfg
 
     def views(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,33 +96,49 @@ class Distillation(nn.Module):
         masked = pt_aware_mask(views, self.mask_cfg, Draws(gen, both, 2 * B))
         return views, masked
 
-    def losses(self, views: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-        """All monitored terms as one vector (``TERMS`` order); element 0 is the loss to minimise."""
-        cfg, comm = self.cfg, self.comm
-        B = views.shape[0] // 2
+    def teacher_outputs(self, teacher: Forward, views: torch.Tensor) -> TeacherOutputs:
+        """The teacher on the full views (2B, P, F), without gradient: its particle tokens serve the loss (the
+        masked ones) and the centre (the valid ones)."""
         valid = views[..., VALID] > 0.5  # (2B, P); masked tokens are valid ones
-        with torch.no_grad():  # the teacher's particle tokens serve the loss (masked ones) and the centre (valid)
-            _, t_cls, t_part = self.teacher_forward(views, None, None if self.static else valid)
-        s_back, s_cls, s_part = self.student_forward(views, masked, None if self.static else masked)
-        t_cls, t_part, s_cls, s_part = t_cls.float(), t_part.float(), s_cls.float(), s_part.float()
+        with torch.no_grad():
+            _, t_cls, t_part = teacher(views, None, None if self.static else valid)
+        return TeacherOutputs(t_cls.float(), t_part.float(), valid, valid if self.static else None)
+
+    def student_outputs(self, student: Forward, views: torch.Tensor, masked: torch.Tensor) -> StudentOutputs:
+        """The student on the views with the ``masked`` (2B, P) particles replaced by [MASK]."""
+        s_back, s_cls, s_part = student(views, masked, None if self.static else masked)
+        return StudentOutputs(s_back, s_cls.float(), s_part.float(), masked)
+
+    def losses(self, teacher: TeacherOutputs, student: StudentOutputs) -> torch.Tensor:
+        """The loss terms as one vector (``LOSS_TERMS`` order); element 0 is the loss to minimise. Reads the
+        centres, changes nothing."""
+        cfg, comm = self.cfg, self.comm
+        masked, valid = student.masked, teacher.valid
+        B = masked.shape[0] // 2
         tt, ts = cfg.teacher_temp, cfg.student_temp
-        l_cls = cls_loss((t_cls[:B], t_cls[B:]), (s_cls[:B], s_cls[B:]), self.centers.cls, tt, ts)
+        l_cls = cls_loss((teacher.cls[:B], teacher.cls[B:]), (student.cls[:B], student.cls[B:]), self.centers.cls,
+                         tt, ts)
         if self.static:  # (2B, P) cross-entropies of every token
-            h = cross_entropy(t_part, s_part, self.centers.part, tt, ts)
+            h = cross_entropy(teacher.part, student.part, self.centers.part, tt, ts)
         else:  # of the masked tokens, put back in their places
-            h_masked = cross_entropy(t_part[masked[valid]], s_part, self.centers.part, tt, ts)
-            h = torch.zeros(masked.shape, dtype=h_masked.dtype, device=views.device).masked_scatter(masked, h_masked)
+            h_masked = cross_entropy(teacher.part[masked[valid]], student.part, self.centers.part, tt, ts)
+            h = torch.zeros(masked.shape, dtype=h_masked.dtype, device=masked.device).masked_scatter(masked, h_masked)
         u, v = slice(0, B), slice(B, 2 * B)
         l_part = 0.5 * (part_loss(h[u], masked[u], cfg.part_norm, comm.share)
                         + part_loss(h[v], masked[v], cfg.part_norm, comm.share))
-        l_koleo = koleo(comm.gather(s_back[:B].float()))  # nearest neighbours among the whole global batch
-        zero = torch.zeros((), device=views.device)
+        l_koleo = koleo(comm.gather(student.backbone[:B].float()))  # nearest neighbours among the whole global batch
+        zero = torch.zeros((), device=masked.device)
         total = (l_part if cfg.use_part_loss else zero) + (l_cls if cfg.use_cls_loss else zero)
         total = total + cfg.koleo_weight * l_koleo
-        with torch.no_grad():
-            self.centers.update(t_cls, t_part, valid if self.static else None, comm)
-            monitors = torch.stack([
-                entropy(t_cls, tt, self.centers.cls), entropy(s_cls, ts),
-                comm.sum(masked.float().sum()) / comm.sum(valid.float().sum()).clamp_min(1),
-            ])
-        return torch.cat([torch.stack([total, l_part.detach(), l_cls.detach(), l_koleo.detach()]), monitors])
+        return torch.stack([total, l_part.detach(), l_cls.detach(), l_koleo.detach()])
+
+    @torch.no_grad()
+    def monitors(self, teacher: TeacherOutputs, student: StudentOutputs) -> torch.Tensor:
+        """The collapse monitors (docs/method.md §5.7; ``TERMS[len(LOSS_TERMS):]``): the teacher's entropy against
+        the centre as it is now (the step calls this after updating the centres), the student's, and the masked
+        fraction of the valid particles (over all ranks)."""
+        comm = self.comm
+        return torch.stack([
+            entropy(teacher.cls, self.cfg.teacher_temp, self.centers.cls), entropy(student.cls, self.cfg.student_temp),
+            comm.sum(student.masked.float().sum()) / comm.sum(teacher.valid.float().sum()).clamp_min(1),
+        ])

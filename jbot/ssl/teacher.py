@@ -1,4 +1,4 @@
-"""The EMA teacher (SPEC §5): same architecture and initial weights as the student, never trained directly."""
+"""The EMA teacher (docs/method.md §5): same architecture and initial weights as the student, never trained directly."""
 
 from __future__ import annotations
 

@@ -3,8 +3,6 @@ unless ``--verbose``. Studies are read from the storage as they are written, so 
 
 from __future__ import annotations
 
-import signal
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import optuna
 
+from jbot import signals
 from jbot.paths import default_optuna_storage
 from jbot.sweeps.study import SweepError, make_storage
 
@@ -37,7 +36,7 @@ def study_links(storage: Any, base: str) -> list[tuple[str, str]]:
 
 
 def serve(storage: Any, host: str, port: int, quiet: bool, on_ready: Callable[[str], None]) -> None:
-    """Serve until Ctrl-C or SIGTERM; the listening socket is closed either way."""
+    """Serve until Ctrl-C or a stop signal (``signals.serving``); the listening socket is closed either way."""
     from optuna_dashboard import wsgi
 
     try:
@@ -45,18 +44,9 @@ def serve(storage: Any, host: str, port: int, quiet: bool, on_ready: Callable[[s
     except OSError as exc:
         raise SweepError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
-    def stop(signum: int, frame: object) -> None:
-        # ask the serving loop to end at its next poll (shutdown() waits for it, so not on this thread): no
-        # exception raised wherever the main thread happened to be when the signal came
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        on_ready(f"http://{host}:{server.server_port}")
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        with signals.serving():
+            on_ready(f"http://{host}:{server.server_port}")
+            server.serve_forever()
     finally:
-        signal.signal(signal.SIGTERM, previous)
         server.server_close()
-

@@ -1,7 +1,7 @@
 """Search spaces as YAML files (pydantic-validated): edit ranges without touching code. jbot ships one per sweep
 kind (``jbot/configs/sweeps/<kind>.yaml``, package data); ``--space`` takes a user's own file by path.
 
-    objective: val/best_acc     # what the study optimises: a metric the kind's trials report (kinds.py)
+    objective: val/best_acc     # what the study optimises: a metric its kind reports (commands/sweep_kinds.py)
     direction: maximize
     params:
       finetune.llrd_decay: {type: float, low: 0.6, high: 0.8}

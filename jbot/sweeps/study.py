@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
@@ -34,7 +33,7 @@ from jbot.logs import quiet_optuna
 from jbot.paths import default_optuna_storage
 from jbot.redaction import public_config, redact
 from jbot.sweeps.spaces import SearchSpace
-from jbot.tracking.mlflow import MlflowRun, connect, experiment_id, git_commit, store_uri
+from jbot.tracking.mlflow import MlflowError, MlflowRun, connect, experiment_id, git_commit, store_uri
 
 quiet_optuna()
 HEARTBEAT_SECONDS = 2
@@ -294,7 +293,7 @@ def log_study_summary(outcome: SweepOutcome, tracking_uri: str, out_dir: Path) -
         for key, value in best.params.items():
             client.set_tag(run_id, f"best.{key}", str(value))
             if outcome.n_complete >= outcome.n_trials:  # the searched fields' params: the best trial's values
-                with contextlib.suppress(mlflow.exceptions.MlflowException):  # kept from an earlier, shorter study
+                with contextlib.suppress(MlflowError):  # kept from an earlier, shorter study
                     client.log_param(run_id, key, str(value))
         if summary["best_run_id"]:
             client.set_tag(run_id, "jbot.best_run_id", summary["best_run_id"])

@@ -37,13 +37,19 @@ quiet_mlflow()
 MAX_PARAM_LENGTH = 6000
 
 
+MlflowError = mlflow.exceptions.MlflowException  # for the layers that may not import mlflow
+
+
 class TrackingError(JbotError, RuntimeError):
     """The tracking server or store cannot be used; raised before any training starts."""
 
 
 def store_uri(cfg: JbotConfig) -> str:
-    """The tracking URI of a command's config (already resolved by the CLI; resolved here for library callers)."""
-    return resolve_tracking_uri(None, cfg.tracking.uri)
+    """The tracking URI of a command's config: resolved once where the command starts
+    (``commands.inputs.resolve``) and read here; resolved here only for a library caller's config that names no
+    usable store (none, or a checkpoint's redacted one)."""
+    uri = cfg.tracking.uri
+    return str(uri) if uri and not is_redacted(str(uri)) else resolve_tracking_uri(None, uri)
 
 
 def _artifact_root(uri: str) -> str | None:

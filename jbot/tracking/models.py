@@ -44,16 +44,20 @@ class JbotPyfunc(PythonModel):
         return out.probs if out.probs is not None else out.cls
 
 
-def log_jbot_model(checkpoint: str | Path, example: np.ndarray) -> str:
-    """Log ``checkpoint`` as a pyfunc model of the active run; returns the model URI."""
-    loaded = load_model(checkpoint)
-    n_out = len(loaded.class_names) if loaded.classifier is not None else loaded.encoder.cfg.d_model
+def log_jbot_model(checkpoint: str | Path, example: np.ndarray, n_out: int, classifier: bool,
+                   run_id: str | None = None) -> str:
+    """Log ``checkpoint`` as a pyfunc model of the active run, or of the finished run ``run_id`` (its one upload:
+    the model holds the file); returns the model URI. ``n_out``: the output width (D for an encoder, C for a
+    classifier), known to the caller that wrote the checkpoint."""
+    if run_id is not None:
+        with mlflow.start_run(run_id=run_id):
+            return log_jbot_model(checkpoint, example, n_out, classifier)
     _, n_particles, n_features = example.shape
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_particles, n_features))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_out))]),
     )
-    name = "jbot-classifier" if loaded.classifier is not None else "jbot-encoder"
+    name = "jbot-classifier" if classifier else "jbot-encoder"
     with _quiet("mlflow.pyfunc"):
         info = _log_pyfunc(checkpoint, signature, example, name)
     mlflow.set_tag("jbot.model_uri", info.model_uri)
@@ -87,17 +91,11 @@ def _find_checkpoint(folder: Path) -> Path:
     return found[0]
 
 
-def resolve_checkpoint(source: str, tracking_uri: str) -> Path:
-    """A local checkpoint path for a path, run id, ``runs:/`` or ``models:/`` URI (downloaded once to a temp dir)
-    from the store ``tracking_uri`` (the command's resolved URI)."""
-    from jbot.tracking.mlflow import connect
-
-    path = Path(source)
-    if path.is_file():
-        return path
-    if not is_model_source(source):
-        raise CheckpointError(f"{source}: no such checkpoint file, run id or runs:/ / models:/ URI")
-    client = connect(tracking_uri)
+def _pinned(client: Any, source: str) -> tuple[str, dict[str, str]]:
+    """``source`` resolved once: the artifact URI to download (a registry alias pinned to the version it points at
+    now) and the provenance tags naming that run and version, so what is scored and what is tagged cannot differ
+    even if the alias moves meanwhile."""
+    tags = {"jbot.source": source}
     if RUN_ID.match(source):
         try:
             run = client.get_run(source)
@@ -106,42 +104,51 @@ def resolve_checkpoint(source: str, tracking_uri: str) -> Path:
         uri = run.data.tags.get("jbot.model_uri")
         if uri is None:
             raise CheckpointError(f"run {source} logged no jbot model")
-        source = uri
+        return uri, {**tags, "jbot.upstream_run": source}
+    if source.startswith("runs:/"):
+        return source, {**tags, "jbot.upstream_run": source[len("runs:/"):].split("/")[0]}
+    ref = source[len("models:/"):]
+    if source.startswith("models:/") and ("@" in ref or "/" in ref):
+        name, _, rest = ref.partition("@") if "@" in ref else ref.partition("/")
+        try:
+            mv = (client.get_model_version_by_alias(name, rest) if "@" in ref
+                  else client.get_model_version(name, rest))
+        except mlflow.exceptions.MlflowException as exc:
+            raise CheckpointError(f"{source}: not in the model registry ({exc.message})") from None
+        return f"models:/{mv.name}/{mv.version}", {**tags, "jbot.upstream_run": mv.run_id or "",
+                                                    "jbot.upstream_model": f"{mv.name}/{mv.version}"}
+    return source, tags
+
+
+def fetch_checkpoint(source: str, tracking_uri: str) -> tuple[Path, dict[str, str]]:
+    """A local checkpoint for a path, run id, ``runs:/`` or ``models:/`` URI (downloaded once to a temp dir from the
+    store ``tracking_uri``, the command's resolved URI) and the provenance tags of what was downloaded."""
+    from jbot.tracking.mlflow import connect
+
+    path = Path(source)
+    if path.is_file():
+        return path, {"jbot.source": source}
+    if not is_model_source(source):
+        raise CheckpointError(f"{source}: no such checkpoint file, run id or runs:/ / models:/ URI")
+    client = connect(tracking_uri)
+    uri, tags = _pinned(client, source)
     dest = scratch_dir("model-")
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest),
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest),
                                                     tracking_uri=tracking_uri, registry_uri=tracking_uri)
     except mlflow.exceptions.MlflowException as exc:
         raise CheckpointError(f"{source}: cannot be loaded from the tracking store ({exc.message})") from None
-    return _find_checkpoint(Path(local))
+    return _find_checkpoint(Path(local)), tags
+
+
+def resolve_checkpoint(source: str, tracking_uri: str) -> Path:
+    return fetch_checkpoint(source, tracking_uri)[0]
 
 
 def load_from_uri(source: str, tracking_uri: str) -> LoadedModel:
-    return load_model(resolve_checkpoint(source, tracking_uri))
-
-
-def provenance(source: str, tracking_uri: str) -> dict[str, str]:
-    """Tags that name where an encoder came from: the upstream run and registered model version."""
-    from jbot.tracking.mlflow import connect
-
-    tags = {"jbot.source": source}
-    if RUN_ID.match(source):
-        tags["jbot.upstream_run"] = source
-    elif source.startswith("runs:/"):
-        tags["jbot.upstream_run"] = source[len("runs:/"):].split("/")[0]
-    elif source.startswith("models:/"):
-        ref = source[len("models:/"):]
-        client = connect(tracking_uri)
-        try:
-            if "@" in ref:
-                name, alias = ref.split("@", 1)
-                mv = client.get_model_version_by_alias(name, alias)
-            elif "/" in ref:
-                name, version = ref.split("/", 1)
-                mv = client.get_model_version(name, version)
-            else:
-                return tags
-        except mlflow.exceptions.MlflowException:
-            return tags
-        tags.update({"jbot.upstream_run": mv.run_id or "", "jbot.upstream_model": f"{mv.name}/{mv.version}"})
-    return tags
+    """The encoder (and head) of ``source``, with ``provenance``: the tags naming the run and registered version
+    it was downloaded from (resolved together with the download, once)."""
+    path, tags = fetch_checkpoint(source, tracking_uri)
+    loaded = load_model(path)
+    loaded.provenance.update(tags)
+    return loaded

@@ -3,7 +3,7 @@ code runs on load). A checkpoint carries its resolved config, so it alone rebuil
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,9 @@ class LoadedModel:
     classifier: ClassifierHead | None
     class_names: tuple[str, ...]
     state: dict[str, Any]
-
+    # where it came from, as run tags (jbot.source, jbot.upstream_run, jbot.upstream_model); set by whoever
+    # fetched it (tracking.models.load_from_uri), empty for a file read here
+    provenance: dict[str, str] = field(default_factory=dict)
 
 
 def model_from_state(state: dict[str, Any]) -> LoadedModel:

@@ -1,4 +1,4 @@
-"""Fine-tuning (SPEC §7): pre-trained encoder + fresh classifier head, Adam, layer-wise LR decay as optimizer
+"""Fine-tuning (docs/method.md §7): pre-trained encoder + fresh classifier head, Adam, layer-wise LR decay as optimizer
 parameter groups, early stopping on validation accuracy with the best weights restored. ``encoder=None`` is
 the supervised baseline: the same encoder and head from random init, same data and optimiser, no LLRD."""
 
@@ -143,14 +143,14 @@ def _train_epoch(model: JetClassifier, optimizer: torch.optim.Optimizer, x: torc
 
 def finetune(cfg: JbotConfig, split: Split, encoder: JetEncoder | None,
              on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
-             head: ClassifierHead | None = None) -> FinetuneResult:
+             head: ClassifierHead | None = None, device: torch.device | None = None) -> FinetuneResult:
     """``on_epoch(epoch, metrics)`` may return True to stop early (a pruned sweep trial). ``head``: a trained
     classifier head to continue from (a fine-tuned or imported classifier) when its class count fits the task;
-    otherwise the head starts fresh."""
+    otherwise the head starts fresh. ``device``: the command's (picked once from ``cfg.runtime`` when None)."""
     ft = cfg.finetune
     if len(split.val) == 0:
         raise ConfigError("fine-tuning needs a validation split for early stopping: set data.n_val > 0")
-    device = runtime_device(cfg.runtime)
+    device = runtime_device(cfg.runtime) if device is None else device
     scratch = encoder is None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ft.seed)

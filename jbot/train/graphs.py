@@ -5,21 +5,26 @@ host: the batch is copied into one fixed input tensor, the learning rate and the
 sit in device tensors and are copied into the ones the optimizer and the EMA read, every shape is independent of
 the data (``Distillation.static``), the optimizer is capturable and the views' generator is registered with the
 graph. Without ``capture`` (the CPU) the same code runs eagerly: that is what the tests compare with the plain step.
+
+``GraphStep`` knows the step only as a function, ``body(xb, lr, momentum, cache)`` (``jbot.train.pretrain``'s
+``pretrain_step`` with its parts bound), and the generator that function draws from.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from jbot.errors import JbotError
 
-if TYPE_CHECKING:
-    from jbot.train.pretrain import Pretrainer
-
 WARMUP_STEPS = 3  # eager steps before the capture (allocator, optimizer state, compilation)
+
+# (batch, LR, teacher momentum, autocast's cache on) -> the step's detached terms; it sets the LR, clears the
+# gradients and runs the whole step, reading the LR and the momentum where they lie (device tensors here)
+StepBody = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
 
 
 class GraphCaptureError(JbotError, RuntimeError):
@@ -27,45 +32,35 @@ class GraphCaptureError(JbotError, RuntimeError):
 
 
 class GraphStep:
-    def __init__(self, trainer: Pretrainer, capture: bool, required: bool = False) -> None:
-        """``required`` (runtime.cuda_graphs=on): a failed capture is an error; otherwise (auto) training goes on
-        without the graph, saying so once."""
-        self.trainer, self.capture, self.required = trainer, capture, required
-        device = trainer.device
-        self.lr_schedule = torch.as_tensor(trainer.lr, dtype=torch.float32, device=device)
-        self.momentum_schedule = torch.as_tensor(trainer.momentum, dtype=torch.float32, device=device)
+    def __init__(self, body: StepBody, lr: np.ndarray, momentum: np.ndarray, generator: torch.Generator,
+                 device: torch.device, capture: bool, required: bool = False) -> None:
+        """``lr`` and ``momentum``: the schedules, one value per global step; ``generator``: the one ``body``
+        draws from (registered with the graph). ``required`` (runtime.cuda_graphs=on): a failed capture is an
+        error; otherwise (auto) training goes on without the graph, saying so once."""
+        self.body, self.generator, self.capture, self.required = body, generator, capture, required
+        self.lr_schedule = torch.as_tensor(lr, dtype=torch.float32, device=device)
+        self.momentum_schedule = torch.as_tensor(momentum, dtype=torch.float32, device=device)
         self.lr = self.lr_schedule[0].clone()  # read by the optimizer
         self.momentum = self.momentum_schedule[0].clone()  # read by the EMA update
         self.eager_steps = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_x: torch.Tensor | None = None
         self.static_terms: torch.Tensor | None = None
-        self._bound = False
 
-    def _bind(self) -> None:
-        """The optimizer reads its LR from ``self.lr`` from now on (after any restore of its state)."""
-        for group in self.trainer.optimizer.param_groups:
-            group["lr"] = self.lr
-        self._bound = True
-
-    def body(self, xb: torch.Tensor) -> torch.Tensor:
-        """The trainer's step body, reading the momentum from the device (autocast's cache off under capture)."""
-        return self.trainer.step_body(xb, self.momentum, cache=not self.capture)
+    def _run(self, xb: torch.Tensor) -> torch.Tensor:
+        """The step body on the device-side LR and momentum (autocast's cache off under capture)."""
+        return self.body(xb, self.lr, self.momentum, not self.capture)
 
     def __call__(self, xb: torch.Tensor, it: int) -> torch.Tensor:
-        if not self._bound:
-            self._bind()
         self.lr.copy_(self.lr_schedule[it])
         self.momentum.copy_(self.momentum_schedule[it])
         if not self.capture:
-            self.trainer.optimizer.zero_grad(set_to_none=True)
-            return self.body(xb)
+            return self._run(xb)
         if self.eager_steps < WARMUP_STEPS:  # on a side stream, as capture requires
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                self.trainer.optimizer.zero_grad(set_to_none=True)
-                terms = self.body(xb)
+                terms = self._run(xb)
             torch.cuda.current_stream().wait_stream(side)
             self.eager_steps += 1
             return terms
@@ -88,11 +83,11 @@ class GraphStep:
         return self.static_terms.clone()
 
     def _record(self, xb: torch.Tensor) -> None:
-        """Capture one step; its gradients live in the graph's memory, written (not accumulated) by every replay."""
+        """Capture one step. The body clears the gradients (set to None) before its backward, so backward
+        allocates them in the graph's memory and every replay writes (not accumulates) them."""
         self.static_x = xb.clone()
         graph = torch.cuda.CUDAGraph()
-        graph.register_generator_state(self.trainer.gen)  # the views' draws advance with every replay
-        self.trainer.optimizer.zero_grad(set_to_none=True)
+        graph.register_generator_state(self.generator)  # the views' draws advance with every replay
         with torch.cuda.graph(graph):
-            self.static_terms = self.body(self.static_x)
+            self.static_terms = self._run(self.static_x)
         self.graph = graph

@@ -1,25 +1,31 @@
-"""jBOT pre-training (SPEC §6): AdamW, warm-up then constant (or cosine) LR, EMA teacher, per-epoch monitors.
+"""jBOT pre-training (docs/method.md §6): AdamW, warm-up then constant (or cosine) LR, EMA teacher, per-epoch monitors.
+
+One step is one function, ``pretrain_step``: schedules -> views -> teacher and student -> losses -> backward ->
+clipping -> AdamW -> EMA teacher -> centres. ``make_step`` wraps it for the runtime (torch.compile of its
+networks, one CUDA graph of the whole step: ``jbot.train.graphs``); ``Pretrainer`` owns the state it reads and
+the epochs, checkpoints, monitors and stop signals around it.
 
 Batches come from a ``BatchSource``: by default the training set on the device as one tensor, shuffled by index
 every epoch, or files streamed through a bounded buffer (``data.stream``). Nothing leaves the device inside an
 epoch: loss terms and the first non-finite step are accumulated there and read once per epoch. Under ``torchrun``
-each process trains on its block of every global batch (``jbot.train.distributed``); rank 0 alone writes
-checkpoints and logs.
+each process trains on its block of every global batch (``jbot.comm``); rank 0 alone writes checkpoints and logs.
 """
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from jbot import signals
+from jbot.comm import SINGLE, Comm
 from jbot.config import JbotConfig
 from jbot.data.splits import Split
 from jbot.data.stream import BatchSource, MemorySource
@@ -28,14 +34,13 @@ from jbot.evaluate.embed import embed
 from jbot.evaluate.knn import knn_classify
 from jbot.redaction import public
 from jbot.ssl.center import Centers
-from jbot.ssl.method import TERMS, Distillation, JBOTNetwork
+from jbot.ssl.method import TERMS, Distillation, Forward, JBOTNetwork, StudentOutputs, TeacherOutputs
 from jbot.ssl.schedules import lr_schedule, momentum_schedule
 from jbot.ssl.teacher import ema_update, make_teacher
-from jbot.tracking.base import NullTracker, Tracker
 from jbot.train.checkpoint import load_checkpoint, save_checkpoint
 from jbot.train.device import autocast, runtime_device, use_compile, use_cuda_graphs
-from jbot.train.distributed import SINGLE, Comm
 from jbot.train.graphs import GraphStep
+from jbot.train.tracker import NullTracker, Tracker
 
 KNN_REFERENCE = 20_000
 STOP_POLL = 16  # under torchrun, steps between the ranks' checks for a stop signal (one small collective each)
@@ -81,16 +86,112 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+@dataclass
+class StepParts:
+    """Everything one pre-training step reads and updates, handed to ``pretrain_step`` whole.
+
+    ``student_forward`` and ``teacher_forward`` are the networks as the step calls them (the networks themselves,
+    DDP's wrapper of the student, compiled ones) and ``losses`` is ``method.losses`` or its compiled graph;
+    ``student`` and ``teacher`` are the plain modules whose weights the optimizer, the clipping and the EMA touch.
+    """
+
+    method: Distillation
+    student: JBOTNetwork
+    teacher: JBOTNetwork
+    centers: Centers
+    optimizer: torch.optim.Optimizer
+    gen: torch.Generator  # the views' draws
+    comm: Comm
+    device: torch.device
+    precision: str  # runtime.precision (autocast)
+    grad_clip: float | None
+    student_forward: Forward
+    teacher_forward: Forward
+    losses: Callable[[TeacherOutputs, StudentOutputs], torch.Tensor]
+
+
+def pretrain_step(p: StepParts, xb: torch.Tensor, lr: float | torch.Tensor, momentum: float | torch.Tensor,
+                  cache: bool = True) -> torch.Tensor:
+    """One pre-training step (docs/method.md §5.5, §6) on a batch ``xb`` (B, P, F) already on the device -> the
+    detached ``TERMS`` (no host sync).
+
+    ``lr`` and ``momentum`` are the schedules' values at this step: numbers, or the device tensors a CUDA graph
+    reads (``GraphStep`` copies every step's values into them before it runs or replays this); ``cache=False``
+    there (autocast's cached casts would be the graph's stale copies).
+    """
+    # schedules: this step's LR; its teacher momentum is the EMA's below (the temperatures are constant)
+    for group in p.optimizer.param_groups:
+        group["lr"] = lr
+    p.optimizer.zero_grad(set_to_none=True)
+    # views: two augmentations of every jet (2B, P, F), the particles the student sees as [MASK] (2B, P)
+    views, masked = p.method.views(xb, p.gen)
+    # forwards and losses: the teacher on the full views (no gradient), the student on the masked ones
+    with autocast(p.device, p.precision, cache):
+        teacher = p.method.teacher_outputs(p.teacher_forward, views)
+        student = p.method.student_outputs(p.student_forward, views, masked)
+        terms = p.losses(teacher, student)
+    terms[0].backward()  # under torchrun DDP averages the gradients over the ranks here
+    if p.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(p.student.parameters(), p.grad_clip)
+    p.optimizer.step()
+    ema_update(p.teacher, p.student, momentum)
+    # centres, last: from this step's teacher outputs (its losses used the centres from before)
+    p.centers.update(teacher.cls, teacher.part, teacher.part_valid, p.comm)
+    return torch.cat([terms.detach(), p.method.monitors(teacher, student)])
+
+
+class Step(Protocol):
+    def __call__(self, xb: torch.Tensor, it: int) -> torch.Tensor:
+        """The step at global step ``it`` on the batch ``xb`` -> the detached ``TERMS``."""
+        ...
+
+
+@dataclass
+class EagerStep:
+    """``pretrain_step`` run from Python, the schedules read at step ``it`` as numbers."""
+
+    parts: StepParts
+    lr: np.ndarray
+    momentum: np.ndarray
+
+    def __call__(self, xb: torch.Tensor, it: int) -> torch.Tensor:
+        return pretrain_step(self.parts, xb, float(self.lr[it]), float(self.momentum[it]))
+
+
+def compiled(parts: StepParts) -> StepParts:
+    """The parts with their networks through torch.compile (fusing their elementwise work with the matmuls'
+    outputs) and, when every shape is independent of the data (``method.static``), the losses too; the rest of
+    the step stays eager."""
+    losses = torch.compile(parts.losses) if parts.method.static else parts.losses
+    return replace(parts, student_forward=torch.compile(parts.student_forward),
+                   teacher_forward=torch.compile(parts.teacher_forward), losses=losses)
+
+
+def make_step(parts: StepParts, lr: np.ndarray, momentum: np.ndarray, compile: bool = False, graphs: bool = False,
+              required: bool = False) -> Step:
+    """``pretrain_step`` as the trainer calls it, ``step(xb, it)``, with the schedules ``lr`` and ``momentum``
+    (one value per global step): compiled (``compile``) and/or recorded as one CUDA graph (``graphs``; with
+    ``required`` a failed capture is a ``GraphCaptureError``, else training goes on without the graph)."""
+    if compile:
+        parts = compiled(parts)
+    if graphs:
+        return GraphStep(functools.partial(pretrain_step, parts), lr, momentum, parts.gen, parts.device, capture=True,
+                         required=required)
+    return EagerStep(parts, lr, momentum)
+
+
 class Pretrainer:
     def __init__(self, cfg: JbotConfig, split: Split, out_dir: str | Path, tracker: Tracker | None = None,
-                 meta: dict[str, str] | None = None, source: BatchSource | None = None, comm: Comm = SINGLE) -> None:
+                 meta: dict[str, str] | None = None, source: BatchSource | None = None, comm: Comm = SINGLE,
+                 device: torch.device | None = None) -> None:
         """``split`` feeds the k-NN monitor and names the data (its train part is also the training set unless
-        ``source`` is given; then its fingerprint is the source's)."""
+        ``source`` is given; then its fingerprint is the source's). ``device``: the one the command picked (with
+        torchrun's process group), else picked here from ``cfg.runtime``."""
         self.cfg, self.split, self.tracker, self.comm = cfg, split, tracker or NullTracker(), comm
         self.meta = dict(meta or {})  # kept in the checkpoint as is (e.g. the MLflow run id)
         self.out_dir = Path(out_dir)
         tc = cfg.pretrain
-        self.device = runtime_device(cfg.runtime)
+        self.device = runtime_device(cfg.runtime) if device is None else device
         self.source = source or MemorySource(split.train.x, tc.seed, self.device)
         self.batch = min(tc.batch_size, self.source.n_jets)
         self.steps = self.source.steps(self.batch, comm.world)
@@ -105,10 +206,10 @@ class Pretrainer:
         graphs = use_cuda_graphs(self.device, cfg.runtime.cuda_graphs, comm.world)
         # on CUDA no shape depends on the data and nothing waits for the host; on the CPU the heads skip the tokens
         # no loss reads (fewer FLOPs beat fewer host syncs there)
-        self.method = Distillation(self.student, self.teacher, self.centers, cfg.augment, cfg.mask, tc, comm,
-                                   static=self.device.type == "cuda")
+        self.method = Distillation(self.centers, cfg.augment, cfg.mask, tc, comm, static=self.device.type == "cuda")
+        student_forward: Forward = self.student
         if comm.active:  # gradients averaged over the ranks in backward
-            self.method.student_forward = torch.nn.parallel.DistributedDataParallel(
+            student_forward = torch.nn.parallel.DistributedDataParallel(
                 self.student, find_unused_parameters=not cfg.mask.enabled)
         self.optimizer = torch.optim.AdamW(param_groups(self.student, tc.weight_decay), lr=float(self.lr[0]),
                                            capturable=graphs)
@@ -121,15 +222,12 @@ class Pretrainer:
         self.resumed_from: Path | None = None
         self.history: dict[str, list[float]] = {}
         self.history_steps: dict[str, list[int]] = {}
-        self.loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.method.losses
-        if use_compile(self.device, cfg.runtime.compile):
-            if self.method.static:  # one graph: networks, losses, centres
-                self.loss_fn = torch.compile(self.method.losses)  # type: ignore[assignment]
-            else:  # the networks (fusing their elementwise work with the matmuls' outputs); the rest stays eager
-                self.method.teacher_forward = torch.compile(self.teacher)  # type: ignore[assignment]
-                self.method.student_forward = torch.compile(self.method.student_forward)  # type: ignore[assignment]
-        self.graph_step = (GraphStep(self, capture=True, required=cfg.runtime.cuda_graphs == "on") if graphs
-                           else None)
+        self.parts = StepParts(self.method, self.student, self.teacher, self.centers, self.optimizer, self.gen, comm,
+                               self.device, cfg.runtime.precision, tc.grad_clip, student_forward, self.teacher,
+                               self.method.losses)
+        self.step_fn: Step = make_step(self.parts, self.lr, self.momentum,
+                                       compile=use_compile(self.device, cfg.runtime.compile), graphs=graphs,
+                                       required=cfg.runtime.cuda_graphs == "on")
 
     # ------------------------------------------------------------------ state
     @property
@@ -152,8 +250,9 @@ class Pretrainer:
             "meta": self.meta,
         }
 
-    def restore(self, path: str | Path) -> None:
-        state = load_checkpoint(path)
+    def restore(self, path: str | Path, state: dict[str, Any] | None = None) -> None:
+        """Continue from the checkpoint ``path``; ``state``: its contents when the caller has read them already."""
+        state = load_checkpoint(path) if state is None else state
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
         self.centers.load_state_dict(state["centers"])
@@ -170,27 +269,9 @@ class Pretrainer:
 
     # ------------------------------------------------------------------ training
     def train_step(self, xb: torch.Tensor, it: int) -> torch.Tensor:
-        """One full step (views, masking, teacher, student, losses, backward, AdamW, EMA, centres) on a batch
-        already on the device; returns the detached loss terms (no host sync)."""
-        if self.graph_step is not None:
-            return self.graph_step(xb, it)
-        for group in self.optimizer.param_groups:
-            group["lr"] = float(self.lr[it])
-        self.optimizer.zero_grad(set_to_none=True)
-        return self.step_body(xb, float(self.momentum[it]))
-
-    def step_body(self, xb: torch.Tensor, momentum: float | torch.Tensor, cache: bool = True) -> torch.Tensor:
-        """What every step does once the LR is set and the gradients cleared: views, losses, backward, clipping,
-        AdamW, EMA (``momentum`` a number, or a device tensor in a CUDA graph) and centres."""
-        views, masked = self.method.views(xb, self.gen)
-        with autocast(self.device, self.cfg.runtime.precision, cache):
-            terms = self.loss_fn(views, masked)
-        terms[0].backward()
-        if self.cfg.pretrain.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.pretrain.grad_clip)
-        self.optimizer.step()
-        ema_update(self.teacher, self.student, momentum)
-        return terms.detach()
+        """One full step (``pretrain_step``, as ``step_fn`` runs it) at global step ``it`` on a batch already on the
+        device; returns the detached loss terms and monitors (no host sync)."""
+        return self.step_fn(xb, it)
 
     def _kept(self) -> str:
         if self.saved_epoch is not None:
@@ -330,9 +411,11 @@ def pretrain(cfg: JbotConfig, split: Split, out_dir: str | Path, tracker: Tracke
              resume: str | Path | None = None, on_step: Callable[[int], None] | None = None,
              on_epoch: Callable[[EpochReport], bool | None] | None = None,
              meta: dict[str, str] | None = None, source: BatchSource | None = None,
-             comm: Comm = SINGLE) -> PretrainResult:
-    """Train (or continue from ``resume``) and return the final checkpoint and monitors."""
-    trainer = Pretrainer(cfg, split, out_dir, tracker, meta, source, comm)
+             comm: Comm = SINGLE, *, resume_state: dict[str, Any] | None = None,
+             device: torch.device | None = None) -> PretrainResult:
+    """Train (or continue from ``resume``, whose contents ``resume_state`` may hold already) and return the final
+    checkpoint and monitors."""
+    trainer = Pretrainer(cfg, split, out_dir, tracker, meta, source, comm, device)
     if resume is not None:
-        trainer.restore(resume)
+        trainer.restore(resume, resume_state)
     return trainer.fit(on_step, on_epoch)

@@ -7,6 +7,10 @@ probe, fine-tuned and from scratch, with eps_s at eps_b = 0.1 / 0.01 / 0.001 (Ta
 its anomaly scores (Table 4). The parent keeps each finished step's run id (tag ``jbot.step.<name>``): running the
 same command again skips finished steps. The report (HTML) puts jbot's numbers, with fold errors and the run
 that produced each, beside the paper's, and says for each claim whether it holds at this scale.
+
+Two tables define it: ``STEPS`` (each step's runner and the paper's numbers for its metrics: the plan, the
+collection and the report's rows all read it) and ``CLAIMS`` (the steps each claim compares, and its rule).
+Adding a step is one ``STEPS`` entry; the model sizes come from ``jbot.model.sizes.SIZES``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import hashlib
 import html
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,8 @@ from jbot.config import GenerateConfig, JbotConfig, flatten, load_config, with_o
 from jbot.data.classes import CLASSES
 from jbot.errors import JbotError
 from jbot.io import atomic_write_text
+from jbot.model import sizes
+from jbot.model.sizes import model_label
 
 EXPERIMENT = "jbot-reproduce"
 STEP_TAG = "jbot.step."
@@ -68,21 +74,6 @@ SCALES = {s.name: s for s in (
     Scale("paper", None, (), "the published sizes: JetNet, 100 epochs (a GPU)"),
 )}
 
-# The paper's numbers (JetNet) beside which jbot's are printed: (table, value)
-PAPER: dict[str, tuple[str, float]] = {
-    "probe-5class/test/knn_acc": ("Table 2, jBOT-S k-NN", 0.710),
-    "probe-5class/test/linear_acc": ("Table 2, jBOT-S linear", 0.674),
-    "finetune-10%-pretrained/test/acc": ("Table 2, jBOT-S 10 %", 0.743),
-    "finetune-10%-scratch/test/acc": ("Table 2, supervised 10 %", 0.725),
-    "finetune-100%-pretrained/test/acc": ("Table 2, jBOT-B 100 %", 0.764),
-    "finetune-100%-scratch/test/acc": ("Table 2, supervised 100 %", 0.760),
-    "probe-tqg/test/knn_auc": ("Table 3, k-NN", 0.945),
-    "finetune-tqg-pretrained/test/auc": ("Table 3, jBOT-B fine-tuned", 0.958),
-    "finetune-tqg-scratch/test/auc": ("Table 3, supervised", 0.957),
-    **{f"anomaly/test/knn/{s}/auc": ("Table 4, k-NN", v) for s, v in zip(("W", "Z", "t", "combined"),
-                                                                      (0.807, 0.836, 0.836, 0.826), strict=True)},
-}
-
 
 class ReproduceError(JbotError, RuntimeError):
     pass
@@ -97,7 +88,7 @@ class Plan:
     cfg: JbotConfig
     out: Path
     key: str
-    steps: list[tuple[str, Callable[[Context], str]]] = field(default_factory=list)
+    steps: list[tuple[str, Runner]] = field(default_factory=list)  # (name, runner), in the order of STEPS
 
 
 @dataclass
@@ -106,16 +97,19 @@ class Context:
     done: dict[str, str]  # step -> run id
 
 
+Runner = Callable[[Context], str]  # runs a step; returns its run id
+StepFactory = Callable[[Plan, str], Runner]  # (plan, the step's name) -> its runner
+
+
 def scale_config(scale: Scale, size: str) -> str:
-    """The shipped config a scale starts from: jBOT-S's CPU recipe below the paper's scale, else Table 1's."""
-    if size == "S" and scale.jets_per_class is not None:
-        return "jbot-s-cpu"
-    return "jbot-s" if size == "S" else "jbot-b"
+    """The shipped config a scale starts from: the size's CPU recipe below the paper's scale (jBOT-S's), else
+    Table 1's."""
+    return sizes.SIZES[size].config_for(paper_scale=scale.jets_per_class is None)
 
 
 def make_config(scale: Scale, size: str, data: Path, overrides: list[str], tracking_uri: str) -> JbotConfig:
-    if size not in ("S", "B"):
-        raise ReproduceError(f"--size is S or B, not {size!r}")
+    if size not in sizes.SIZES:
+        raise ReproduceError(f"--size is one of {', '.join(sizes.SIZES)}, not {size!r}")
     cfg = load_config(scale_config(scale, size), [*scale.overrides, f"data.dir={data}", *overrides])
     return with_overrides(cfg, {"tracking.uri": tracking_uri})
 
@@ -123,12 +117,14 @@ def make_config(scale: Scale, size: str, data: Path, overrides: list[str], track
 def plan_for(scale_name: str, size: str, data: Path, out: Path, overrides: list[str], tracking_uri: str) -> Plan:
     if scale_name not in SCALES:
         raise ReproduceError(f"--scale is one of {', '.join(SCALES)}, not {scale_name!r}")
+    check_tables()
     scale = SCALES[scale_name]
     cfg = make_config(scale, size, data, overrides, tracking_uri)
     blob = json.dumps({"scale": scale.name, "size": size, "config": flatten(cfg), "out": str(out.resolve())},
                       sort_keys=True, default=str)
     plan = Plan(scale, size, cfg, out, hashlib.sha1(blob.encode()).hexdigest()[:12])
-    plan.steps = _steps(plan)
+    for step in STEPS:  # in order: a step's runner may take the run id of one listed before it
+        plan.steps.append((step.name, step.run(plan, step.name)))
     return plan
 
 
@@ -136,48 +132,182 @@ def _cfg(plan: Plan, **fields: Any) -> JbotConfig:
     return with_overrides(plan.cfg, fields)
 
 
-def _steps(plan: Plan) -> list[tuple[str, Callable[[Context], str]]]:
-    from jbot.runs import model_label, tracked_anomaly, tracked_finetune, tracked_pretrain, tracked_probe
+def _trained_on(plan: Plan, preset: str) -> JbotConfig:
+    """The plan's config on ``preset``, pre-training into ``<out>/pretrain-<preset>``."""
+    return _cfg(plan, **{"data.preset": preset, "pretrain.out_dir": str(plan.out / f"pretrain-{preset}")})
 
-    out = plan.out
-    label = model_label(plan.cfg)
-    cfg5 = _cfg(plan, **{"data.preset": "5class", "pretrain.out_dir": str(out / "pretrain-5class")})
-    cfgqg = _cfg(plan, **{"data.preset": "qg", "pretrain.out_dir": str(out / "pretrain-qg")})
 
-    def pretrain(cfg: JbotConfig, preset: str) -> Callable[[Context], str]:
-        return lambda ctx: tracked_pretrain(cfg, experiment=EXPERIMENT, parent_run_id=ctx.parent,
-                                            run_name=f"pretrain-{label}-{preset}-e{cfg.pretrain.epochs}").run_id
+def _earlier(plan: Plan, name: str, step: str) -> str:
+    """``step``, the name of a step listed before ``name`` (whose run id ``name``'s runner takes)."""
+    if step not in (n for n, _ in plan.steps):
+        raise ReproduceError(f"reproduce step {name!r} uses {step!r}, which is not a step listed before it")
+    return step
 
-    def probe(preset: str, source: Callable[[Context], str], name: str) -> Callable[[Context], str]:
-        return lambda ctx: tracked_probe(cfg5, source(ctx), preset, out_dir=out / name, experiment=EXPERIMENT,
-                                         parent_run_id=ctx.parent, run_name=name).run_id
 
-    def finetune(name: str, task: str, fraction: float, pretrained: bool) -> Callable[[Context], str]:
-        cfg = with_overrides(cfg5, {"finetune.task": task, "finetune.fraction": fraction})
-        return lambda ctx: tracked_finetune(cfg, ctx.done["pretrain-5class"] if pretrained else None,
-                                            out_dir=out / name, experiment=EXPERIMENT, parent_run_id=ctx.parent,
-                                            run_name=name).run_id
+def _pretrain(preset: str) -> StepFactory:
+    """Pre-training on ``preset``."""
+    def make(plan: Plan, name: str) -> Runner:
+        cfg = _trained_on(plan, preset)
+        run_name = f"pretrain-{model_label(cfg.model)}-{preset}-e{cfg.pretrain.epochs}"
 
-    def random_encoder(ctx: Context) -> str:
-        return str(random_checkpoint(cfg5, out / "random-encoder.pt"))
+        def run(ctx: Context) -> str:
+            from jbot.commands.pretrain import tracked_pretrain
 
-    steps: list[tuple[str, Callable[[Context], str]]] = [
-        ("pretrain-5class", pretrain(cfg5, "5class")),
-        ("probe-random", probe("5class", random_encoder, "probe-random")),
-        ("probe-5class", probe("5class", lambda ctx: ctx.done["pretrain-5class"], "probe-5class")),
-    ]
-    for fraction in (0.1, 1.0):
-        for pretrained in (True, False):
-            name = f"finetune-{fraction:.0%}-{'pretrained' if pretrained else 'scratch'}"
-            steps.append((name, finetune(name, "5class", fraction, pretrained)))
-    steps.append(("probe-tqg", probe("tqg", lambda ctx: ctx.done["pretrain-5class"], "probe-tqg")))
-    for pretrained in (True, False):
-        name = f"finetune-tqg-{'pretrained' if pretrained else 'scratch'}"
-        steps.append((name, finetune(name, "tqg", 1.0, pretrained)))
-    steps.append(("pretrain-qg", pretrain(cfgqg, "qg")))
-    steps.append(("anomaly", lambda ctx: tracked_anomaly(cfgqg, ctx.done["pretrain-qg"], out_dir=out / "anomaly",
-                                                         experiment=EXPERIMENT, parent_run_id=ctx.parent).run_id))
-    return steps
+            return tracked_pretrain(cfg, experiment=EXPERIMENT, parent_run_id=ctx.parent, run_name=run_name).run_id
+        return run
+    return make
+
+
+def _probe(preset: str, encoder: str | None) -> StepFactory:
+    """Probes on ``preset`` of the encoder step ``encoder`` pre-trained (None: a randomly initialised one)."""
+    def make(plan: Plan, name: str) -> Runner:
+        cfg, out = _trained_on(plan, "5class"), plan.out
+        source = None if encoder is None else _earlier(plan, name, encoder)
+
+        def run(ctx: Context) -> str:
+            from jbot.commands.probe import tracked_probe
+
+            checkpoint = str(random_checkpoint(cfg, out / "random-encoder.pt")) if source is None else ctx.done[source]
+            return tracked_probe(cfg, checkpoint, preset, out_dir=out / name, experiment=EXPERIMENT,
+                                 parent_run_id=ctx.parent, run_name=name).run_id
+        return run
+    return make
+
+
+def _finetune(task: str, fraction: float, encoder: str | None = None) -> StepFactory:
+    """Fine-tuning on ``task`` with ``fraction`` of the labels, from the encoder step ``encoder`` (None: from
+    scratch)."""
+    def make(plan: Plan, name: str) -> Runner:
+        cfg = with_overrides(_trained_on(plan, "5class"), {"finetune.task": task, "finetune.fraction": fraction})
+        source, out = None if encoder is None else _earlier(plan, name, encoder), plan.out
+
+        def run(ctx: Context) -> str:
+            from jbot.commands.finetune import tracked_finetune
+
+            return tracked_finetune(cfg, None if source is None else ctx.done[source], out_dir=out / name,
+                                    experiment=EXPERIMENT, parent_run_id=ctx.parent, run_name=name).run_id
+        return run
+    return make
+
+
+def _anomaly(preset: str, encoder: str) -> StepFactory:
+    """Anomaly scores of the encoder step ``encoder``, pre-trained on ``preset`` (the background)."""
+    def make(plan: Plan, name: str) -> Runner:
+        cfg, source, out = _trained_on(plan, preset), _earlier(plan, name, encoder), plan.out
+
+        def run(ctx: Context) -> str:
+            from jbot.commands.anomaly import tracked_anomaly
+
+            return tracked_anomaly(cfg, ctx.done[source], out_dir=out / name, experiment=EXPERIMENT,
+                                   parent_run_id=ctx.parent).run_id
+        return run
+    return make
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the reproduction, a child run named ``name`` (tag ``jbot.step.<name>``). ``run(plan, name)``
+    makes its runner. The report's rows: ``baseline``, metrics shown without a paper number; ``paper``, the
+    paper's numbers beside which jbot's are shown (metric -> (source, value)); ``unrecorded``, quantities the paper
+    reports whose values jbot does not record (metric -> (label, source))."""
+
+    name: str
+    run: StepFactory
+    paper: Mapping[str, tuple[str, float]] = field(default_factory=dict)
+    baseline: tuple[str, ...] = ()
+    unrecorded: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+
+BASELINE = "(baseline, not in the paper)"
+_WORKING_POINTS = {f"test/eps_s_at_{eps}": (f"eps_s at eps_b = {eps}", "Table 3 (value not recorded in jbot)")
+                   for eps in ("0.1", "0.01", "0.001")}
+
+# The reproduction, in the order it runs, and the paper's numbers (JetNet) beside which jbot's are printed
+STEPS: tuple[Step, ...] = (
+    Step("pretrain-5class", _pretrain("5class")),
+    Step("probe-random", _probe("5class", None), baseline=("test/knn_acc",)),
+    Step("probe-5class", _probe("5class", "pretrain-5class"),
+         paper={"test/knn_acc": ("Table 2, jBOT-S k-NN", 0.710), "test/linear_acc": ("Table 2, jBOT-S linear", 0.674)}),
+    Step("finetune-10%-pretrained", _finetune("5class", 0.1, "pretrain-5class"),
+         paper={"test/acc": ("Table 2, jBOT-S 10 %", 0.743)}),
+    Step("finetune-10%-scratch", _finetune("5class", 0.1), paper={"test/acc": ("Table 2, supervised 10 %", 0.725)}),
+    Step("finetune-100%-pretrained", _finetune("5class", 1.0, "pretrain-5class"),
+         paper={"test/acc": ("Table 2, jBOT-B 100 %", 0.764)}),
+    Step("finetune-100%-scratch", _finetune("5class", 1.0), paper={"test/acc": ("Table 2, supervised 100 %", 0.760)}),
+    Step("probe-tqg", _probe("tqg", "pretrain-5class"), paper={"test/knn_auc": ("Table 3, k-NN", 0.945)}),
+    Step("finetune-tqg-pretrained", _finetune("tqg", 1.0, "pretrain-5class"),
+         paper={"test/auc": ("Table 3, jBOT-B fine-tuned", 0.958)}, unrecorded=_WORKING_POINTS),
+    Step("finetune-tqg-scratch", _finetune("tqg", 1.0), paper={"test/auc": ("Table 3, supervised", 0.957)},
+         unrecorded=_WORKING_POINTS),
+    Step("pretrain-qg", _pretrain("qg")),
+    Step("anomaly", _anomaly("qg", "pretrain-qg"),
+         paper={f"test/knn/{s}/auc": ("Table 4, k-NN", v) for s, v in (("W", 0.807), ("Z", 0.836), ("t", 0.836),
+                                                                        ("combined", 0.826))}),
+)
+
+
+class Metrics:
+    """One step's metrics: ``m[key]`` is (value, fold std), NaN where absent."""
+
+    def __init__(self, values: Mapping[str, float]) -> None:
+        self.values = values
+
+    def __getitem__(self, key: str) -> tuple[float, float]:
+        return self.values.get(key, float("nan")), self.values.get(f"{key}_std", float("nan"))
+
+
+Verdict = tuple[bool, str]  # holds, and the report's text
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the paper, judged on the metrics of ``steps`` (names in STEPS): ``judge`` takes one Metrics per
+    step, in that order."""
+
+    name: str
+    steps: tuple[str, ...]
+    judge: Callable[..., Verdict]
+
+
+def _pretraining_gain(trained: Metrics, random: Metrics) -> Verdict:
+    gain = trained["test/knn_acc"][0] - random["test/knn_acc"][0]
+    return gain >= 0.10, f"pre-training gain: {gain:+.3f} 5-class k-NN accuracy over a random encoder (needs >= +0.10)"
+
+
+def _above_scratch(metric: str, text: str) -> Callable[[Metrics, Metrics], Verdict]:
+    """Fine-tuned above from scratch by more than the larger fold std; ``text`` formats ``gap`` and ``margin``."""
+    def judge(pretrained: Metrics, scratch: Metrics) -> Verdict:
+        (ft, ft_std), (sc, sc_std) = pretrained[metric], scratch[metric]
+        margin = max(ft_std, sc_std)
+        return ft - sc > margin, text.format(gap=ft - sc, margin=margin)
+    return judge
+
+
+def _anomalies_found(anomaly: Metrics) -> Verdict:
+    aucs = {s: anomaly[f"test/knn/{s}/auc"][0] for s in ("W", "Z", "t")}
+    return all(v > 0.55 for v in aucs.values()), ("anomaly (k-NN score, q+g encoder): AUC " + ", ".join(
+        f"{s} {v:.3f}" for s, v in aucs.items()) + " (needs > 0.55 each)")
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("pretraining_gain", ("probe-5class", "probe-random"), _pretraining_gain),
+    *(Claim(f"finetune_{pct}", (f"finetune-{pct}%-pretrained", f"finetune-{pct}%-scratch"), _above_scratch(
+        "test/acc", f"fine-tuned above from scratch with {pct}% of the labels: {{gap:+.3f}} accuracy "
+                    "(fold std {margin:.3f})")) for pct in ("10", "100")),
+    Claim("top_tagging", ("finetune-tqg-pretrained", "finetune-tqg-scratch"), _above_scratch(
+        "test/auc", "top tagging, fine-tuned above from scratch: {gap:+.4f} AUC (fold std {margin:.4f})")),
+    Claim("anomaly", ("anomaly",), _anomalies_found),
+)
+
+
+def check_tables() -> None:
+    """Step names unique; every claim on steps of the table."""
+    names = [s.name for s in STEPS]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    unknown = sorted({f"{c.name}: {s}" for c in CLAIMS for s in c.steps if s not in names})
+    if twice or unknown:
+        raise ReproduceError("the reproduce tables are inconsistent: " + "; ".join(
+            [*(f"step {n!r} listed twice" for n in twice), *(f"claim {u!r} is not a step" for u in unknown)]))
 
 
 def random_checkpoint(cfg: JbotConfig, path: Path) -> Path:
@@ -289,54 +419,27 @@ def run_reproduction(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
 
 
 def collect(client: Any, done: dict[str, str]) -> dict[str, Any]:
-    """Every step's test metrics (by step), the claims and the rows of the report."""
+    """Every step's test metrics (by step), the claims and the rows of the report: the baselines, then the paper's
+    numbers, then the paper's quantities jbot does not record, each in the order of STEPS."""
     from jbot.evaluate.metrics import unresolved
 
     metrics = {name: dict(client.get_run(run_id).data.metrics) for name, run_id in done.items()}
-
-    def value(step: str, key: str) -> tuple[float, float]:
-        m = metrics.get(step, {})
-        return m.get(key, float("nan")), m.get(f"{key}_std", float("nan"))
-
     claims = []
-    knn, knn_std = value("probe-5class", "test/knn_acc")
-    rnd, rnd_std = value("probe-random", "test/knn_acc")
-    claims.append({"name": "pretraining_gain", "text": f"pre-training gain: {knn - rnd:+.3f} 5-class k-NN accuracy "
-                   "over a random encoder (needs >= +0.10)", "holds": knn - rnd >= 0.10})
-    for fraction in ("10%", "100%"):
-        ft, ft_std = value(f"finetune-{fraction}-pretrained", "test/acc")
-        sc, sc_std = value(f"finetune-{fraction}-scratch", "test/acc")
-        margin = max(ft_std, sc_std)
-        claims.append({"name": f"finetune_{fraction.rstrip('%')}", "holds": ft - sc > margin,
-                       "text": f"fine-tuned above from scratch with {fraction} of the labels: {ft - sc:+.3f} "
-                               f"accuracy (fold std {margin:.3f})"})
-    ft, ft_std = value("finetune-tqg-pretrained", "test/auc")
-    sc, sc_std = value("finetune-tqg-scratch", "test/auc")
-    claims.append({"name": "top_tagging", "holds": ft - sc > max(ft_std, sc_std),
-                   "text": f"top tagging, fine-tuned above from scratch: {ft - sc:+.4f} AUC "
-                           f"(fold std {max(ft_std, sc_std):.4f})"})
-    aucs = {s: value("anomaly", f"test/knn/{s}/auc")[0] for s in ("W", "Z", "t")}
-    claims.append({"name": "anomaly", "holds": all(v > 0.55 for v in aucs.values()),
-                   "text": "anomaly (k-NN score, q+g encoder): AUC " + ", ".join(f"{s} {v:.3f}" for s, v in
-                                                                               aucs.items()) + " (needs > 0.55 each)"})
-    rows = []
-    for key, (source, paper) in PAPER.items():
-        step, metric = key.split("/", 1)
-        v, std = value(step, metric)
-        rows.append({"quantity": f"{step}: {metric}", "jbot": v, "std": std, "run": done.get(step, ""),
-                     "paper": paper, "paper_source": source})
-    for step in ("finetune-tqg-pretrained", "finetune-tqg-scratch"):
-        for eps in ("0.1", "0.01", "0.001"):
-            key = f"test/eps_s_at_{eps}"
-            v, std = value(step, key)
-            m = metrics.get(step, {})
-            rows.append({"quantity": f"{step}: eps_s at eps_b = {eps}", "jbot": v, "std": std,
-                         "run": done.get(step, ""), "paper": None,
-                         "paper_source": "Table 3 (value not recorded in jbot)",
-                         **({"unresolved": int(m.get(f"{key}_n_bkg", 0))} if unresolved(m, key) else {})})
-    rnd_row = {"quantity": "probe-random: test/knn_acc", "jbot": rnd, "std": rnd_std, "run": done.get("probe-random"),
-               "paper": None, "paper_source": "(baseline, not in the paper)"}
-    return {"claims": claims, "rows": [rnd_row, *rows], "runs": done}
+    for claim in CLAIMS:
+        holds, text = claim.judge(*(Metrics(metrics.get(step, {})) for step in claim.steps))
+        claims.append({"name": claim.name, "holds": holds, "text": text})
+
+    def row(step: str, key: str, quantity: str, paper: float | None, source: str) -> dict[str, Any]:
+        m = metrics.get(step, {})
+        v, std = Metrics(m)[key]
+        return {"quantity": f"{step}: {quantity}", "jbot": v, "std": std, "run": done.get(step, ""), "paper": paper,
+                "paper_source": source,
+                **({"unresolved": int(m.get(f"{key}_n_bkg", 0))} if unresolved(m, key) else {})}
+
+    rows = [row(s.name, key, key, None, BASELINE) for s in STEPS for key in s.baseline]
+    rows += [row(s.name, key, key, paper, source) for s in STEPS for key, (source, paper) in s.paper.items()]
+    rows += [row(s.name, key, label, None, source) for s in STEPS for key, (label, source) in s.unrecorded.items()]
+    return {"claims": claims, "rows": rows, "runs": done}
 
 
 def write_report(path: Path, summary: dict[str, Any]) -> Path:

@@ -34,10 +34,10 @@ class DemoSettings:
 
 def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> dict:
     """Each step is a tracked jbot command; returns what the summary prints."""
+    from jbot.commands.anomaly import tracked_anomaly
+    from jbot.commands.reproduce import SCALES, generated_text, plan_for, run_reproduction
+    from jbot.commands.sweep import anomaly_objective, run_sweep
     from jbot.data.generate import generate
-    from jbot.reproduce import SCALES, generated_text, plan_for, run_reproduction
-    from jbot.runs import tracked_anomaly
-    from jbot.sweeps.objectives import anomaly_objective, run_sweep
     from jbot.sweeps.spaces import ParamSpec, load_space
     from jbot.sweeps.study import Sweep
     from jbot.tracking.mlflow import connect, store_uri

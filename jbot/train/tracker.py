@@ -1,4 +1,5 @@
-"""The tracker interface the engine logs through; MLflow implements it, tests use the in-memory one."""
+"""The tracker interface the engine logs through, defined here below the adapters: MLflow's run
+(``tracking.mlflow.MlflowRun``) implements it, tests use the in-memory one."""
 
 from __future__ import annotations
 

@@ -5,20 +5,18 @@ attribute ``mlflow_run_id``."""
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
-from mlflow.entities import Metric
 
 from jbot.config import ConfigError, JbotConfig, with_overrides
 from jbot.io import scratch_dir
 from jbot.redaction import redact
 from jbot.sweeps.study import Sweep, SweepOutcome, claim_once, log_study_summary, run_worker
-from jbot.tracking.mlflow import connect, store_uri
+from jbot.tracking.mlflow import MlflowRun, connect, store_uri
 
 
 def _state_tag(sweep: Sweep, trial: optuna.Trial, state: str) -> None:
@@ -66,7 +64,7 @@ def _reporter(trial: optuna.Trial, key: str, flag: dict[str, bool]) -> Callable[
 
 
 def finetune_objective(sweep: Sweep, source: str, work_dir: Path) -> Callable[[optuna.Trial, str], float]:
-    from jbot.runs import tracked_finetune
+    from jbot.commands.finetune import tracked_finetune
 
     def objective(trial: optuna.Trial, parent: str) -> float:
         def body(cfg: JbotConfig, tags: dict[str, str]) -> float:
@@ -92,9 +90,8 @@ def finetune_objective(sweep: Sweep, source: str, work_dir: Path) -> Callable[[o
 def finish_finetune(sweep: Sweep, outcome: SweepOutcome, register: str | None) -> dict[str, Any]:
     """When the study reaches its budget: the best trial evaluated on test once (by one worker, whichever claims
     it), the metrics copied to the parent, its classifier logged as a model; optional registration."""
-    import mlflow
-
-    from jbot.runs import EXAMPLE_JETS, evaluate_stored_run
+    from jbot.commands.common import EXAMPLE_JETS
+    from jbot.commands.finetune import evaluate_stored_run
     from jbot.tracking.models import log_jbot_model
     from jbot.tracking.registry import register_best
 
@@ -110,8 +107,8 @@ def finish_finetune(sweep: Sweep, outcome: SweepOutcome, register: str | None) -
         metrics, ckpt, split = evaluate_stored_run(with_overrides(sweep.cfg, summary["best_params"]), best_run)
         for key, value in metrics.items():
             client.log_metric(outcome.parent_run_id, key, float(value))
-        with mlflow.start_run(run_id=best_run):
-            log_jbot_model(ckpt, split.train.x[:EXAMPLE_JETS])
+        log_jbot_model(ckpt, split.train.x[:EXAMPLE_JETS], len(split.class_names), classifier=True,
+                       run_id=best_run)
         summary["test"] = metrics
     if register:
         reg = register_best(client, sweep.mlflow_experiment, sweep.space.objective, register, "max" if
@@ -126,41 +123,33 @@ def finish_finetune(sweep: Sweep, outcome: SweepOutcome, register: str | None) -
 
 
 def anomaly_objective(sweep: Sweep, source: str) -> Callable[[optuna.Trial, str], float]:
-    """Embeddings are computed once per worker; each trial fits one score on a reference subset and evaluates
+    """Embeddings are computed once per worker (the largest reference set the space allows, and the validation
+    jets); each trial scores them by the one scoring route (``score_anomalies``) with its settings and evaluates
     the combined AUC on the validation split (labelled W, Z, t: as the paper tuned)."""
-    from jbot.anomaly.detect import reference_order, signal_metrics
-    from jbot.anomaly.scores import l2_normalise, make_score
-    from jbot.evaluate.embed import embed
-    from jbot.runs import load_split, settings_used
+    from jbot.anomaly.detect import embed_split, score_anomalies
+    from jbot.commands.common import load_split, settings_used
     from jbot.tracking.mlflow import tracked_run
-    from jbot.tracking.models import load_from_uri, provenance
+    from jbot.tracking.models import load_from_uri
     from jbot.train.device import runtime_device
 
-    loaded = load_from_uri(source, store_uri(sweep.cfg))
+    loaded = load_from_uri(source, str(sweep.cfg.tracking.uri))
     split = load_split(sweep.cfg, "qg")
-    device = runtime_device(sweep.cfg.runtime)
-    largest = int(max(sweep.space.params["anomaly.reference_size"].high or 0, sweep.cfg.anomaly.reference_size)) \
-        if "anomaly.reference_size" in sweep.space.params else sweep.cfg.anomaly.reference_size
-    order = reference_order(len(split.train), sweep.cfg.anomaly.seed)[:largest]
-    ref_all = l2_normalise(embed(loaded.encoder.to(device), split.train.x[order], device=device)[0])
-    ref_labels = split.train.origin[order]
-    val_emb = l2_normalise(embed(loaded.encoder, split.val.x, device=device)[0])
-    base_tags = provenance(source, store_uri(sweep.cfg))
+    spec = sweep.space.params.get("anomaly.reference_size")
+    largest = int(max(spec.high or 0, sweep.cfg.anomaly.reference_size)) if spec is not None \
+        else sweep.cfg.anomaly.reference_size
+    embedded = embed_split(loaded.encoder, split, "val", largest, sweep.cfg.anomaly.seed,
+                           runtime_device(sweep.cfg.runtime))
 
     def objective(trial: optuna.Trial, parent: str) -> float:
         def body(cfg: JbotConfig, tags: dict[str, str]) -> float:
             cfg = settings_used(cfg, "qg", loaded)  # the params say the split and encoder the trial used
             with tracked_run(cfg, "anomaly", experiment=sweep.mlflow_experiment, parent_run_id=parent,
                              run_name=f"trial-{trial.number:03d}",
-                             tags={**base_tags, "jbot.preset": split.preset, **tags}) as run:
+                             tags={**loaded.provenance, "jbot.preset": split.preset, **tags}) as run:
                 trial.set_user_attr("mlflow_run_id", run.run_id)
-                score = make_score(cfg.anomaly.score, cfg.anomaly, cfg.anomaly.seed)
-                n_ref = min(cfg.anomaly.reference_size, len(ref_all))
-                pick = np.argsort(order[:n_ref])  # the jets of reference_set(train, n_ref), in its order
-                score.fit(ref_all[pick], ref_labels[pick])
-                metrics = signal_metrics(score.score(val_emb), split.val.origin, n_folds=2)
+                result = score_anomalies(embedded, cfg.anomaly, [cfg.anomaly.score], n_folds=2)
                 # the anomaly run's scheme, test/{score}/{signal}/{metric}, less the score: one per trial (a param)
-                logged = {f"val/{k}": v for k, v in metrics.items() if not k.endswith("_std")}
+                logged = {f"val/{k.split('/', 1)[1]}": v for k, v in result.metrics.items() if not k.endswith("_std")}
                 run.log_metrics(logged)
             return float(logged[sweep.space.objective])
 
@@ -179,7 +168,7 @@ def pretrain_objective(sweep: Sweep, work_dir: Path) -> Callable[[optuna.Trial, 
     """The validation k-NN accuracy (reported every ``knn_every`` epochs, so trials can be pruned), or with an
     objective ``val/anomaly/<signal>/<metric>`` that metric of ``anomaly.score`` on the validation split after
     q+g pre-training (``data.preset=qg``; measured once, at the end: no pruning)."""
-    from jbot.runs import tracked_pretrain
+    from jbot.commands.pretrain import tracked_pretrain
 
     on_anomaly = sweep.space.objective.startswith(ANOMALY_PREFIX)
     if on_anomaly and sweep.cfg.data.preset != "qg":
@@ -199,8 +188,7 @@ def pretrain_objective(sweep: Sweep, work_dir: Path) -> Callable[[optuna.Trial, 
                 raise optuna.TrialPruned()
             if scored is not None:
                 metrics = scored(cfg, res.payload.checkpoint)
-                connect(store_uri(cfg)).log_batch(res.run_id, metrics=[
-                    Metric(k, v, int(time.time() * 1000), cfg.pretrain.epochs) for k, v in metrics.items()])
+                MlflowRun(connect(store_uri(cfg)), res.run_id).log_metrics(metrics, step=cfg.pretrain.epochs)
                 return metrics[sweep.space.objective]
             if res.payload.knn_acc is None:
                 raise ValueError("pre-training sweeps need a validation split (data.n_val > 0)")
@@ -214,7 +202,7 @@ def pretrain_objective(sweep: Sweep, work_dir: Path) -> Callable[[optuna.Trial, 
 def _anomaly_scorer(cfg: JbotConfig) -> Callable[[JbotConfig, Path], dict[str, float]]:
     """A trial's checkpoint -> its ``val/anomaly/...`` metrics; the q+g split is read once per worker."""
     from jbot.anomaly.detect import validation_anomaly
-    from jbot.runs import load_split
+    from jbot.commands.common import load_split
     from jbot.train.checkpoint import load_encoder
     from jbot.train.device import runtime_device
 

@@ -1,5 +1,5 @@
 """The sweep kinds, one entry each: ``jbot sweep <kind>`` is built from this table (``cli.py`` has no per-kind
-code). A new kind is a search space ``jbot/configs/sweeps/<kind>.yaml``, an objective in ``objectives.py`` and
+code). A new kind is a search space ``jbot/configs/sweeps/<kind>.yaml``, an objective in ``commands/sweep.py`` and
 an entry here. Importing this module loads nothing heavy: objectives are imported when a sweep starts."""
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class SweepKind:
 
 
 def _finetune(sweep: Sweep, model: str | None, options: dict[str, Any], work: Path) -> tuple[Objective, Finish]:
-    from jbot.sweeps.objectives import finetune_objective, finish_finetune
+    from jbot.commands.sweep import finetune_objective, finish_finetune
 
     assert model is not None
     return (finetune_objective(sweep, model, work),
@@ -69,14 +69,14 @@ def _finetune(sweep: Sweep, model: str | None, options: dict[str, Any], work: Pa
 
 
 def _anomaly(sweep: Sweep, model: str | None, options: dict[str, Any], work: Path) -> tuple[Objective, None]:
-    from jbot.sweeps.objectives import anomaly_objective
+    from jbot.commands.sweep import anomaly_objective
 
     assert model is not None
     return anomaly_objective(sweep, model), None
 
 
 def _pretrain(sweep: Sweep, model: str | None, options: dict[str, Any], work: Path) -> tuple[Objective, None]:
-    from jbot.sweeps.objectives import pretrain_objective
+    from jbot.commands.sweep import pretrain_objective
 
     return pretrain_objective(sweep, work), None
 
