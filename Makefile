@@ -1,4 +1,5 @@
-# Two commands for a fresh clone: `make demo` (the main job end to end) and `make test`.
+# Two commands for a fresh clone: `make demo` (the main job end to end) and `make test` (what CI runs);
+# `make test-fast` leaves out the end-to-end (integration) and slow tests, for the edit-test loop.
 # Each creates the virtual environment on first use: CPU torch 2.13.0, then jbot with its extras.
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ TORCH_PIP_ARGS ?=
 DEMO_DIR ?= data/demo
 DEMO_JETS ?= 2000
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-fast lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +24,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/jbot demo --out $(DEMO_DIR) --jets-per-class $(DEMO_JETS) --workers 2
 
+# every test but those that need a CUDA device (slow and integration ones included)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not gpu and not slow"
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not gpu and not slow and not integration"
 
 lint: $(STAMP)
 	$(BIN)/ruff check jbot tests benchmarks

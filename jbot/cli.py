@@ -295,7 +295,7 @@ def pretrain_cmd(
     with user_errors():
         overrides = _overrides(set_, **{"data.dir": data, "data.preset": preset, "runtime.device": device,
                                         "pretrain.out_dir": out})
-        from jbot.commands.pretrain import prepare, resume_command, tracked_pretrain
+        from jbot.commands.resume import prepare, resume_command
 
         start = prepare(config, overrides, tracking_uri, resume)
         if start.done is not None:
@@ -307,6 +307,8 @@ def pretrain_cmd(
         console.print(f"pre-training jBOT (D={cfg.model.d_model}, L={cfg.model.n_layers}, H={cfg.model.n_heads}) "
                       f"on {jets} from {cfg.data.dir} for {cfg.pretrain.epochs} epochs"
                       + (f", continuing from {start.resume.path}" if start.resume else ""))
+        from jbot.commands.pretrain import tracked_pretrain
+
         with progress_bar() as bar:
             task = bar.add_task("epoch 1", total=None)
 
@@ -690,27 +692,6 @@ StudyOpt = Annotated[str | None, typer.Option("--study-name", help="Study name (
 SpaceOpt = Annotated[Path | None, typer.Option("--space", help="Search space YAML (default: the shipped <kind>.yaml)")]
 
 
-def _sweep(kind: SweepKind, trials: int, config: Path | None, set_: list[str] | None, data: Path | None,
-           space: Path | None, storage: str | None, study_name: str | None, tracking_uri: str | None,
-           experiment: str | None, identity: dict[str, Any], fields: dict[str, Any]) -> Any:
-    if trials < 1:
-        raise ConfigError(f"--trials {trials}: a sweep needs at least 1 trial")
-    cfg = resolve(config, _overrides(set_, **{"data.dir": data, **fields}), tracking_uri)
-    if "model" in identity:
-        require_model(identity["model"])
-    require_data(cfg, kind.preset(cfg))
-    from jbot.sweeps.spaces import load_space
-    from jbot.sweeps.study import Sweep
-
-    search = load_space(space or f"{kind.name}.yaml")
-    search.check_against(cfg)
-    kind.check_objective(search.objective, f"search space {space or kind.name}")
-
-    return Sweep(kind.name, search, cfg, trials, {"data": str(cfg.data.dir), **identity},
-                 storage or cfg.sweep.storage, study_name or cfg.sweep.study_name, experiment,
-                 {f"sweep.{k}": v for k, v in identity.items()})
-
-
 def _print_sweep(outcome: Any, summary: dict[str, Any]) -> None:
     console.print(f"study {outcome.study.study_name}: {outcome.n_complete} complete, {outcome.n_pruned} pruned, "
                   f"{outcome.n_failed} failed trials ({outcome.seconds:.0f} s in this worker); "
@@ -749,10 +730,17 @@ def _sweep_command(kind: SweepKind) -> Callable[..., None]:
         identity = {**({"model": given["model"]} if kind.uses_model else {}),
                     **{o.name: extras[o.name] for o in kind.options if o.field}}
         with user_errors():
-            sweep = _sweep(kind, given["trials"], given["config"], given["set_"], given["data"], given["space"],
-                           given["storage"], given["study_name"], given["tracking_uri"], given["experiment"],
-                           identity, fields)
-            from jbot.commands.sweep import run_sweep
+            if given["trials"] < 1:
+                raise ConfigError(f"--trials {given['trials']}: a sweep needs at least 1 trial")
+            cfg = resolve(given["config"], _overrides(given["set_"], **{"data.dir": given["data"], **fields}),
+                          given["tracking_uri"])
+            if "model" in identity:
+                require_model(identity["model"])
+            require_data(cfg, kind.preset(cfg))
+            from jbot.commands.sweep import make_sweep, run_sweep
+
+            sweep = make_sweep(kind, cfg, given["trials"], given["space"], given["storage"], given["study_name"],
+                               given["experiment"], identity)
 
             objective, finish = kind.start(sweep, given.get("model"), extras, scratch_dir(f"sweep-{kind.name}-"))
             try:

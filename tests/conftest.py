@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,31 @@ def _isolated_mlflow(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
 
 
+@pytest.fixture(scope="session")
+def _empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store, made once per session: creating its tables takes seconds."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def new_store(_empty_store: Path) -> Callable[[Path], str]:
+    """``new_store(folder)``: the ``sqlite:///`` URI of a fresh, empty MLflow store ``folder/mlflow.db`` (a copy of
+    one made once; nothing in it but MLflow's tables and its Default experiment)."""
+
+    def make(folder: Path) -> str:
+        folder.mkdir(parents=True, exist_ok=True)
+        db = folder / "mlflow.db"
+        assert not db.exists(), f"{db} exists already"
+        shutil.copyfile(_empty_store, db)
+        return f"sqlite:///{db}"
+
+    return make
+
+
 def psql(sql: str) -> None:
     """One statement on the admin database, on a connection closed right after."""
     import psycopg
@@ -110,6 +136,13 @@ def wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 120) -> None
             time.sleep(0.5)
 
 
+def mlflow_server_args(backend: str, artifacts: Path | str, host: str, port: int, workers: int) -> list[str]:
+    """The ``mlflow`` arguments of the tests' tracking server (docker-compose.yml's ``mlflow`` service is checked
+    against them): proxied artifacts in ``artifacts``, runs in ``backend``."""
+    return ["server", "--backend-store-uri", backend, "--artifacts-destination", str(artifacts), "--serve-artifacts",
+            "--host", host, "--port", str(port), "--workers", str(workers)]
+
+
 @contextlib.contextmanager
 def running_mlflow_server(backend: str, artifacts: Path | str, workers: int = 1, env: dict[str, str] | None = None,
                           cwd: Path | None = None, log: Path | None = None) -> Iterator[str]:
@@ -118,8 +151,7 @@ def running_mlflow_server(backend: str, artifacts: Path | str, workers: int = 1,
     ``artifacts``: a local folder or a URI (``s3://bucket/prefix``); ``env``: extra variables for the server only
     (S3 endpoint and credentials); ``cwd``: its working folder; ``log``: a file for its output (else discarded)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
-           str(artifacts), "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    cmd = [sys.executable, "-m", "mlflow", *mlflow_server_args(backend, artifacts, "127.0.0.1", port, workers)]
     # small connection pools: a PostgreSQL backend serves at most 100 clients to everything in the test run
     server_env = {**os.environ, "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "2", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "4",
                   "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}  # no GenAI job runners beside it

@@ -434,34 +434,42 @@ def test_a_finetune_sweep_leaves_no_temporary_folders(fake_data: Path, tmp_path:
 # ------------------------------------------------------------------------------------------ 10. smaller items
 
 
-def test_smaller_items(fake_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_embed_refuses_a_batch_size_of_zero(tmp_path: Path) -> None:
     encoder = tiny_checkpoint(tmp_path / "enc.pt", 0)
     jets = write_jetnet(tmp_path / "jets.hdf5", *fake_jets(20, 1, np.random.default_rng(0)))
     zero = runner.invoke(app, ["embed", "--model", str(encoder), "--input", str(jets), "--out",
                                str(tmp_path / "e.npz"), "--batch-size", "0"])
     assert zero.exit_code == 2 and "batch-size" in zero.output
 
-    # float64 files are read as float32 (README: "float64 is read as float32"); integers are refused
-    particles, jet_features = fake_jets(20, 1, np.random.default_rng(0))
+
+def test_float64_files_are_read_as_float32(tmp_path: Path) -> None:
+    """README: "float64 is read as float32"."""
     import h5py
 
+    particles, jet_features = fake_jets(20, 1, np.random.default_rng(0))
     with h5py.File(tmp_path / "f64.hdf5", "w") as f:
         f["particle_features"] = particles.astype(np.float64)
         f["jet_features"] = jet_features.astype(np.float64)
     assert read_jetnet(tmp_path / "f64.hdf5").particles.dtype == np.float32
+
+
+def test_integer_jets_given_to_embed_are_refused(tmp_path: Path) -> None:
+    encoder = tiny_checkpoint(tmp_path / "enc.pt", 0)
     np.savez(tmp_path / "ints.npz", x=np.zeros((2, 30, 4), np.int64))
     ints = runner.invoke(app, ["embed", "--model", str(encoder), "--input", str(tmp_path / "ints.npz"), "--out",
                                str(tmp_path / "e.npz")])
     assert ints.exit_code == 2 and "dtype int64" in _one_error_line(ints.output)
 
-    # a class file that is a directory
+
+def test_a_class_file_that_is_a_directory_is_one_line(tmp_path: Path) -> None:
     odd = write_fake_folder(tmp_path / "odd", 50)
     (odd / "q.hdf5").unlink()
     (odd / "q.hdf5").mkdir()
     result = runner.invoke(app, ["pretrain", "--data", str(odd)])
     assert result.exit_code == 2 and "is a directory, not an HDF5 file" in _one_error_line(result.output)
 
-    # Ctrl-C during a trial: Optuna's traceback is not printed
+
+def test_ctrl_c_during_a_trial_prints_no_optuna_traceback() -> None:
     from jbot.logs import quiet_optuna
 
     quiet_optuna()
@@ -485,7 +493,9 @@ def test_smaller_items(fake_data: Path, tmp_path: Path, monkeypatch: pytest.Monk
         logger.setLevel(logging.NOTSET)
     assert [r.getMessage() for r in records] == ["Trial 4 failed"] and records[0].exc_info is None
 
-    # Ctrl-C during pre-training says how to resume
+
+def test_ctrl_c_during_pretraining_says_how_to_resume(fake_data: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     original = Pretrainer.run_epoch
     calls = {"n": 0}
 

@@ -158,15 +158,18 @@ def test_pretrain_register_anomaly_store_every_artifact_in_s3(tmp_path: Path, s3
         return f"{PREFIX}/{run.info.experiment_id}/{run.info.run_id}/artifacts/"
 
     pre_keys = {k.removeprefix(run_prefix(pre)) for k in keys if k.startswith(run_prefix(pre))}
-    assert {"config.yaml", "checkpoints/checkpoint.pt", "plots/learning_curves.html"} <= pre_keys, sorted(pre_keys)
-    body = s3_client.get_object(Bucket=BUCKET, Key=f"{run_prefix(pre)}checkpoints/checkpoint.pt")["Body"].read()
-    assert body == (work / "runs" / "pt" / "checkpoint.pt").read_bytes(), "the checkpoint in S3 is the one trained"
+    assert {"config.yaml", "plots/learning_curves.html"} <= pre_keys, sorted(pre_keys)
+    assert not any(k.endswith(".pt") for k in pre_keys), "the checkpoint is uploaded once, inside the model"
 
     # the logged model (MLflow 3: <experiment>/models/m-<id>/artifacts/) the champion version points at
     model_id = client.get_run(pre.info.run_id).outputs.model_outputs[0].model_id
     model_prefix = f"{PREFIX}/{pre.info.experiment_id}/models/{model_id}/artifacts/"
     model_files = {k.removeprefix(model_prefix) for k in keys if k.startswith(model_prefix)}
     assert "MLmodel" in model_files and len(model_files) > 1, sorted(model_files)
+    (checkpoint,) = [f for f in model_files if f.endswith(".pt")]
+    body = s3_client.get_object(Bucket=BUCKET, Key=f"{model_prefix}{checkpoint}")["Body"].read()
+    assert body == (work / "runs" / "pt" / "checkpoint.pt").read_bytes(), "the checkpoint in S3 is the one trained"
+    assert sum(k.endswith(".pt") for k in keys if k.startswith(f"{PREFIX}/{pre.info.experiment_id}/")) == 1
     assert model_id in mv.source or model_id in str(mv.storage_location or ""), (mv.source, mv.storage_location)
 
     ano_keys = {k.removeprefix(run_prefix(ano)) for k in keys if k.startswith(run_prefix(ano))}

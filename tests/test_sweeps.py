@@ -4,6 +4,8 @@ on PostgreSQL and concurrent worker processes. Each test creates and drops its o
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -329,22 +331,90 @@ def _study_id(storage: optuna.storages.RDBStorage, name: str) -> int | None:
         return None
 
 
-def test_compose_topology() -> None:
-    """No Docker engine here: check the file's structure (the same topology is exercised above without Docker)."""
+def _compose_text(text: str) -> str:
+    """Compose's variable substitution with every variable unset: ``${VAR:-default}`` is the default, ``$$`` a
+    literal ``$``."""
+    text = text.replace("$$", "\0")
+    text = re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}", lambda m: m.group(1) or "", text)
+    return text.replace("\0", "$")
+
+
+def _options(argv: list[str]) -> set[str]:
+    return {a for a in argv if a.startswith("--")}
+
+
+def _parsed(command: object, argv: list[str]) -> dict[str, object]:
+    """``argv`` through a click command line's own parser (subcommands walked): its parameters; an unknown option or
+    a bad value raises."""
+    rest = list(argv)
+    while hasattr(command, "commands"):
+        command = command.commands[rest.pop(0)]  # type: ignore[attr-defined]
+    return dict(command.make_context(command.name, rest).params)  # type: ignore[attr-defined]
+
+
+def test_compose_topology_runs_what_the_scale_out_tests_run() -> None:
+    """No Docker engine here: docker-compose.yml's tracking server and sweep workers run the command lines the
+    tests above start (the same program and options, accepted by mlflow's and jbot's own parsers), wired to the
+    databases, bucket and ports the other services provide."""
+    from urllib.parse import urlsplit
+
     import yaml
+    from mlflow.cli import cli as mlflow_cli
+    from typer.main import get_command
+
+    from tests.conftest import mlflow_server_args
 
     compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
     assert {"postgres", "minio", "create-bucket", "mlflow", "worker"} <= set(services)
-    server = services["mlflow"]["command"]
-    assert "--serve-artifacts" in server and "--artifacts-destination s3://" in server
-    assert "--allowed-hosts mlflow" in server and "postgresql://" in server and "/mlflow" in server
-    assert "healthcheck" in services["mlflow"]
+    db_env = services["postgres"]["environment"]
+    db_user, db_password = _compose_text(db_env["POSTGRES_USER"]), _compose_text(db_env["POSTGRES_PASSWORD"])
+
+    # the tracking server: `mlflow server` with the options of running_mlflow_server (tests/conftest.py); the
+    # differences, each for a reason: the tests keep to 2 workers (PostgreSQL's 100 connections across the test
+    # run); compose's workers reach it by its service name, which MLflow's host check must allow
+    mlflow = services["mlflow"]
+    assert mlflow["entrypoint"] == ["mlflow"]
+    server = shlex.split(_compose_text(mlflow["command"]))
+    ours = mlflow_server_args("postgresql://postgres@127.0.0.1:5432/mlflow", "s3://bucket/mlflow", "127.0.0.1", 5000,
+                              2)
+    assert server[0] == ours[0] == "server"
+    assert _options(server) - {"--allowed-hosts"} == _options(ours) - {"--workers"}
+    srv = _parsed(mlflow_cli, server)
+    assert srv["serve_artifacts"] is True
+    backend = urlsplit(str(srv["backend_store_uri"]))
+    assert (backend.scheme, backend.hostname, backend.port, backend.path) == ("postgresql", "postgres", 5432,
+                                                                              f"/{db_env['POSTGRES_DB']}")
+    assert (backend.username, backend.password) == (db_user, db_password)
+    artifacts = urlsplit(str(srv["artifacts_destination"]))
+    made = re.search(r"mc mb --ignore-existing \w+/([a-z0-9.-]+)", services["create-bucket"]["entrypoint"])
+    assert artifacts.scheme == "s3" and made and artifacts.hostname == made.group(1), "the bucket create-bucket makes"
+    assert urlsplit(mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"]).hostname == "minio"
+    port = srv["port"]
+    assert f"http://localhost:{port}/health" in " ".join(mlflow["healthcheck"]["test"])
+    assert f"mlflow:{port}" in str(srv["allowed_hosts"]).split(",")
+
+    # a sweep worker: `jbot sweep finetune` (the image's entrypoint is jbot) with the options of the workers the
+    # PostgreSQL tests start (_args); they name the server with --tracking-uri and shrink the run with --set,
+    # compose gives every worker the server in MLFLOW_TRACKING_URI
     worker = services["worker"]
-    assert "sweep finetune" in worker["command"] and "--storage postgresql://" in worker["command"]
-    assert "/optuna" in worker["command"], "Optuna gets its own database"
-    assert worker["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert "entrypoint" not in worker
+    assert re.search(r'^ENTRYPOINT \["jbot"\]$', (PROJECT_ROOT / "Dockerfile").read_text(), re.M)
+    argv = shlex.split(_compose_text(worker["command"]))
+    ours = _args(Path("/data/jets"), Path("encoder.pt"), 30, "postgresql://postgres@127.0.0.1:5432/optuna", "study",
+                 "http://mlflow:5000")
+    assert argv[:2] == ours[:2] == ["sweep", "finetune"]
+    assert _options(argv) == _options(ours) - {"--tracking-uri", "--set"}
+    params = _parsed(get_command(app), argv)
+    storage = urlsplit(str(params["storage"]))
+    assert (storage.scheme, storage.hostname, storage.port, storage.path) == ("postgresql", "postgres", 5432,
+                                                                              "/optuna"), "Optuna's own database"
+    assert (storage.username, storage.password) == (db_user, db_password)
     assert "CREATE DATABASE optuna" in (PROJECT_ROOT / "docker" / "postgres-init.sql").read_text()
+    tracking = urlsplit(worker["environment"]["MLFLOW_TRACKING_URI"])
+    assert (tracking.scheme, tracking.hostname, tracking.port) == ("http", "mlflow", port)
+    assert worker["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert any(volume.endswith(":/data") for volume in worker["volumes"]) and str(params["data"]).startswith("/data/")
 
 
 def test_dashboard_serves_the_study_storage(tmp_path: Path) -> None:

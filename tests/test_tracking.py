@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlflow
@@ -31,8 +31,8 @@ SIZES = ["data.n_train=400", "data.n_val=100", "data.n_test=200"]
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+def store(tmp_path: Path, new_store: Callable[[Path], str]) -> str:
+    return new_store(tmp_path / "store")
 
 
 def test_pretrain_and_finetune_are_readable_back(fake_data: Path, tmp_path: Path, store: str) -> None:
@@ -132,8 +132,8 @@ def test_unreachable_server_fails_fast(fake_data: Path, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    with running_mlflow_server(f"sqlite:///{tmp_path / 'srv.db'}", tmp_path / "artifacts") as url:
+def mlflow_server(tmp_path: Path, new_store: Callable[[Path], str]) -> Iterator[str]:
+    with running_mlflow_server(new_store(tmp_path / "srv"), tmp_path / "artifacts") as url:
         yield url
 
 

@@ -12,11 +12,26 @@ from typing import Any
 import numpy as np
 import optuna
 
+from jbot.commands.sweep_kinds import SweepKind
 from jbot.config import ConfigError, JbotConfig, with_overrides
 from jbot.io import scratch_dir
 from jbot.redaction import redact
 from jbot.sweeps.study import Sweep, SweepOutcome, claim_once, log_study_summary, run_worker
 from jbot.tracking.mlflow import MlflowRun, connect, store_uri
+
+
+def make_sweep(kind: SweepKind, cfg: JbotConfig, trials: int, space: Path | None, storage: str | None,
+               study_name: str | None, experiment: str | None, identity: dict[str, Any]) -> Sweep:
+    """The study ``jbot sweep <kind>`` joins: its search space (``space`` or the kind's shipped one, checked against
+    the config and the metrics the kind's trials report) and the inputs that name it (``identity``)."""
+    from jbot.sweeps.spaces import load_space
+
+    search = load_space(space or f"{kind.name}.yaml")
+    search.check_against(cfg)
+    kind.check_objective(search.objective, f"search space {space or kind.name}")
+    return Sweep(kind.name, search, cfg, trials, {"data": str(cfg.data.dir), **identity},
+                 storage or cfg.sweep.storage, study_name or cfg.sweep.study_name, experiment,
+                 {f"sweep.{k}": v for k, v in identity.items()})
 
 
 def _state_tag(sweep: Sweep, trial: optuna.Trial, state: str) -> None:
