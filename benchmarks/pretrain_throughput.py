@@ -34,7 +34,7 @@ import torch
 
 from jbot.config import JbotConfig, load_config
 from jbot.data.splits import Part, Split
-from jbot.model.encoder import JetEncoder
+from jbot.model.registry import build_encoder
 from jbot.train.device import autocast
 from jbot.train.finetune import JetClassifier
 from jbot.train.pretrain import Pretrainer
@@ -112,7 +112,7 @@ def interleaved(steps_by_key: dict[tuple, Callable[[], object]], device: torch.d
 
 
 def bench_finetune(cfg: JbotConfig, batch: int, device: torch.device, warmup: int, steps: int) -> float:
-    model = JetClassifier(JetEncoder(cfg.model), 5).to(device)
+    model = JetClassifier(build_encoder(cfg.model), 5).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     xb = torch.as_tensor(synthetic_jets(batch), device=device)
     yb = torch.randint(0, 5, (batch,), device=device)
@@ -128,7 +128,7 @@ def bench_finetune(cfg: JbotConfig, batch: int, device: torch.device, warmup: in
 
 
 def bench_embed(cfg: JbotConfig, batch: int, device: torch.device, warmup: int, steps: int) -> float:
-    enc = JetEncoder(cfg.model).to(device).eval()
+    enc = build_encoder(cfg.model).to(device).eval()
     xb = torch.as_tensor(synthetic_jets(batch), device=device)
 
     @torch.no_grad()

@@ -19,6 +19,7 @@ from jbot.data.splits import make_split
 from jbot.evaluate.classifiers import knn_probe
 from jbot.evaluate.embed import embed
 from jbot.model.encoder import JetEncoder
+from jbot.model.registry import build_encoder
 from jbot.train.checkpoint import load_checkpoint, load_encoder
 
 
@@ -47,7 +48,7 @@ def main() -> None:
     randoms = []
     for seed in range(args.seeds):
         torch.manual_seed(seed)
-        randoms.append(knn_accuracy(JetEncoder(encoder.cfg), split, args.k))
+        randoms.append(knn_accuracy(build_encoder(encoder.cfg), split, args.k))
     payload = {"checkpoint": str(args.checkpoint), "epochs": state.get("epoch"), "data": str(args.data),
                "n_train": len(split.train), "n_test": len(split.test), "k": args.k, "knn_acc_pretrained": trained,
                "knn_acc_random_init": randoms, "gain": trained - float(np.mean(randoms)),

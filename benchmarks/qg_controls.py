@@ -25,6 +25,7 @@ from jbot.config import load_config
 from jbot.data.classes import LABELS
 from jbot.data.splits import make_split
 from jbot.model.encoder import JetEncoder
+from jbot.model.registry import build_encoder
 from jbot.train.checkpoint import load_model
 from jbot.train.pretrain import pretrain
 
@@ -79,7 +80,7 @@ def main() -> None:
     cfg = load_config(None, base + [f"pretrain.epochs={args.epochs}"])
     split = make_split(args.data, "qg", seed=cfg.data.seed)
     torch.manual_seed(0)
-    rows["random"] = evaluate(JetEncoder(cfg.model), split, cfg)
+    rows["random"] = evaluate(build_encoder(cfg.model), split, cfg)
     if args.keras:
         from jbot.model.keras_import import import_keras
 

@@ -171,6 +171,8 @@ def data_generate(
     workers: Annotated[int, typer.Option(help="Parallel Pythia processes")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed (output depends on seed and chunk size only)")] = 1,
     chunk_size: Annotated[int, typer.Option(help="Jets per work unit")] = 250,
+    particles: Annotated[int, typer.Option(
+        help="Constituents kept per jet, the hardest (particle_features (N, P, 4), P = this)")] = 30,
 ) -> None:
     """Generate jets with Pythia8 + FastJet in the JetNet layout."""
     from jbot.data.generate import generate
@@ -178,7 +180,7 @@ def data_generate(
     with user_errors():
         try:
             cfg = GenerateConfig(jets_per_class=jets_per_class, background_per_class=background_jets,
-                                 workers=workers, seed=seed, chunk_size=chunk_size,
+                                 workers=workers, seed=seed, chunk_size=chunk_size, n_particles=particles,
                                  classes=tuple(c.strip().lower() for c in classes.split(",") if c.strip()))
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, GenerateConfig, "invalid generator options")) from None
@@ -457,7 +459,9 @@ def import_keras_cmd(
 @app.command("embed")
 def embed_cmd(
     model: ModelOpt,
-    input_: Annotated[Path, typer.Option("--input", help="JetNet-layout HDF5 file or .npz holding x (N, 30, 4)")],
+    input_: Annotated[Path, typer.Option("--input", help=(
+        "JetNet-layout HDF5 file (any particle count: the hardest P kept, or zero-padded) or .npz holding x "
+        "(N, P, 4); P = the model's model.n_particles"))],
     out: Annotated[Path, typer.Option(help="Output .npz: cls, particles and (classifiers) probs")],
     batch_size: Annotated[int, typer.Option(help="Jets per batch", min=1)] = 4096,
     device: DeviceOpt = None,
@@ -488,8 +492,9 @@ def export_cmd(
     set_: SetOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Export an encoder or classifier for ONNX Runtime: inputs jets (batch, 30, 4); outputs cls, particles and,
-    for classifiers, probs, as `jbot embed` writes them (dynamic batch axis)."""
+    """Export an encoder or classifier for ONNX Runtime: inputs jets (batch, P, 4), P = the model's
+    model.n_particles; outputs cls, particles and, for classifiers, probs, as `jbot embed` writes them (dynamic
+    batch axis)."""
     with user_errors():
         if format_ != "onnx":
             raise ConfigError(f"--format {format_!r}: only onnx is supported")
@@ -629,7 +634,7 @@ def reproduce_cmd(
     """The paper's protocol end to end at a scale your machine allows: probes, fine-tuning vs scratch, top
     tagging, anomaly detection; one MLflow parent run, resumable (finished steps are skipped on re-run)."""
     with user_errors():
-        from jbot.commands.reproduce import ensure_data, plan_for, run_reproduction
+        from jbot.commands.reproduce import ensure_data, plan_for, run_reproduction, verdict
 
         folder = out or Path(f"runs/reproduce-{scale}-{size}")
         plan = plan_for(scale, size, data, folder, list(set_ or []), resolve_tracking_uri(tracking_uri))
@@ -643,7 +648,7 @@ def reproduce_cmd(
                               "steps are kept; run the same command again to go on", highlight=False)
             raise typer.Exit(code=signals.exit_code(exc)) from None
     for claim in summary["claims"]:
-        console.print(f"{'holds' if claim['holds'] else 'does not hold'}: {claim['text']}")
+        console.print(f"{verdict(claim)}: {claim['text']}")
     console.print(f"report: {summary['report']}; MLflow parent run {summary['parent']} "
                   f"({summary['seconds']:.0f} s in this run)")
 
@@ -661,6 +666,7 @@ def demo_cmd(
     verdict each (`jbot reproduce --scale demo`), register the background encoder, tune the anomaly score and
     write its report from the registry alias."""
     from jbot.commands.demo import DemoSettings, run_demo
+    from jbot.commands.reproduce import verdict
 
     with user_errors():
         res = run_demo(DemoSettings(out=out, jets_per_class=jets_per_class, workers=workers, epochs=epochs,
@@ -670,8 +676,9 @@ def demo_cmd(
     console.print(f"[bold]The paper's claims at the demo scale[/] (jBOT-S, config {escape(science['config'])}; "
                   "numbers beside the paper's in the report):", markup=True)
     for claim in science["claims"]:
-        verdict = "[green]holds[/]" if claim["holds"] else "[yellow]does not hold[/]"
-        console.print(f"  {verdict}: {escape(claim['text'])}", markup=True)
+        said = verdict(claim)
+        shown = f"[green]{said}[/]" if said == "holds" else f"[yellow]{said}[/]"
+        console.print(f"  {shown}: {escape(claim['text'])}", markup=True)
     console.print(f"reproduction report: {science['report']} (MLflow parent run {science['parent']})")
     reg = res["registered"]
     console.print(f"registered jbot-encoder version {reg.version} (@champion) from run {reg.run_id}")

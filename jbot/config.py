@@ -115,6 +115,8 @@ class MaskConfig(Section):
 class ModelConfig(Section):
     """docs/method.md §4. ``d_proj`` = K, the projection dimension (D/2 in the paper)."""
 
+    # the encoder, a key of jbot.model.registry.ENCODERS; "transformer" = the paper's particle transformer
+    arch: str = "transformer"
     d_model: int = Field(default=32, gt=0, le=2**14)
     n_heads: int = Field(default=4, gt=0, le=1024)
     n_layers: int = Field(default=2, ge=0, le=1024)
@@ -129,6 +131,15 @@ class ModelConfig(Section):
     # same [CLS] and self-distillation collapses to the uniform distribution; (1, 1, 1, 1) = published models.
     feature_scale: tuple[float, float, float, float] = (10.0, 10.0, 10.0, 1.0)
     ln_eps: float = Field(default=1e-6, gt=0.0)
+
+    @field_validator("arch")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from jbot.model.registry import ENCODERS  # no torch: names -> where each encoder lives
+
+        if value not in ENCODERS:
+            raise ValueError(f"unknown architecture {value!r}; choose from {', '.join(ENCODERS)}")
+        return value
 
     @model_validator(mode="after")
     def _heads_fit(self) -> ModelConfig:

@@ -2,8 +2,9 @@
 
 Inputs: ``jets`` (batch, P, F) float32, plus ``jet_features`` (batch, 4) for jet-conditioned encoders. Outputs, as
 ``jbot embed`` writes them: ``cls`` (batch, D), ``particles`` (batch, P, D) and, for classifiers, ``probs``
-(batch, C). The batch axis is dynamic. Uses PyTorch's ``torch.export``-based exporter (needs ``onnx`` and
-``onnxscript``: ``pip install 'jbot[export]'``).
+(batch, C). The batch axis is dynamic; P is fixed in the graph, the model's ``model.n_particles`` (30 for JetNet,
+150 for JetNet150: the traced example has that many slots). Uses PyTorch's ``torch.export``-based exporter
+(needs ``onnx`` and ``onnxscript``: ``pip install 'jbot[export]'``).
 """
 
 from __future__ import annotations

@@ -67,6 +67,9 @@ def _isolated_mlflow(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
 
 
+NewStore = Callable[[Path], str]  # the new_store fixture
+
+
 @pytest.fixture(scope="session")
 def _empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty MLflow SQLite store, made once per session: creating its tables takes seconds."""
@@ -78,7 +81,7 @@ def _empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def new_store(_empty_store: Path) -> Callable[[Path], str]:
+def new_store(_empty_store: Path) -> NewStore:
     """``new_store(folder)``: the ``sqlite:///`` URI of a fresh, empty MLflow store ``folder/mlflow.db`` (a copy of
     one made once; nothing in it but MLflow's tables and its Default experiment)."""
 

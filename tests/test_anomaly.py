@@ -1,19 +1,15 @@
-"""Anomaly scores against direct NumPy / scikit-learn computations; metrics on hand-made cases."""
+"""Anomaly scores against direct NumPy / scikit-learn computations; metrics on hand-made cases. (`jbot anomaly` from
+a registry alias, after pre-training and `register best`, runs in tests/test_cli_env.py.)"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import NearestNeighbors
-from typer.testing import CliRunner
 
 from jbot.anomaly.detect import signal_metrics
 from jbot.anomaly.scores import SCORES, CosineScore, GmmScore, KnnScore, MahalanobisScore, l2_normalise, make_score
-from jbot.cli import app
-from tests.conftest import TINY
 
 
 def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -88,28 +84,3 @@ def test_signal_metrics_hand_made() -> None:
     assert m["Z/auc"] == pytest.approx(np.mean([(z > np.arange(10.0)).mean() for z in np.arange(0.5, 5.0)]))
     assert m["Z/tpr_at_fpr_0.1"] == 0.0  # the best Z (4.5) is beaten by 5 of 10 background jets
     assert "t/auc" not in m and "combined/auc" in m
-
-
-def test_anomaly_cli_from_registry_alias(tmp_path: Path) -> None:
-    from tests.conftest import write_fake_folder
-
-    data = write_fake_folder(tmp_path / "jets", 240)
-    runner = CliRunner()
-    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    sizes = ["data.n_train=200", "data.n_val=40", "anomaly.reference_size=150", "anomaly.gmm_components=2",
-             "anomaly.knn_k=5", "anomaly.cosine_k=5", "evaluate.n_folds=3"]
-    sets = [a for item in TINY + sizes for a in ("--set", item)]
-    pre = runner.invoke(app, ["pretrain", "--data", str(data), "--preset", "qg", "--out", str(tmp_path / "pt"),
-                              "--tracking-uri", store, *sets])
-    assert pre.exit_code == 0, pre.output
-    reg = runner.invoke(app, ["register", "best", "--experiment", "jbot-pretrain", "--metric", "val/knn_acc",
-                              "--tracking-uri", store])
-    assert reg.exit_code == 0, reg.output
-    out = tmp_path / "report"
-    result = runner.invoke(app, ["anomaly", "--model", "models:/jbot-encoder@champion", "--data", str(data),
-                                 "--out", str(out), "--tracking-uri", store, *sets])
-    assert result.exit_code == 0, result.output
-    assert "mahalanobis" in result.output and "0.836" in result.output  # published k-NN Z AUC beside ours
-    text = (out / "anomaly_report.html").read_text()
-    assert "models:/jbot-encoder@champion" in text and "upstream_model" in text and "plotly" in text.lower()
-    assert (out / "anomaly_metrics.json").is_file()

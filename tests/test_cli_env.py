@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from tests.conftest import TINY, write_fake_folder
+from tests.conftest import TINY, NewStore, write_fake_folder
 
 runner = CliRunner()
 JBOT = str(Path(sys.executable).parent / "jbot")
@@ -31,11 +31,14 @@ def _tree(items: list[str]) -> dict:
     return tree
 
 
-def test_tracking_uri_only_in_the_yaml_config_is_used_by_every_command(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.integration
+def test_tracking_uri_only_in_the_yaml_config_is_used_by_every_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     new_store: NewStore) -> None:
+    """The whole chain on one store named only in the config: pretrain (q+g) -> register best -> probe, finetune,
+    anomaly (its report) and embed from the registry alias, and an import registered beside."""
     from jbot.cli import app
 
-    store_db = tmp_path / "configured" / "mlflow.db"
+    store_db = Path(new_store(tmp_path / "configured").removeprefix("sqlite:///"))
     elsewhere = tmp_path / "elsewhere" / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{elsewhere}")  # the config must win over it
     monkeypatch.chdir(tmp_path)  # and over the embedded store of the working folder
@@ -59,7 +62,11 @@ def test_tracking_uri_only_in_the_yaml_config_is_used_by_every_command(tmp_path:
     champion = "models:/jbot-encoder@champion"
     ok("probe", "--model", champion)
     ok("finetune", "--model", champion, "--out", str(tmp_path / "ft"))
-    ok("anomaly", "--model", champion, "--out", str(tmp_path / "report"))
+    scored = ok("anomaly", "--model", champion, "--out", str(tmp_path / "report"))
+    assert "mahalanobis" in scored and "0.836" in scored  # the published k-NN Z AUC beside ours
+    report = (tmp_path / "report" / "anomaly_report.html").read_text()
+    assert champion in report and "upstream_model" in report and "plotly" in report.lower()
+    assert (tmp_path / "report" / "anomaly_metrics.json").is_file()
     x = np.zeros((3, 30, 4), np.float32)
     x[:, :3, 2], x[:, :3, 3] = 0.3, 1.0
     np.savez(tmp_path / "jets.npz", x=x)
@@ -104,6 +111,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.integration
 def test_probe_and_import_print_no_third_party_lines_or_warnings(tmp_path: Path) -> None:
     from tests.conftest import tiny_checkpoint
 

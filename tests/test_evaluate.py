@@ -126,6 +126,7 @@ def test_balanced_subset_deterministic() -> None:
     assert len(np.unique(a)) == len(a)
 
 
+@pytest.mark.integration
 def test_probe_and_finetune_cli(fake_data: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     sizes = ["--set", "data.n_train=400", "--set", "data.n_val=100", "--set", "data.n_test=200"]

@@ -34,7 +34,7 @@ from jbot.sweeps.spaces import load_space
 from jbot.sweeps.study import PARENT_ATTR, Sweep, open_study
 from jbot.train.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from jbot.train.pretrain import Pretrainer, TrainingDiverged
-from tests.conftest import TINY, fake_jets, free_port, tiny_checkpoint, wait_healthy, write_fake_folder
+from tests.conftest import TINY, NewStore, fake_jets, free_port, tiny_checkpoint, wait_healthy, write_fake_folder
 from tests.conftest import one_error_line as _one_error_line
 from tests.conftest import set_args as _sets
 
@@ -54,7 +54,7 @@ def _sha(path: Path) -> str:
 # ------------------------------------------------------------------------------------------------ 1. sweeps
 
 
-def test_failed_first_sweep_start_blocks_nothing(fake_data: Path, tmp_path: Path) -> None:
+def test_failed_first_sweep_start_blocks_nothing(fake_data: Path, tmp_path: Path, new_store: NewStore) -> None:
     encoder = tiny_checkpoint(tmp_path / "enc.pt", 0)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     args = ["sweep", "finetune", "--model", str(encoder), "--trials", "1", "--data", str(fake_data), "--storage",
@@ -63,7 +63,8 @@ def test_failed_first_sweep_start_blocks_nothing(fake_data: Path, tmp_path: Path
     down = runner.invoke(app, [*args, "--tracking-uri", "http://127.0.0.1:9"])
     assert down.exit_code == 2 and "cannot reach the MLflow tracking server" in _one_error_line(down.output)
     assert optuna.get_all_study_names(storage) == [], "a start that cannot log creates no study"
-    up = runner.invoke(app, [*args, "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"])
+    tracking = new_store(tmp_path / "mlruns")
+    up = runner.invoke(app, [*args, "--tracking-uri", tracking])
     assert up.exit_code == 0, up.output
     assert time.monotonic() - start < 60, "the second start did not wait for a parent run"
 
@@ -74,7 +75,8 @@ def _sweep(tmp_path: Path, seed_name: str = "s") -> Sweep:
                  storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name=seed_name)
 
 
-def test_a_study_without_parent_run_gets_one_from_the_next_worker(tmp_path: Path) -> None:
+def test_a_study_without_parent_run_gets_one_from_the_next_worker(tmp_path: Path, new_store: NewStore) -> None:
+    new_store(tmp_path / "mlruns")  # the store _sweep names
     sweep = _sweep(tmp_path, "orphan")
     optuna.create_study(study_name="orphan", storage=sweep.storage, direction="maximize")  # its worker died
     start = time.monotonic()
@@ -91,8 +93,9 @@ def _pretrain(data: Path, out: Path, store: str, *extra: str) -> CliRunner:
                                *_sets(TINY + SIZES), *extra])
 
 
-def test_resume_writes_under_its_own_out_and_continues_the_run(fake_data: Path, tmp_path: Path) -> None:
-    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+def test_resume_writes_under_its_own_out_and_continues_the_run(fake_data: Path, tmp_path: Path,
+                                                                new_store: NewStore) -> None:
+    store = new_store(tmp_path / "store")
     first = _pretrain(fake_data, tmp_path / "a", store)
     assert first.exit_code == 0, first.output
     ckpt_a = tmp_path / "a" / "checkpoint.pt"
@@ -117,8 +120,8 @@ def test_resume_writes_under_its_own_out_and_continues_the_run(fake_data: Path, 
     assert "pretrain.epochs" in runs[0].data.tags["jbot.resume_changed"]
 
 
-def test_resume_on_other_data_is_refused_unless_allowed(fake_data: Path, tmp_path: Path) -> None:
-    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+def test_resume_on_other_data_is_refused_unless_allowed(fake_data: Path, tmp_path: Path, new_store: NewStore) -> None:
+    store = new_store(tmp_path / "store")
     assert _pretrain(fake_data, tmp_path / "a", store, "--set", "pretrain.epochs=1").exit_code == 0
     swapped = tmp_path / "swapped"
     swapped.mkdir()
@@ -134,10 +137,10 @@ def test_resume_on_other_data_is_refused_unless_allowed(fake_data: Path, tmp_pat
     assert allowed.exit_code == 0, allowed.output
 
 
-def test_a_killed_run_is_marked_killed(tmp_path: Path) -> None:
+def test_a_killed_run_is_marked_killed(tmp_path: Path, new_store: NewStore) -> None:
     from jbot.tracking.mlflow import connect, experiment_id, tracked_run
 
-    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    store = new_store(tmp_path / "store")
     client = connect(store)
     exp = experiment_id(client, "jbot-pretrain", store)
     dead = subprocess.Popen(["true"])
@@ -293,14 +296,15 @@ def test_embed_on_a_full_disk_is_one_line(tmp_path: Path, monkeypatch: pytest.Mo
         assert [p.name for p in folder.iterdir() if p.name != "filler"] == [], "no temp file left behind"
 
 
-def test_tracking_store_on_a_full_disk_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tracking_store_on_a_full_disk_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   new_store: NewStore) -> None:
     encoder = tiny_checkpoint(tmp_path / "enc.pt", 0)
     data = write_fake_folder(tmp_path / "jets", 120)
     sets = _sets(["data.n_train=200", "data.n_val=50", "data.n_test=100", "tracking.log_system_metrics=false",
                   "evaluate.n_folds=2"])
     with small_disk(tmp_path, "24m") as disk:
         store = disk or tmp_path / "plain"
-        uri = f"sqlite:///{store / 'mlflow.db'}"
+        uri = new_store(store)
         first = runner.invoke(app, ["probe", "--model", str(encoder), "--data", str(data), "--tracking-uri", uri,
                                     *sets])
         assert first.exit_code == 0, first.output
@@ -374,7 +378,8 @@ def test_corrupt_keras_file_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask() outside optimize(): only here
-def test_workers_of_one_sqlite_study_propose_different_parameters(tmp_path: Path) -> None:
+def test_workers_of_one_sqlite_study_propose_different_parameters(tmp_path: Path, new_store: NewStore) -> None:
+    new_store(tmp_path / "mlruns")  # the store _sweep names
     first, _ = open_study(_sweep(tmp_path, "pair"))
     second, _ = open_study(_sweep(tmp_path, "pair"))
     dist = optuna.distributions.FloatDistribution(0.0, 1.0)
@@ -386,13 +391,14 @@ def test_workers_of_one_sqlite_study_propose_different_parameters(tmp_path: Path
 # ---------------------------------------------------------------------------------------- 8. jbot ui
 
 
-def test_sigterm_to_jbot_ui_ends_its_server(tmp_path: Path) -> None:
+@pytest.mark.integration
+def test_sigterm_to_jbot_ui_ends_its_server(tmp_path: Path, new_store: NewStore) -> None:
     import psutil
 
     from jbot.tracking.mlflow import connect, experiment_id
 
     port = free_port()
-    store = f"sqlite:///{tmp_path / 'ui-store' / 'mlflow.db'}"
+    store = new_store(tmp_path / "ui-store")
     exp = experiment_id(connect(store), "jbot-pretrain", store)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     log = tmp_path / "ui.log"
@@ -418,14 +424,15 @@ def test_sigterm_to_jbot_ui_ends_its_server(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- 9. temp folders
 
 
-def test_a_finetune_sweep_leaves_no_temporary_folders(fake_data: Path, tmp_path: Path) -> None:
+@pytest.mark.integration
+def test_a_finetune_sweep_leaves_no_temporary_folders(fake_data: Path, tmp_path: Path, new_store: NewStore) -> None:
     encoder = tiny_checkpoint(tmp_path / "enc.pt", 0)
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, "TMPDIR": str(scratch)}
     proc = subprocess.run([JBOT, "sweep", "finetune", "--model", str(encoder), "--trials", "2", "--data",
                            str(fake_data), "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--tracking-uri",
-                           f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", *_sets(FAST_FT)],
+                           new_store(tmp_path / "mlruns"), *_sets(FAST_FT)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert list(scratch.iterdir()) == [], "every temporary folder is removed"

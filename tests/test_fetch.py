@@ -48,7 +48,8 @@ def zenodo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # a short poll: shutdown() waits for the serving loop to notice (0.5 s by default)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     monkeypatch.setenv("JBOT_ZENODO_API", f"http://127.0.0.1:{server.server_address[1]}/api/records")
     yield state

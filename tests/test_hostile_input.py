@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from jbot.cli import app
 from jbot.config import ConfigError
-from tests.conftest import TINY, tiny_checkpoint, write_fake_folder
+from tests.conftest import TINY, NewStore, tiny_checkpoint, write_fake_folder
 from tests.conftest import one_error_line as _one_error_line
 from tests.conftest import set_args as _sets
 
@@ -42,6 +42,7 @@ def _bomb(levels: int = 9) -> str:
 # ------------------------------------------------------------------------------------------ A. YAML documents
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("where", ["--config", "--set"])
 def test_anchor_bomb_is_refused_at_once(tmp_path: Path, where: str) -> None:
     path = tmp_path / "bomb.yaml"
@@ -180,14 +181,15 @@ def test_a_sweep_objective_no_trial_reports_is_refused(fake_data: Path, tmp_path
     assert optuna.get_all_study_names(storage) == [], "no trial ran"
 
 
-def test_optuna_warning_lines_only_with_verbose(fake_data: Path, tmp_path: Path) -> None:
+@pytest.mark.integration
+def test_optuna_warning_lines_only_with_verbose(fake_data: Path, tmp_path: Path, new_store: NewStore) -> None:
     """Trials that fail at once (d_model < n_heads: each parameter alone passes the space check) make Optuna warn."""
     encoder = tiny_checkpoint(tmp_path / "enc.pt", 0)
     space = tmp_path / "space.yaml"
     space.write_text("objective: val/best_acc\nparams:\n  model.d_model: {type: categorical, choices: [2]}\n"
                      "  model.n_heads: {type: categorical, choices: [4]}\n")
     args = ["sweep", "finetune", "--model", str(encoder), "--trials", "1", "--data", str(fake_data), "--space",
-            str(space), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *_sets(TINY + FAST_FT)]
+            str(space), "--tracking-uri", new_store(tmp_path / "mlruns"), *_sets(TINY + FAST_FT)]
     env = {k: v for k, v in os.environ.items() if k != "JBOT_VERBOSE"}
     quiet = subprocess.run([JBOT, *args, "--storage", f"sqlite:///{tmp_path / 'a.db'}"], capture_output=True,
                            text=True, timeout=300, env=env)
@@ -215,8 +217,9 @@ def _qg_checkpoint(path: Path) -> Path:
                                   "encoder": JetEncoder(cfg.model).state_dict()})
 
 
-def test_anomaly_notes_an_encoder_that_saw_the_signal_classes(fake_data: Path, tmp_path: Path) -> None:
-    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+def test_anomaly_notes_an_encoder_that_saw_the_signal_classes(fake_data: Path, tmp_path: Path,
+                                                              new_store: NewStore) -> None:
+    store = new_store(tmp_path / "store")
     sizes = ["data.n_train=200", "data.n_val=40", "data.n_test=200", "anomaly.reference_size=150",
              "anomaly.gmm_components=2", "anomaly.knn_k=5", "anomaly.cosine_k=5", "evaluate.n_folds=3",
              "tracking.log_system_metrics=false"]

@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT
 
+pytestmark = pytest.mark.integration
 SMALL = ["pretrain.epochs=1", "pretrain.batch_size=64", "pretrain.warmup_epochs=1", "pretrain.knn_every=1",
          "pretrain.knn_val_size=100", "model.d_model=16", "model.n_heads=2", "model.n_layers=1", "model.d_proj=8",
          "data.n_train=400", "data.n_val=100", "data.n_test=200", "tracking.log_system_metrics=false"]

@@ -73,7 +73,7 @@ def _pt(p: np.ndarray, j: np.ndarray):
 CASES = [
     ("missing key", _with(lambda p, j: (p, None)), r"missing dataset 'jet_features'"),
     ("missing particles", _with(lambda p, j: (None, j)), r"missing dataset 'particle_features'"),
-    ("wrong shape", _with(lambda p, j: (p[:, :20], j)), r"'particle_features' has shape \(20, 20, 4\), expected \(N, 30, 4\)"),
+    ("wrong shape", _with(lambda p, j: (p[..., 0], j)), r"'particle_features' has shape \(20, 30\), expected \(N, P, 4\)"),
     ("wrong features", _with(lambda p, j: (p[..., :3], j)), r"has shape \(20, 30, 3\)"),
     ("jet shape", _with(lambda p, j: (p, j[:, :3])), r"'jet_features' has shape \(20, 3\)"),
     ("length mismatch", _with(lambda p, j: (p, j[:10])), r"'jet_features' has 10 jets but 'particle_features' has 20"),

@@ -95,6 +95,7 @@ def test_embed_input_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "expected (N, 30, 4)" in result.output
 
 
+@pytest.mark.integration
 def test_probe_and_finetune_from_imported_checkpoints(fake_data: Path, tmp_path: Path) -> None:
     sizes = ["--set", "data.n_train=400", "--set", "data.n_val=100", "--set", "data.n_test=200"]
     backbone, classifier = tmp_path / "s.pt", tmp_path / "b-classifier.pt"

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from jbot.cli import app
-from tests.conftest import tiny_checkpoint
+from tests.conftest import NewStore, tiny_checkpoint
 
 runner = CliRunner()
 SETS = ["data.n_train=200", "data.n_val=50", "data.n_test=100", "tracking.log_system_metrics=false",
@@ -17,9 +17,9 @@ SETS = ["data.n_train=200", "data.n_val=50", "data.n_test=100", "tracking.log_sy
         "anomaly.reference_size=100", "anomaly.knn_k=5", "anomaly.cosine_k=5", "anomaly.gmm_components=2"]
 
 
-def test_logged_params_are_the_settings_each_command_used(fake_data: Path, tmp_path: Path) -> None:
+def test_logged_params_are_the_settings_each_command_used(fake_data: Path, tmp_path: Path, new_store: NewStore) -> None:
     encoder = tiny_checkpoint(tmp_path / "enc.pt", 0)  # D = 16; the default config says 32
-    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    store = new_store(tmp_path / "store")
     common = ["--data", str(fake_data), "--tracking-uri", store, *[a for s in SETS for a in ("--set", s)]]
     for args in (["probe", "--model", str(encoder), "--preset", "tqg"],
                  ["finetune", "--model", str(encoder), "--task", "tqg", "--out", str(tmp_path / "ft")],

@@ -15,18 +15,18 @@ from jbot.config import load_config
 from jbot.tracking.mlflow import connect, tracked_run
 from jbot.tracking.models import log_jbot_model
 from jbot.tracking.registry import register_model
-from tests.conftest import TINY, fake_jets, set_args, tiny_checkpoint
+from tests.conftest import TINY, NewStore, fake_jets, set_args, tiny_checkpoint
 
 runner = CliRunner()
 
 
 def test_an_alias_moved_while_the_model_downloads_names_the_version_scored(
-        fake_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        fake_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_store: NewStore) -> None:
     """``register best`` may move ``@champion`` (a sweep finishing with --register) between the download and the
     run's tags: the tags still name the version that was downloaded and scored."""
     import numpy as np
 
-    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    store = new_store(tmp_path / "store")
     connect(store)
     cfg = load_config(None, [*TINY, f"tracking.uri={store}"])
     runs = []
@@ -63,17 +63,17 @@ def test_an_alias_moved_while_the_model_downloads_names_the_version_scored(
     assert "jbot-encoder/1" in report and "jbot-encoder/2" not in report
 
 
-def test_a_missing_alias_is_one_line(fake_data: Path, tmp_path: Path) -> None:
-    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+def test_a_missing_alias_is_one_line(fake_data: Path, tmp_path: Path, new_store: NewStore) -> None:
+    store = new_store(tmp_path / "store")
     result = runner.invoke(app, ["anomaly", "--model", "models:/nothing@champion", "--data", str(fake_data),
                                  "--tracking-uri", store])
     assert result.exit_code == 2, result.output
     assert "models:/nothing@champion" in result.output and "Traceback" not in result.output
 
 
-def test_pretraining_uploads_its_checkpoint_once(fake_data: Path, tmp_path: Path) -> None:
+def test_pretraining_uploads_its_checkpoint_once(fake_data: Path, tmp_path: Path, new_store: NewStore) -> None:
     """The final checkpoint is in the logged model, not a second time as a run artifact; the model loads."""
-    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    store = new_store(tmp_path / "store")
     result = runner.invoke(app, ["pretrain", "--data", str(fake_data), "--out", str(tmp_path / "pt"),
                                  "--tracking-uri", store, *set_args([*TINY, "pretrain.epochs=1", "data.n_train=300",
                                                                      "data.n_val=100", "data.n_test=100"])])

@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from jbot.cli import app
 from jbot.errors import JbotError
-from tests.conftest import TINY, write_fake_folder
+from tests.conftest import TINY, NewStore, write_fake_folder
 
+pytestmark = pytest.mark.integration
 runner = CliRunner()
 QUICK = TINY + ["pretrain.epochs=2", "pretrain.batch_size=64", "pretrain.knn_every=1", "finetune.epochs=1",
                 "finetune.batch_size=64", "data.n_train=400", "data.n_val=100", "data.n_test=200",
@@ -21,9 +22,10 @@ QUICK = TINY + ["pretrain.epochs=2", "pretrain.batch_size=64", "pretrain.knn_eve
                 "anomaly.knn_k=5", "anomaly.cosine_k=5", "anomaly.gmm_components=2"]
 
 
-def test_reproduce_runs_every_step_once_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reproduce_runs_every_step_once_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    new_store: NewStore) -> None:
     data = write_fake_folder(tmp_path / "jets", 400)
-    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    store = new_store(tmp_path / "mlruns")
     args = ["reproduce", "--scale", "demo", "--data", str(data), "--out", str(tmp_path / "out"),
             "--tracking-uri", store, *[a for item in QUICK for a in ("--set", item)]]
 

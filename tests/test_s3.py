@@ -116,6 +116,7 @@ def _keys(client: Any) -> list[str]:
     return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
 
 
+@pytest.mark.integration
 @pytest.mark.postgres
 def test_pretrain_register_anomaly_store_every_artifact_in_s3(tmp_path: Path, s3_mlflow_server: str,
                                                               s3: tuple[str, Any],

@@ -17,6 +17,7 @@ from jbot.cli import app
 from tests.conftest import TINY, psql, write_fake_folder
 from tests.conftest import set_args as _sets
 
+pytestmark = pytest.mark.integration
 runner = CliRunner()
 TRACKING_PW = "tracking-Pw-9c1f7e"
 OPTUNA_PW = "optuna-Pw-5b2d44"

@@ -18,9 +18,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from jbot.train.checkpoint import load_checkpoint
+from tests.conftest import NewStore, tiny_checkpoint, write_fake_folder
 from tests.conftest import set_args as _sets
-from tests.conftest import tiny_checkpoint, write_fake_folder
 
+pytestmark = pytest.mark.integration
 JBOT = str(Path(sys.executable).parent / "jbot")
 # 80 training jets in batches of 2: 40 steps an epoch, so a signal sent when epoch 1 ends lands inside epoch 2
 SLOW_STEPS = ["pretrain.epochs=2", "pretrain.batch_size=2", "pretrain.warmup_epochs=1", "pretrain.knn_every=0",
@@ -65,9 +66,9 @@ def _finish(proc: subprocess.Popen, seconds: float = 300) -> int:
             proc.wait()
 
 
-def test_sigterm_mid_epoch_then_resume_auto_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+def test_sigterm_mid_epoch_then_resume_auto_equals_an_uninterrupted_run(tmp_path: Path, new_store: NewStore) -> None:
     data = write_fake_folder(tmp_path / "jets", 120)
-    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    store = new_store(tmp_path / "store")
     env = _env(tmp_path, store)
     args = ["pretrain", "--data", str(data), "--out", "runs/x", "--resume", "auto", *_sets(SLOW_STEPS)]
     proc, out, err = _start(args, tmp_path, env, "first")
@@ -146,10 +147,11 @@ FT = ["data.n_train=400", "data.n_val=100", "data.n_test=100", "finetune.batch_s
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_stopped_sweep_worker_fails_and_requeues_its_trial_and_ends_its_parent(tmp_path: Path, sig: int) -> None:
+def test_a_stopped_sweep_worker_fails_and_requeues_its_trial_and_ends_its_parent(tmp_path: Path, sig: int,
+                                                                                  new_store: NewStore) -> None:
     data = write_fake_folder(tmp_path / "jets", 120)
     encoder = tiny_checkpoint(tmp_path / "enc.pt", 0)
-    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    store = new_store(tmp_path / "store")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     env = _env(tmp_path, store)
     base = ["sweep", "finetune", "--model", str(encoder), "--data", str(data), "--storage", storage,
@@ -188,9 +190,9 @@ def _trials(storage: str) -> list:
         return []
 
 
-def test_sigterm_to_finetune_ends_its_run_killed(tmp_path: Path) -> None:
+def test_sigterm_to_finetune_ends_its_run_killed(tmp_path: Path, new_store: NewStore) -> None:
     data = write_fake_folder(tmp_path / "jets", 120)
-    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    store = new_store(tmp_path / "store")
     proc, _, err = _start(["finetune", "--from-scratch", "--data", str(data), "--out", "runs/ft",
                            *_sets([*FT, "finetune.epochs=500"])], tmp_path, _env(tmp_path, store), "ft")
     _wait_until(lambda: _running(store, "jbot-finetune"), proc, err)
@@ -202,11 +204,11 @@ def test_sigterm_to_finetune_ends_its_run_killed(tmp_path: Path) -> None:
     assert run.info.status == "KILLED"
 
 
-def test_sigusr1_to_reproduce_ends_parent_and_step_killed(tmp_path: Path) -> None:
+def test_sigusr1_to_reproduce_ends_parent_and_step_killed(tmp_path: Path, new_store: NewStore) -> None:
     from tests.test_reproduce import QUICK
 
     data = write_fake_folder(tmp_path / "jets", 400)
-    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    store = new_store(tmp_path / "store")
     proc, _, err = _start(["reproduce", "--scale", "demo", "--data", str(data), "--out", "out",
                            *_sets([*QUICK, "pretrain.epochs=50"])], tmp_path, _env(tmp_path, store), "repro")
     _wait_until(lambda: _running(store, "jbot-reproduce", **{"jbot.command": "pretrain"}), proc, err)

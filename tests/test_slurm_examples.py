@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,9 +50,12 @@ def _sbatch(script: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One SQLite MLflow store for this module's runs (made once: creating its tables takes seconds)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('slurm-mlruns') / 'mlflow.db'}"
+def mlflow_uri(tmp_path_factory: pytest.TempPathFactory, _empty_store: Path) -> str:
+    """One SQLite MLflow store for this module's runs (a copy of the session's empty one: creating its tables takes
+    seconds)."""
+    db = tmp_path_factory.mktemp("slurm-mlruns") / "mlflow.db"
+    shutil.copyfile(_empty_store, db)
+    return f"sqlite:///{db}"
 
 
 def _env(extra_path: Path | None = None, **values: str) -> dict[str, str]:
@@ -134,6 +138,7 @@ def test_scripts_parse_and_ask_slurm_for_the_right_things(tmp_path: Path) -> Non
 # ------------------------------------------------------------------------------------------ requeue logic
 
 
+@pytest.mark.integration
 def test_requeue_logic_with_stand_ins(tmp_path: Path) -> None:
     """The warning (SIGUSR1 to the batch shell) reaches the launcher as the script says (SIGTERM to torchrun,
     SIGUSR1 to a sweep worker); the job is requeued only after it, and only inside a SLURM job."""
@@ -164,6 +169,7 @@ def test_requeue_logic_with_stand_ins(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ real runs
 
 
+@pytest.mark.integration
 def test_pretrain_line_first_start_then_requeue_after_the_end(fake_data: Path, mlflow_uri: str,
                                                              tmp_path: Path) -> None:
     """The extracted line trains (a fresh start: no checkpoint yet); the whole script then starts again as a
@@ -185,6 +191,7 @@ def test_pretrain_line_first_start_then_requeue_after_the_end(fake_data: Path, m
     assert not scontrol_log.exists(), "a job that ends normally is not requeued"
 
 
+@pytest.mark.integration
 def test_two_sweep_workers_share_a_journal_file_study(fake_data: Path, mlflow_uri: str, tmp_path: Path) -> None:
     """Two array tasks one after the other on one journal-file study: 2 COMPLETE trials in all; the first runs
     the whole script (a normal end: no requeue), the second its extracted jbot line."""

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from jbot.cli import app
-from tests.conftest import TINY, free_port, tiny_checkpoint
+from tests.conftest import TINY, NewStore, free_port, tiny_checkpoint
 from tests.conftest import one_error_line as _one_error_line
 from tests.conftest import set_args as _sets
 
@@ -74,7 +74,8 @@ class _Health(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def _health_server() -> Iterator[int]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # a short poll: shutdown() waits for the serving loop to notice (0.5 s by default)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield int(server.server_address[1])
@@ -213,8 +214,9 @@ def test_the_export_hint_keeps_its_extra(capsys: pytest.CaptureFixture[str]) -> 
     assert "pip install 'jbot[export]'" in capsys.readouterr().err
 
 
-def test_a_batch_larger_than_the_training_set_is_said_and_logged(fake_data: Path, tmp_path: Path) -> None:
-    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+def test_a_batch_larger_than_the_training_set_is_said_and_logged(fake_data: Path, tmp_path: Path,
+                                                                 new_store: NewStore) -> None:
+    store = new_store(tmp_path / "store")
     result = runner.invoke(app, ["pretrain", "--data", str(fake_data), "--out", str(tmp_path / "pt"),
                                  "--tracking-uri", store, *_sets([*TINY, *SIZES, "pretrain.batch_size=1024",
                                                                   "pretrain.epochs=1"])])

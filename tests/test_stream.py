@@ -24,7 +24,7 @@ from jbot.data.splits import Split, make_split
 from jbot.data.stream import StreamSource
 from jbot.train.checkpoint import load_checkpoint
 from jbot.train.pretrain import Pretrainer, pretrain
-from tests.conftest import TINY
+from tests.conftest import TINY, NewStore
 
 runner = CliRunner()
 BIN = Path(sys.executable).parent
@@ -194,7 +194,8 @@ def write_jetclass_root(path: Path, n: int, seed: int) -> dict[str, np.ndarray]:
     return {"pt": pt, "counts": counts, "deta": deta, "jet_pt": jet_pt}
 
 
-def test_jetclass_root_files_are_read_converted_and_trained_on(tmp_path: Path) -> None:
+@pytest.mark.integration
+def test_jetclass_root_files_are_read_converted_and_trained_on(tmp_path: Path, new_store: NewStore) -> None:
     raw = tmp_path / "jetclass"
     raw.mkdir()
     truth = write_jetclass_root(raw / "HToBB_000.root", 300, 1)
@@ -220,9 +221,10 @@ def test_jetclass_root_files_are_read_converted_and_trained_on(tmp_path: Path) -
     again = runner.invoke(app, ["data", "convert", "--from", str(raw), "--out", str(tmp_path / "h5")])
     assert "2 already converted" in again.output
 
+    tracking = new_store(tmp_path)
     for data in (raw, tmp_path / "h5"):  # streamed from ROOT directly, and from the converted shards
         out = runner.invoke(app, ["pretrain", "--data", str(data), "--out", str(tmp_path / f"run-{data.name}"),
-                                  "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                                  "--tracking-uri", tracking,
                                   *[a for s in TINY for a in ("--set", s)], "--set", "pretrain.epochs=2",
                                   "--set", "data.stream=true", "--set", "data.window=256",
                                   "--set", f"data.val_dir={tmp_path / 'h5'}"])
@@ -247,9 +249,10 @@ def _torchrun(nproc: int, args: list[str], cwd: Path) -> subprocess.CompletedPro
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.integration
 def test_torchrun_two_processes_train_like_one_and_resume_with_another_world_size(
-        fake_data: Path, tmp_path: Path) -> None:
-    store = tmp_path / "mlflow.db"
+        fake_data: Path, tmp_path: Path, new_store: NewStore) -> None:
+    store = Path(new_store(tmp_path).removeprefix("sqlite:///"))
     two = _torchrun(2, _pretrain_args(fake_data, tmp_path / "two", store, 2), tmp_path)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     assert two.stdout.count("pre-training jBOT") == 1  # rank 1 prints nothing

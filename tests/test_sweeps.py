@@ -1,8 +1,10 @@
 """Optuna sweeps against real storages: SQLite, and PostgreSQL (127.0.0.1:5432) with a real `mlflow server`
-on PostgreSQL and concurrent worker processes. Each test creates and drops its own databases."""
+on PostgreSQL and concurrent worker processes. Each test creates and drops its own Optuna database; the module's
+MLflow server has its own, dropped when the module is done."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -21,7 +23,7 @@ from typer.testing import CliRunner
 
 from jbot.cli import app
 from jbot.sweeps.spaces import load_space
-from tests.conftest import PROJECT_ROOT, psql, running_mlflow_server, tiny_checkpoint, write_fake_folder
+from tests.conftest import PROJECT_ROOT, NewStore, psql, running_mlflow_server, tiny_checkpoint, write_fake_folder
 
 runner = CliRunner()
 FAST = ["data.n_train=400", "data.n_val=100", "data.n_test=200", "finetune.epochs=2", "finetune.batch_size=128",
@@ -61,10 +63,10 @@ def test_spaces_are_validated(inputs: tuple[Path, Path], tmp_path: Path) -> None
 
 
 def test_resume_and_failed_trial_sqlite(inputs: tuple[Path, Path], tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                        monkeypatch: pytest.MonkeyPatch, new_store: NewStore) -> None:
     data, encoder = inputs
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    tracking = new_store(tmp_path / "mlruns")
     import torch
 
     import jbot.train.finetune as ft
@@ -117,10 +119,11 @@ def test_conditional_space_is_validated(tmp_path: Path) -> None:
             load_space(bad)
 
 
-def test_anomaly_sweep_samples_each_score_its_own_settings(inputs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_anomaly_sweep_samples_each_score_its_own_settings(inputs: tuple[Path, Path], tmp_path: Path,
+                                                            new_store: NewStore) -> None:
     data, encoder = inputs
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    tracking = new_store(tmp_path / "mlruns")
     result = runner.invoke(app, ["sweep", "anomaly", "--model", str(encoder), "--trials", "8", "--data", str(data),
                                  "--storage", storage, "--study-name", "scores", "--tracking-uri", tracking,
                                  "--set", "sweep.sampler=random", "--set", "anomaly.reference_size=200",
@@ -161,12 +164,13 @@ def test_anomaly_sweep_samples_each_score_its_own_settings(inputs: tuple[Path, P
     assert again.metrics[f"{score}/combined/auc"] == pytest.approx(best.value, abs=1e-6)
 
 
-def test_pretrain_sweep_on_the_validation_anomaly_auc(inputs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_pretrain_sweep_on_the_validation_anomaly_auc(inputs: tuple[Path, Path], tmp_path: Path,
+                                                      new_store: NewStore) -> None:
     """The second pre-training study: each trial pre-trains on q+g and is scored by its encoder's validation
     anomaly AUC, logged to the trial's run beside the k-NN monitor; on 5 classes it is an error naming the fix."""
     data, _ = inputs
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    tracking = new_store(tmp_path / "mlruns")
     sets = ["data.preset=qg", "pretrain.epochs=1", "pretrain.batch_size=64", "model.d_model=16", "model.n_heads=2",
             "model.n_layers=1", "model.d_proj=8", "anomaly.reference_size=200", "sweep.sampler=random",
             "tracking.log_system_metrics=false", "data.n_train=300", "data.n_val=100", "data.n_test=100"]
@@ -214,20 +218,27 @@ def test_claim_once_is_granted_once(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ PostgreSQL, many workers
 # Connections are counted: PostgreSQL allows 100 clients. The test process opens one Optuna storage per test with
 # no connection pool (each query borrows and returns one connection) and disposes of it; workers and the MLflow
-# server keep small pools.
+# server keep small pools. The MLflow server (on its own database) serves the module's tests: starting one on a new
+# database (MLflow's migrations) takes 10-20 s. Each test has its own Optuna database and reads back only the runs
+# of its own study.
+SHARED_TRIALS = 4  # the budget of the studies the worker processes share
+
+
+@contextlib.contextmanager
+def _database(prefix: str) -> Iterator[str]:
+    """A fresh PostgreSQL database's URL, dropped at the end."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    psql(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
 def postgres(postgres_admin: str) -> Iterator[dict[str, str]]:
-    tag = uuid.uuid4().hex[:8]
-    names = {"optuna": f"jbot_optuna_{tag}", "mlflow": f"jbot_mlflow_{tag}"}
-    for name in names.values():
-        psql(f"CREATE DATABASE {name}")
-    try:
-        yield {k: f"postgresql://postgres@127.0.0.1:5432/{v}" for k, v in names.items()}
-    finally:
-        for name in names.values():
-            psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with _database("jbot_optuna") as url:
+        yield {"optuna": url}
 
 
 @pytest.fixture
@@ -242,9 +253,10 @@ def optuna_storage(postgres: dict[str, str]) -> Iterator[optuna.storages.RDBStor
         storage.engine.dispose()
 
 
-@pytest.fixture
-def pg_mlflow_server(postgres: dict[str, str], tmp_path: Path) -> Iterator[str]:
-    with running_mlflow_server(postgres["mlflow"], tmp_path / "artifacts", workers=2) as url:
+@pytest.fixture(scope="module")
+def pg_mlflow_server(postgres_admin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with _database("jbot_mlflow") as backend, running_mlflow_server(
+            backend, tmp_path_factory.mktemp("pg-artifacts"), workers=2) as url:
         yield url
 
 
@@ -267,11 +279,13 @@ def test_claim_once_on_postgres(postgres: dict[str, str]) -> None:
     assert _claims_granted(postgres["optuna"]) == [True, False, False, True]
 
 
+@pytest.mark.integration
 @pytest.mark.postgres
 def test_two_workers_share_one_study(inputs: tuple[Path, Path], tmp_path: Path, postgres: dict[str, str],
                                      optuna_storage: optuna.storages.RDBStorage, pg_mlflow_server: str) -> None:
     data, encoder = inputs
-    args = _args(data, encoder, 6, postgres["optuna"], "shared", pg_mlflow_server) + ["--register", "jbot-clf"]
+    args = [*_args(data, encoder, SHARED_TRIALS, postgres["optuna"], "shared", pg_mlflow_server),
+            "--register", "jbot-clf"]
     workers = [_worker(args, tmp_path / f"w{i}.log") for i in range(2)]
     try:
         for i, w in enumerate(workers):
@@ -280,7 +294,7 @@ def test_two_workers_share_one_study(inputs: tuple[Path, Path], tmp_path: Path, 
         _stop(workers)
     study = optuna.load_study(study_name="shared", storage=optuna_storage)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert 6 <= len(complete) <= 6 + (2 - 1)  # trials already running when the budget is hit still finish
+    assert SHARED_TRIALS <= len(complete) <= SHARED_TRIALS + (2 - 1)  # trials running when the budget is hit finish
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
     client = MlflowClient(tracking_uri=pg_mlflow_server, registry_uri=pg_mlflow_server)
@@ -292,12 +306,13 @@ def test_two_workers_share_one_study(inputs: tuple[Path, Path], tmp_path: Path, 
         study.user_attrs["mlflow_parent_run_id"]).data.tags["jbot.best_run_id"]
 
 
+@pytest.mark.integration
 @pytest.mark.postgres
 def test_killed_worker_does_not_stop_the_study(inputs: tuple[Path, Path], tmp_path: Path, postgres: dict[str, str],
                                               optuna_storage: optuna.storages.RDBStorage,
                                               pg_mlflow_server: str) -> None:
     data, encoder = inputs
-    args = _args(data, encoder, 6, postgres["optuna"], "killed", pg_mlflow_server)
+    args = _args(data, encoder, SHARED_TRIALS, postgres["optuna"], "killed", pg_mlflow_server)
     victim = _worker(args, tmp_path / "victim.log")
     try:
         deadline = time.monotonic() + 300
@@ -319,7 +334,7 @@ def test_killed_worker_does_not_stop_the_study(inputs: tuple[Path, Path], tmp_pa
         _stop([victim])
     study = optuna.load_study(study_name="killed", storage=optuna_storage)
     states = [t.state for t in study.trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) >= 6
+    assert states.count(optuna.trial.TrialState.COMPLETE) >= SHARED_TRIALS
     assert optuna.trial.TrialState.RUNNING not in states, "the killed worker's trial was failed by heartbeat"
     assert optuna.trial.TrialState.FAIL in states
 
@@ -417,6 +432,7 @@ def test_compose_topology_runs_what_the_scale_out_tests_run() -> None:
     assert any(volume.endswith(":/data") for volume in worker["volumes"]) and str(params["data"]).startswith("/data/")
 
 
+@pytest.mark.integration
 def test_dashboard_serves_the_study_storage(tmp_path: Path) -> None:
     """`jbot dashboard` on a real SQLite study store: prints the study's page, answers HTTP, stops on SIGTERM."""
     import json

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -22,7 +22,7 @@ from jbot.tracking.mlflow import TrackingError, connect, tracked_run
 from jbot.tracking.models import load_from_uri, log_jbot_model
 from jbot.tracking.registry import register_best
 from jbot.train.checkpoint import load_model
-from tests.conftest import TINY, running_mlflow_server, tiny_checkpoint
+from tests.conftest import TINY, NewStore, running_mlflow_server, tiny_checkpoint
 from tests.conftest import set_args as _sets
 
 runner = CliRunner()
@@ -31,10 +31,11 @@ SIZES = ["data.n_train=400", "data.n_val=100", "data.n_test=200"]
 
 
 @pytest.fixture
-def store(tmp_path: Path, new_store: Callable[[Path], str]) -> str:
+def store(tmp_path: Path, new_store: NewStore) -> str:
     return new_store(tmp_path / "store")
 
 
+@pytest.mark.integration
 def test_pretrain_and_finetune_are_readable_back(fake_data: Path, tmp_path: Path, store: str) -> None:
     result = runner.invoke(app, ["pretrain", "--data", str(fake_data), "--out", str(tmp_path / "pt"),
                                  "--tracking-uri", store, *_sets(TINY + SIZES)])
@@ -132,11 +133,12 @@ def test_unreachable_server_fails_fast(fake_data: Path, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def mlflow_server(tmp_path: Path, new_store: Callable[[Path], str]) -> Iterator[str]:
+def mlflow_server(tmp_path: Path, new_store: NewStore) -> Iterator[str]:
     with running_mlflow_server(new_store(tmp_path / "srv"), tmp_path / "artifacts") as url:
         yield url
 
 
+@pytest.mark.integration
 def test_rest_api_of_a_real_server_lists_runs_with_documented_metrics(fake_data: Path, tmp_path: Path,
                                                                       mlflow_server: str) -> None:
     result = runner.invoke(app, ["pretrain", "--data", str(fake_data), "--out", str(tmp_path / "pt"),

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from jbot.anomaly.detect import signal_metrics
 from jbot.cli import app
 from jbot.evaluate.metrics import MIN_BACKGROUND, classification_metrics, shown
+from tests.conftest import NewStore
 
 runner = CliRunner()
 
@@ -38,8 +39,9 @@ def test_each_working_point_knows_its_background_jets() -> None:
     assert a["combined/tpr_at_fpr_0.01_unresolved"] == 1 and "combined/tpr_at_fpr_0.01_std" not in a
 
 
-def test_a_small_top_tagging_test_set_is_marked_in_console_and_run(fake_data: Path, tmp_path: Path) -> None:
-    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+def test_a_small_top_tagging_test_set_is_marked_in_console_and_run(fake_data: Path, tmp_path: Path,
+                                                                   new_store: NewStore) -> None:
+    store = new_store(tmp_path / "store")
     sets = ["data.n_train=200", "data.n_val=50", "data.n_test=100", "finetune.epochs=1", "finetune.batch_size=64",
             "tracking.log_system_metrics=false", "evaluate.n_folds=2"]
     result = runner.invoke(app, ["finetune", "--from-scratch", "--data", str(fake_data), "--task", "tqg", "--out",

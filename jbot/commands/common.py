@@ -42,7 +42,7 @@ def settings_used(cfg: JbotConfig, preset: str, loaded: LoadedModel | None = Non
 
 def load_split(cfg: JbotConfig, preset: str | None = None) -> Split:
     d = cfg.data
-    return make_split(d.dir, preset or d.preset, d.n_train, d.n_val, d.n_test, d.seed)
+    return make_split(d.dir, preset or d.preset, d.n_train, d.n_val, d.n_test, d.seed, cfg.model.n_particles)
 
 
 def log_split(run: MlflowRun, cfg: JbotConfig, split: Split, n_train: int | None = None) -> None:

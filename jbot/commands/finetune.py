@@ -26,6 +26,7 @@ from jbot.commands.common import (
 )
 from jbot.config import JbotConfig
 from jbot.data.splits import Split
+from jbot.evaluate.bootstrap import PREDICTIONS, jets_hash, save_predictions
 from jbot.evaluate.metrics import classification_metrics
 from jbot.io import scratch_dir
 from jbot.plots import roc_curves, write_html
@@ -49,6 +50,12 @@ def test_metrics(split: Split, probs: np.ndarray, n_folds: int) -> dict[str, flo
     """``test/acc``, ``test/auc_<class>`` and their ``_std`` over stratified folds of the test split."""
     return {f"test/{k}": v for k, v in classification_metrics(split.test.y, probs, split.class_names,
                                                               n_folds).items()}
+
+
+def write_test_predictions(split: Split, probs: np.ndarray, out_dir: Path, kind: str = "classifier") -> Path:
+    """The per-jet test outputs (``predictions/test.npz``, float32) a paired bootstrap of two runs reads."""
+    return save_predictions(out_dir / PREDICTIONS, split.test.y, probs, fingerprint=split.fingerprint,
+                            jets=jets_hash(split.test.jet, split.test.origin), kind=kind)
 
 
 def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, experiment: str | None = None,
@@ -97,6 +104,7 @@ def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, expe
         else:
             run.log_artifact(write_html(roc_curves(split.test.y, probs, split.class_names), out_dir / "roc.html"),
                              "plots")
+            run.log_artifact(write_test_predictions(split, probs, out_dir), str(Path(PREDICTIONS).parent))
             model_uri = log_jbot_model(ckpt, split.train.x[:EXAMPLE_JETS], len(split.class_names), classifier=True)
     return TrackedResult(run.run_id, model_uri, FinetuneOutcome(metrics, result, ckpt, split.class_names, split))
 
@@ -118,4 +126,6 @@ def evaluate_stored_run(cfg: JbotConfig, run_id: str) -> tuple[dict[str, float],
     metrics = test_metrics(split, probs, cfg.evaluate.n_folds)
     for key, value in metrics.items():
         client.log_metric(run_id, key, float(value))
+    client.log_artifact(run_id, str(write_test_predictions(split, probs, scratch_dir("predictions-"))),
+                        str(Path(PREDICTIONS).parent))
     return metrics, ckpt, split

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from jbot.commands.common import TrackedResult, data_tags, load_split, log_json_and_curves, log_split, settings_used
 from jbot.config import JbotConfig
+from jbot.evaluate.bootstrap import PREDICTIONS, jets_hash, save_predictions
 from jbot.evaluate.probe import ProbeResult, run_probe
 from jbot.io import scratch_dir
 from jbot.plots import embedding_map, write_html
@@ -35,4 +36,8 @@ def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | 
         log_json_and_curves(run, folder, "probe", result.metrics)
         fig = embedding_map(result.test_embedding, split.test.y, split.class_names, "frozen [CLS] (test jets)")
         run.log_artifact(write_html(fig, folder / "embedding_map.html"), "plots")
+        # the k-NN probe's per-jet test outputs (vote fractions, float32): what a paired bootstrap of two probes reads
+        knn = save_predictions(folder / PREDICTIONS, split.test.y, result.knn_probs, fingerprint=split.fingerprint,
+                               jets=jets_hash(split.test.jet, split.test.origin), kind="knn")
+        run.log_artifact(knn, str(Path(PREDICTIONS).parent))
     return TrackedResult(run.run_id, None, result)

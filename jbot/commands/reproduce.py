@@ -6,7 +6,9 @@ fine-tuning with 10 % and 100 % of the labels against the same from scratch (Tab
 probe, fine-tuned and from scratch, with eps_s at eps_b = 0.1 / 0.01 / 0.001 (Table 3); q+g-only pre-training and
 its anomaly scores (Table 4). The parent keeps each finished step's run id (tag ``jbot.step.<name>``): running the
 same command again skips finished steps. The report (HTML) puts jbot's numbers, with fold errors and the run
-that produced each, beside the paper's, and says for each claim whether it holds at this scale.
+that produced each, beside the paper's, and says for each claim whether it holds at this scale: a claim comparing
+two runs on the paired bootstrap of their per-jet test outputs (``jbot.evaluate.bootstrap``, docs/method.md §7.5),
+with its standard error and 95 % interval.
 
 Two tables define it: ``STEPS`` (each step's runner and the paper's numbers for its metrics: the plan, the
 collection and the report's rows all read it) and ``CLAIMS`` (the steps each claim compares, and its rule).
@@ -260,13 +262,32 @@ Verdict = tuple[bool, str]  # holds, and the report's text
 
 
 @dataclass(frozen=True)
+class Paired:
+    """A claim on two steps judged by the paired bootstrap of their per-jet test outputs
+    (``jbot.evaluate.bootstrap``): ``metric`` ("accuracy" or "auc") of the first step's minus the second's, which
+    holds when the full-set difference is above ``threshold`` (at least it, with ``inclusive``) and holds clearly
+    when the whole 95 % interval is. ``lead`` formats ``value`` (the difference ± its standard error)."""
+
+    metric: str
+    threshold: float
+    lead: str
+    inclusive: bool = False
+
+    @property
+    def digits(self) -> int:
+        return 4 if self.metric == "auc" else 3
+
+
+@dataclass(frozen=True)
 class Claim:
     """A claim of the paper, judged on the metrics of ``steps`` (names in STEPS): ``judge`` takes one Metrics per
-    step, in that order."""
+    step, in that order. With ``paired`` the claim is judged by the paired bootstrap of its two steps' per-jet test
+    outputs when both runs kept them (``predictions/test.npz``), else by ``judge``."""
 
     name: str
     steps: tuple[str, ...]
     judge: Callable[..., Verdict]
+    paired: Paired | None = None
 
 
 def _pretraining_gain(trained: Metrics, random: Metrics) -> Verdict:
@@ -284,20 +305,63 @@ def _above_scratch(metric: str, text: str) -> Callable[[Metrics, Metrics], Verdi
 
 
 def _anomalies_found(anomaly: Metrics) -> Verdict:
-    aucs = {s: anomaly[f"test/knn/{s}/auc"][0] for s in ("W", "Z", "t")}
-    return all(v > 0.55 for v in aucs.values()), ("anomaly (k-NN score, q+g encoder): AUC " + ", ".join(
-        f"{s} {v:.3f}" for s, v in aucs.items()) + " (needs > 0.55 each)")
+    """Each signal's full-set AUC above 0.55 (no per-jet anomaly scores are kept: the fold std, where logged, is
+    printed beside each)."""
+    aucs = {s: anomaly[f"test/knn/{s}/auc"] for s in ("W", "Z", "t")}
+    with_std = all(std == std for _, std in aucs.values())
+    return all(v > 0.55 for v, _ in aucs.values()), ("anomaly (k-NN score, q+g encoder): AUC " + ", ".join(
+        f"{s} {v:.3f}" + (f" ± {std:.3f}" if with_std else "") for s, (v, std) in aucs.items())
+        + " (needs > 0.55 each" + ("; ± fold std)" if with_std else ")"))
 
 
 CLAIMS: tuple[Claim, ...] = (
-    Claim("pretraining_gain", ("probe-5class", "probe-random"), _pretraining_gain),
+    Claim("pretraining_gain", ("probe-5class", "probe-random"), _pretraining_gain,
+          Paired("accuracy", 0.10, "pre-training gain: {value} 5-class k-NN accuracy over a random encoder",
+                 inclusive=True)),
     *(Claim(f"finetune_{pct}", (f"finetune-{pct}%-pretrained", f"finetune-{pct}%-scratch"), _above_scratch(
         "test/acc", f"fine-tuned above from scratch with {pct}% of the labels: {{gap:+.3f}} accuracy "
-                    "(fold std {margin:.3f})")) for pct in ("10", "100")),
+                    "(fold std {margin:.3f})"),
+        Paired("accuracy", 0.0, f"fine-tuned above from scratch with {pct}% of the labels: {{value}} accuracy"))
+      for pct in ("10", "100")),
     Claim("top_tagging", ("finetune-tqg-pretrained", "finetune-tqg-scratch"), _above_scratch(
-        "test/auc", "top tagging, fine-tuned above from scratch: {gap:+.4f} AUC (fold std {margin:.4f})")),
+        "test/auc", "top tagging, fine-tuned above from scratch: {gap:+.4f} AUC (fold std {margin:.4f})"),
+        Paired("auc", 0.0, "top tagging, fine-tuned above from scratch: {value} AUC")),
     Claim("anomaly", ("anomaly",), _anomalies_found),
 )
+
+
+def _threshold_text(threshold: float) -> str:
+    return "0" if threshold == 0 else f"{threshold:+.2f}"
+
+
+def paired_verdict(claim: Claim, diff: Any) -> dict[str, Any]:
+    """The claim's entry from the paired bootstrap ``diff`` (a ``jbot.evaluate.bootstrap.Estimate``): ``holds`` on
+    the full-set difference, ``within_error`` when it holds but the 95 % interval does not clear the threshold."""
+    assert claim.paired is not None
+    rule, d = claim.paired, claim.paired.digits
+    thr = _threshold_text(rule.threshold)
+    holds = bool(diff.value >= rule.threshold if rule.inclusive else diff.value > rule.threshold)
+    clear = diff.excludes(rule.threshold)
+    if clear:
+        where = f"excludes {thr}" if rule.threshold == 0 else f"lies above {thr}"
+    elif diff.high < rule.threshold:
+        where = f"lies below {thr}"
+    else:
+        where = (f"does not exclude {thr}" if rule.threshold == 0 else f"does not lie above {thr}") + (
+            ": within error" if holds else "")
+    value = f"{diff.value:+.{d}f} ± {diff.se:.{d}f}"
+    text = (rule.lead.format(value=value) + f" (needs {'>=' if rule.inclusive else '>'} {thr}; paired bootstrap over "
+            f"{diff.n:,} test jets, {diff.level * 100:.0f} % interval [{diff.low:+.{d}f}, {diff.high:+.{d}f}] {where})")
+    return {"name": claim.name, "holds": holds, "within_error": holds and not clear, "text": text,
+            "paired": {"metric": rule.metric, "threshold": rule.threshold, "steps": list(claim.steps),
+                       **diff.as_dict()}}
+
+
+def verdict(claim: Mapping[str, Any]) -> str:
+    """'holds', 'holds, within error' or 'does not hold': a claim entry's verdict as the report prints it."""
+    if not claim["holds"]:
+        return "does not hold"
+    return "holds, within error" if claim.get("within_error") else "holds"
 
 
 def check_tables() -> None:
@@ -311,15 +375,16 @@ def check_tables() -> None:
 
 
 def random_checkpoint(cfg: JbotConfig, path: Path) -> Path:
-    """An untrained encoder of the same size (seeded by pretrain.seed): the baseline of the pre-training gain."""
+    """An untrained encoder of the same architecture and size (seeded by pretrain.seed): the baseline of the
+    pre-training gain."""
     import torch
 
-    from jbot.model.encoder import JetEncoder
+    from jbot.model.registry import build_encoder
     from jbot.train.checkpoint import save_checkpoint
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.pretrain.seed)
-        encoder = JetEncoder(cfg.model)
+        encoder = build_encoder(cfg.model)
     return save_checkpoint(path, {"kind": "encoder", "config": {"model": cfg.model.model_dump(mode="json")},
                                   "encoder": encoder.state_dict()})
 
@@ -403,7 +468,7 @@ def run_reproduction(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
         client.log_artifact(parent, str(report), "report")
         client.log_artifact(parent, str(plan.out / "reproduce.json"), "report")
         for claim in summary["claims"]:
-            client.set_tag(parent, f"claim.{claim['name']}", "holds" if claim["holds"] else "does not hold")
+            client.set_tag(parent, f"claim.{claim['name']}", verdict(claim))
     except KeyboardInterrupt as exc:  # Ctrl-C or a stop signal: the running step's run is KILLED by its own command
         from jbot import signals
 
@@ -421,25 +486,115 @@ def run_reproduction(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
 def collect(client: Any, done: dict[str, str]) -> dict[str, Any]:
     """Every step's test metrics (by step), the claims and the rows of the report: the baselines, then the paper's
     numbers, then the paper's quantities jbot does not record, each in the order of STEPS."""
+    import tempfile
+
     from jbot.evaluate.metrics import unresolved
 
     metrics = {name: dict(client.get_run(run_id).data.metrics) for name, run_id in done.items()}
-    claims = []
-    for claim in CLAIMS:
-        holds, text = claim.judge(*(Metrics(metrics.get(step, {})) for step in claim.steps))
-        claims.append({"name": claim.name, "holds": holds, "text": text})
+    with tempfile.TemporaryDirectory(prefix="jbot-reproduce-") as folder:
+        outputs = _Outputs(client, done, Path(folder))
+        claims = []
+        for claim in CLAIMS:
+            diff = outputs.paired(claim)
+            if diff is not None:
+                claims.append(paired_verdict(claim, diff))
+                continue
+            holds, text = claim.judge(*(Metrics(metrics.get(step, {})) for step in claim.steps))
+            claims.append({"name": claim.name, "holds": holds, "text": text})
 
-    def row(step: str, key: str, quantity: str, paper: float | None, source: str) -> dict[str, Any]:
-        m = metrics.get(step, {})
-        v, std = Metrics(m)[key]
-        return {"quantity": f"{step}: {quantity}", "jbot": v, "std": std, "run": done.get(step, ""), "paper": paper,
-                "paper_source": source,
-                **({"unresolved": int(m.get(f"{key}_n_bkg", 0))} if unresolved(m, key) else {})}
+        def row(step: str, key: str, quantity: str, paper: float | None, source: str) -> dict[str, Any]:
+            m = metrics.get(step, {})
+            v, std = Metrics(m)[key]
+            se = outputs.se(step, key)
+            return {"quantity": f"{step}: {quantity}", "jbot": v, "std": std, "run": done.get(step, ""),
+                    "paper": paper, "paper_source": source, **({"se": se} if se is not None else {}),
+                    **({"unresolved": int(m.get(f"{key}_n_bkg", 0))} if unresolved(m, key) else {})}
 
-    rows = [row(s.name, key, key, None, BASELINE) for s in STEPS for key in s.baseline]
-    rows += [row(s.name, key, key, paper, source) for s in STEPS for key, (source, paper) in s.paper.items()]
-    rows += [row(s.name, key, label, None, source) for s in STEPS for key, (label, source) in s.unrecorded.items()]
-    return {"claims": claims, "rows": rows, "runs": done}
+        rows = [row(s.name, key, key, None, BASELINE) for s in STEPS for key in s.baseline]
+        rows += [row(s.name, key, key, paper, source) for s in STEPS for key, (source, paper) in s.paper.items()]
+        rows += [row(s.name, key, label, None, source) for s in STEPS
+                 for key, (label, source) in s.unrecorded.items()]
+    return {"claims": claims, "rows": rows, "runs": done, "errors": ERRORS_TEXT}
+
+
+# a row's metric -> (the bootstrap metric, the kind of per-jet outputs it is computed from)
+_PER_JET = {"test/acc": ("accuracy", "classifier"), "test/auc": ("auc", "classifier"),
+            "test/knn_acc": ("accuracy", "knn"), "test/knn_auc": ("auc", "knn")}
+
+
+class _Outputs:
+    """The steps' per-jet test outputs (``predictions/test.npz``), downloaded once each; None where a run kept
+    none (or the client cannot download: a step of an older jbot, a test's fake client)."""
+
+    def __init__(self, client: Any, done: Mapping[str, str], folder: Path) -> None:
+        self.client, self.done, self.folder = client, done, folder
+        self.cache: dict[str, Any] = {}
+
+    def get(self, step: str) -> Any:
+        if step not in self.cache:
+            self.cache[step] = self._load(step)
+        return self.cache[step]
+
+    def _load(self, step: str) -> Any:
+        download = getattr(self.client, "download_artifacts", None)
+        if download is None or step not in self.done:
+            return None
+        from jbot.evaluate.bootstrap import PREDICTIONS, BootstrapError, load_predictions
+        from jbot.tracking.mlflow import MlflowError
+
+        run_id = self.done[step]
+        try:
+            return load_predictions(download(run_id, PREDICTIONS, str(self._dst(run_id))))
+        except (MlflowError, OSError, BootstrapError, ValueError):
+            return None
+
+    def _dst(self, run_id: str) -> Path:
+        dst = self.folder / run_id
+        dst.mkdir(parents=True, exist_ok=True)
+        return dst
+
+    def paired(self, claim: Claim) -> Any:
+        """The paired bootstrap of the claim's two steps, or None when it is not paired or an output is missing or
+        not on the same test jets."""
+        if claim.paired is None or len(claim.steps) != 2:
+            return None
+        a, b = (self.get(step) for step in claim.steps)
+        if a is None or b is None or not a.paired_with(b):
+            return None
+        from jbot.evaluate.bootstrap import BootstrapError, paired_bootstrap
+
+        metric = claim.paired.metric
+        try:
+            first, second = ((p.pred if metric == "accuracy" else p.probs) for p in (a, b))
+            return paired_bootstrap(a.y, first, second, metric)
+        except BootstrapError:
+            return None
+
+    def se(self, step: str, key: str) -> float | None:
+        """The bootstrap standard error of a row's full-set number, where its step kept the outputs it is from."""
+        if key not in _PER_JET:
+            return None
+        metric, kind = _PER_JET[key]
+        p = self.get(step)
+        if p is None or p.kind != kind:
+            return None
+        from jbot.evaluate.bootstrap import BootstrapError, bootstrap
+
+        try:
+            return bootstrap(p.y, p.pred if metric == "accuracy" else p.probs, metric).se
+        except BootstrapError:
+            return None
+
+
+ERRORS_TEXT = (
+    "What ± means. In the table of numbers, ± is the fold std: the std of the metric over stratified folds of the "
+    "test split (evaluate.n_folds, each fold a 1/k of the test jets), about sqrt(k) times the error of the full-set "
+    "number shown; SE, where shown, is the bootstrap standard error of that full-set number (1,000 resamples of "
+    "the test jets, seed 0). In a claim, ± is the standard error of the paired bootstrap difference: both runs' "
+    "per-jet test outputs evaluated on the same 1,000 resamples of the same test jets, with the 95 % percentile "
+    "interval. A claim holds when its full-set difference passes its threshold and holds within error when it "
+    "does but the interval does not clear the threshold. A claim without per-jet outputs (the anomaly claim; "
+    "runs of an older jbot) is judged on its full-set numbers against the fold std, as its line says.")
 
 
 def write_report(path: Path, summary: dict[str, Any]) -> Path:
@@ -448,11 +603,11 @@ def write_report(path: Path, summary: dict[str, Any]) -> Path:
     def num(v: float | None, digits: int = 3) -> str:
         return "-" if v is None or v != v else f"{v:.{digits}f}"
 
-    claims = "".join(f"<li><b>{'holds' if c['holds'] else 'does not hold'}</b>: {esc(c['text'])}</li>"
-                     for c in summary["claims"])
+    claims = "".join(f"<li><b>{verdict(c)}</b>: {esc(c['text'])}</li>" for c in summary["claims"])
     rows = "".join(
         f"<tr><td>{esc(r['quantity'])}</td><td>{num(r['jbot'])} "
         + (f"(not resolved: {r['unresolved']} background jets)" if "unresolved" in r else f"± {num(r['std'])}")
+        + (f" (SE {num(r['se'])})" if "se" in r else "")
         + f"</td><td><code>{esc(str(r['run']))}"
         f"</code></td><td>{num(r['paper'])}</td><td>{esc(r['paper_source'])}</td></tr>" for r in summary["rows"])
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>jbot reproduce: {esc(summary['scale'])}</title>
@@ -462,8 +617,9 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><bo
 <p>Scale: {esc(summary['scale'])} ({esc(summary['budget'])}); config <code>{esc(summary.get('config', ''))}</code>
 with the scale's sizes on top; data: <code>{esc(summary['data'])}</code>; MLflow parent
 run <code>{esc(summary['parent'])}</code> (experiment {EXPERIMENT}). jbot's numbers are on jbot's test split of these
-jets, ± the std over stratified folds of it; the paper's are on JetNet at the published sizes, so they compare
-the method, not these numbers one for one.</p>
+jets; the paper's are on JetNet at the published sizes, so they compare the method, not these numbers one for
+one.</p>
+<p>{esc(ERRORS_TEXT)}</p>
 <h2>Claims</h2><ul>{claims}</ul>
 <h2>Numbers</h2>
 <table><tr><th>quantity</th><th>jbot</th><th>jbot run</th><th>paper</th><th>paper source</th></tr>{rows}</table>

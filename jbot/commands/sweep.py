@@ -148,7 +148,7 @@ def anomaly_objective(sweep: Sweep, source: str) -> Callable[[optuna.Trial, str]
     from jbot.train.device import runtime_device
 
     loaded = load_from_uri(source, str(sweep.cfg.tracking.uri))
-    split = load_split(sweep.cfg, "qg")
+    split = load_split(settings_used(sweep.cfg, "qg", loaded))  # at the encoder's particle count
     spec = sweep.space.params.get("anomaly.reference_size")
     largest = int(max(spec.high or 0, sweep.cfg.anomaly.reference_size)) if spec is not None \
         else sweep.cfg.anomaly.reference_size

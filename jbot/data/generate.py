@@ -5,7 +5,8 @@ pp at 13 TeV with a hard-process pT window around 1 TeV:
   w, z  boson + jet, hadronic boson decays; the jet must contain both decay quarks (dR < 0.8)
   t     tt~ with hadronic W decays; the jet must contain b and both W-decay quarks (dR < 0.8)
 Anti-kT R = 0.8 on visible final-state particles with |eta| < 2.5; jets in a pT window around 1 TeV; the
-30 highest-pT constituents as (eta_rel, phi_rel, pt_rel, valid).
+``n_particles`` (``--particles``, 30 by default) highest-pT constituents as (eta_rel, phi_rel, pt_rel, valid),
+zero-padded when a jet has fewer; the jet features' multiplicity counts all constituents.
 
 Work is cut into fixed chunks of jets per class, each with its own Pythia seed derived from (seed, class,
 chunk): the output depends on the seed and chunk size only, not on the number of workers or their timing.

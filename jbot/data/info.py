@@ -7,23 +7,30 @@ from typing import Any
 
 import numpy as np
 
-from jbot.data.classes import CLASS_LABELS
-from jbot.data.jetnet import DataError, available_classes, check_data_folder, load_classes
+from jbot.data.classes import CLASS_LABELS, VALID
+from jbot.data.jetnet import DataError, available_classes, check_data_dir, check_data_folder, class_file, read_jetnet
 from jbot.plots import data_distributions, write_html
 
 
 def summarize(data_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """Per class: jet count, multiplicity and jet-mass / jet-pT summaries (median and 16/84 % quantiles)."""
+    """Per class: jet count, the file's particle slots per jet P, multiplicity (all constituents, from
+    ``jet_features``) and the valid slots stored (at most P), jet-mass / jet-pT summaries (median and 16/84 %
+    quantiles). Files are read as stored, whatever their P, one at a time (only jet-level arrays are kept)."""
     classes = available_classes(check_data_folder(data_dir))
     if not classes:
         raise DataError(f"{data_dir}: no class files (q.hdf5, g.hdf5, w.hdf5, z.hdf5, t.hdf5) found")
+    check_data_dir(data_dir, classes)
     out: dict[str, dict[str, Any]] = {}
-    for name, jets in load_classes(data_dir, classes).items():
-        mult = jets.jets[:, 3]  # all constituents, before keeping the 30 hardest
+    for name in classes:
+        jets = read_jetnet(class_file(data_dir, name), None)
+        mult = jets.jets[:, 3]  # all constituents, before keeping the P hardest
+        stored = (jets.particles[..., VALID] == 1).sum(axis=1).astype(np.float32)
         mass, pt = jets.jets[:, 2], jets.jets[:, 0]
         out[CLASS_LABELS[name]] = {
             "n_jets": len(jets),
+            "n_particles": int(jets.particles.shape[1]),
             "multiplicity": _quantiles(mult),
+            "stored": _quantiles(stored),
             "mass": _quantiles(mass),
             "pt": _quantiles(pt),
             "arrays": {"mass": mass, "pt": pt, "multiplicity": mult},

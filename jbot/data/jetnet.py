@@ -1,8 +1,12 @@
 """JetNet-layout HDF5 files (docs/method.md §1): one file per class, read and written with h5py, validated on read.
 
 Layout of ``{q,g,w,z,t}.hdf5``:
-  particle_features  float32 (N, P=30, F=4) = (eta_rel, phi_rel, pt_rel, valid), pT-sorted, zero-padded
-  jet_features       float32 (N, 4)         = (pT, eta, mass, n_particles)
+  particle_features  float32 (N, P, F=4) = (eta_rel, phi_rel, pt_rel, valid), pT-sorted, zero-padded
+  jet_features       float32 (N, 4)      = (pT, eta, mass, n_particles)
+
+P is the file's own particle count (30 for JetNet, 150 for JetNet150, anything for one's own jets). The reader
+returns ``model.n_particles`` slots per jet: a file with more keeps the hardest (highest pT_rel first), one with
+fewer is zero-padded (valid = 0), and a file with exactly that many is returned as stored.
 """
 
 from __future__ import annotations
@@ -83,8 +87,13 @@ def broken_link(path: Path) -> str | None:
     return None
 
 
-def read_jetnet(path: str | Path, n_particles: int = 30) -> JetSet:
-    """Read and validate one class file."""
+DEFAULT_PARTICLES = 30  # JetNet's, and ``model.n_particles``' default
+CONFORM_BLOCK = 65_536  # jets ordered and cut at a time (bounds the memory of the sort)
+
+
+def read_jetnet(path: str | Path, n_particles: int | None = DEFAULT_PARTICLES) -> JetSet:
+    """Read and validate one class file (any particle count P); its particles come back with ``n_particles``
+    slots per jet (``conform_particles``), or as stored with ``None``."""
     path = Path(path)
     if not path.is_file():
         link = broken_link(path)
@@ -96,8 +105,32 @@ def read_jetnet(path: str | Path, n_particles: int = 30) -> JetSet:
     with f:
         particles = _read_dataset(f, path, PARTICLE_KEY)
         jets = _read_dataset(f, path, JET_KEY)
-    validate_jets(path, particles, jets, n_particles)
+    validate_jets(path, particles, jets)
+    if n_particles is not None:
+        particles = conform_particles(particles, n_particles)
     return JetSet(particles=particles, jets=jets)
+
+
+def conform_particles(particles: np.ndarray, n_particles: int) -> np.ndarray:
+    """Validated particles (N, P, F) -> (N, ``n_particles``, F): with P = ``n_particles`` the array itself; else
+    each jet's valid slots in decreasing pT_rel (padded slots last, a stable order: a pT-sorted jet keeps its
+    order), then cut to the hardest ``n_particles`` or zero-padded (valid = 0) up to them."""
+    if n_particles < 1:
+        raise ValueError(f"n_particles must be positive, got {n_particles}")
+    n, p, f = particles.shape
+    if p == n_particles:
+        return particles
+    out = np.zeros((n, n_particles, f), dtype=np.float32)
+    keep = min(p, n_particles)
+    for start in range(0, n, CONFORM_BLOCK):
+        block = particles[start:start + CONFORM_BLOCK]
+        key = np.where(block[..., VALID] == 1, block[..., PT], -np.inf)
+        if np.all(key[:, :-1] >= key[:, 1:]):  # pT-sorted already (the layout's promise): no reordering
+            out[start:start + len(block), :keep] = block[:, :keep]
+            continue
+        order = np.argsort(-key, axis=1, kind="stable")[:, :keep]
+        out[start:start + len(block), :keep] = np.take_along_axis(block, order[..., None], axis=1)
+    return out
 
 
 def _bad(path: Path, key: str, what: str, bad_jets: np.ndarray) -> None:
@@ -109,8 +142,9 @@ def _bad(path: Path, key: str, what: str, bad_jets: np.ndarray) -> None:
         )
 
 
-def validate_jets(path: str | Path, particles: np.ndarray, jets: np.ndarray, n_particles: int = 30) -> None:
-    """Shapes, finiteness, the valid flag, empty padded slots and positive pT_rel (docs/method.md §1)."""
+def validate_jets(path: str | Path, particles: np.ndarray, jets: np.ndarray, n_particles: int | None = None) -> None:
+    """Shapes, finiteness, the valid flag, empty padded slots and positive pT_rel (docs/method.md §1); particles
+    (N, P, 4) with any P >= 1, or exactly ``n_particles`` when given."""
     path = Path(path)
     _check_particle_shape(path, particles, n_particles)
     if jets.ndim != 2 or jets.shape[1] != len(JET_FEATURE_NAMES):
@@ -132,15 +166,22 @@ MAX_PHI_REL = 2 * np.pi
 MAX_PT_REL = 2.0
 
 
-def _check_particle_shape(path: Path, particles: np.ndarray, n_particles: int, key: str = PARTICLE_KEY) -> None:
-    expected = f"(N, {n_particles}, {N_FEATURES})"
+def _check_particle_shape(path: Path, particles: np.ndarray, n_particles: int | None,
+                          key: str = PARTICLE_KEY) -> None:
+    if n_particles is None:
+        if particles.ndim != 3 or particles.shape[1] < 1 or particles.shape[2] != N_FEATURES:
+            raise DataError(f"{path}: dataset '{key}' has shape {particles.shape}, expected (N, P, {N_FEATURES}) "
+                            f"(P >= 1 particles per jet, {N_FEATURES} features each)")
+        return
     if particles.ndim != 3 or particles.shape[1:] != (n_particles, N_FEATURES):
-        raise DataError(f"{path}: dataset '{key}' has shape {particles.shape}, expected {expected}")
+        raise DataError(f"{path}: dataset '{key}' has shape {particles.shape}, "
+                        f"expected (N, {n_particles}, {N_FEATURES})")
 
 
-def validate_particles(path: str | Path, particles: np.ndarray, n_particles: int = 30,
+def validate_particles(path: str | Path, particles: np.ndarray, n_particles: int | None = DEFAULT_PARTICLES,
                        key: str = PARTICLE_KEY) -> None:
-    """The particle-level checks alone (inputs given as arrays, e.g. ``x`` of an .npz file)."""
+    """The particle-level checks alone (inputs given as arrays, e.g. ``x`` of an .npz file): exactly
+    ``n_particles`` slots per jet, or any count with ``None``."""
     path = Path(path)
     _check_particle_shape(path, particles, n_particles, key)
     if particles.shape[0] == 0:
@@ -188,7 +229,9 @@ def check_data_folder(data_dir: str | Path) -> Path:
     raise DataError(f"{data_dir}: data folder not found (make one with `jbot data generate --out {data_dir}`)")
 
 
-def load_classes(data_dir: str | Path, classes: tuple[str, ...], n_particles: int = 30) -> dict[str, JetSet]:
+def load_classes(data_dir: str | Path, classes: tuple[str, ...],
+                 n_particles: int | None = DEFAULT_PARTICLES) -> dict[str, JetSet]:
+    """Every class file, read with ``read_jetnet`` (``n_particles`` slots per jet, or as stored with None)."""
     data_dir = check_data_dir(data_dir, classes)
     return {name: read_jetnet(class_file(data_dir, name), n_particles) for name in classes}
 

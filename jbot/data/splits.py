@@ -19,6 +19,7 @@ import numpy as np
 
 from jbot.data.classes import BACKGROUND, CLASS_INDEX, CLASS_LABELS, PRESET_CLASSES, SIGNALS, TQG_LABELS
 from jbot.data.jetnet import (
+    DEFAULT_PARTICLES,
     DataError,
     JetSet,
     class_file,
@@ -156,10 +157,13 @@ def make_split(
     n_val: int | None = None,
     n_test: int | None = None,
     seed: int = 42,
+    n_particles: int = DEFAULT_PARTICLES,
 ) -> Split:
+    """The split of ``preset``, each jet with ``n_particles`` slots (``model.n_particles``: files with more keep
+    the hardest, files with fewer are zero-padded; ``jbot.data.jetnet.read_jetnet``)."""
     if preset not in PLANNERS:
         raise DataError(f"unknown preset {preset!r}; choose from {', '.join(PLANNERS)}")
-    data = load_classes(data_dir, PRESET_CLASSES[preset])
+    data = load_classes(data_dir, PRESET_CLASSES[preset], n_particles)
     sizes = {c: len(s) for c, s in data.items()}
     plan = PLANNERS[preset](sizes, n_train, n_val, n_test)
     try:
@@ -170,7 +174,10 @@ def make_split(
         raise DataError(f"{data_dir}: preset {preset}: too few jets for a training split ({sizes})")
     rng = np.random.default_rng(seed + 1)
     train, val, test = (_assemble(preset, data, idx, k, rng) for k in range(3))
-    fp = fingerprint(data_dir, PRESET_CLASSES[preset], {"preset": preset, "seed": seed, "plan": plan})
+    settings: dict[str, object] = {"preset": preset, "seed": seed, "plan": plan}
+    if n_particles != DEFAULT_PARTICLES:  # the default leaves the fingerprints of earlier runs as they were
+        settings["n_particles"] = n_particles
+    fp = fingerprint(data_dir, PRESET_CLASSES[preset], settings)
     return Split(preset, train, val, test, class_names(preset), seed, fp)
 
 

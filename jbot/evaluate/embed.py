@@ -67,7 +67,9 @@ def embed(encoder: JetEncoder, x: np.ndarray | torch.Tensor, batch_size: int = 4
 
 
 def read_inputs(path: str | Path, n_particles: int = 30) -> np.ndarray:
-    """Particles (N, P, F) from a JetNet-layout HDF5 file or an ``.npz`` holding ``x``, validated."""
+    """Particles (N, P, F), P = ``n_particles`` (the model's ``model.n_particles``), validated: from a JetNet-layout
+    HDF5 file of any particle count (its hardest P, or zero-padded to P: ``read_jetnet``) or from an ``.npz``
+    whose ``x`` has exactly P slots per jet."""
     from jbot.data.jetnet import DataError, read_jetnet, validate_particles
 
     path = Path(path)

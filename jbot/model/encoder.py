@@ -1,4 +1,8 @@
-"""The jBOT particle transformer (docs/method.md §4): token embedding, [CLS], post-LN blocks, no positional encoding."""
+"""The jBOT particle transformer (docs/method.md §4): token embedding, [CLS], post-LN blocks, no positional encoding.
+
+Registered as ``model.arch`` "transformer" (``jbot.model.registry``), the default; build it with
+``jbot.model.registry.build_encoder``.
+"""
 
 from __future__ import annotations
 

@@ -124,8 +124,8 @@ def read_backbone(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor
                 state[f"{out}.ffn.{2 * j}.bias"] = _t(w.get(f"{b}/ffn/layers/{name}/vars/1", (shape[1],)))
     finally:
         w.close()
-    cfg = ModelConfig(d_model=d, n_heads=h, n_layers=n_layers, d_proj=max(1, d // 2), n_features=n_features,
-                      mask_padding=False, feature_scale=(1.0, 1.0, 1.0, 1.0))
+    cfg = ModelConfig(arch="transformer", d_model=d, n_heads=h, n_layers=n_layers, d_proj=max(1, d // 2),
+                      n_features=n_features, mask_padding=False, feature_scale=(1.0, 1.0, 1.0, 1.0))
     return cfg, state
 
 
@@ -169,11 +169,11 @@ def _corrupt_is_an_error(path: str | Path) -> Iterator[None]:
 def import_keras(backbone: str | Path, classifier: str | Path | None = None) -> dict[str, Any]:
     """A jbot checkpoint (dict) holding the published encoder and, optionally, its classifier head."""
     from jbot.config import JbotConfig
-    from jbot.model.encoder import JetEncoder
+    from jbot.model.registry import build_encoder
 
     with _corrupt_is_an_error(backbone):
         model_cfg, enc_state = read_backbone(backbone)
-    encoder = JetEncoder(model_cfg)
+    encoder = build_encoder(model_cfg)
     missing = set(encoder.state_dict()) - set(enc_state)
     if missing - {"mask_token"}:
         raise KerasImportError(f"{backbone}: weights missing for {sorted(missing)}")

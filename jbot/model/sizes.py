@@ -48,17 +48,19 @@ def _model(config: str) -> ModelConfig:
     return load_config(config).model
 
 
-def _dims(model: ModelConfig) -> tuple[int, int, int]:
-    """What tells the sizes apart."""
-    return model.d_model, model.n_layers, model.n_heads
+def _dims(model: ModelConfig) -> tuple[str, int, int, int]:
+    """What tells the sizes apart (another architecture with jBOT-S's dimensions is not jBOT-S)."""
+    return model.arch, model.d_model, model.n_layers, model.n_heads
 
 
 def model_label(model: ModelConfig) -> str:
-    """The name of the size whose dimensions ``model`` has (S, B), else D<d_model>L<n_layers>."""
+    """The name of the size whose architecture and dimensions ``model`` has (S, B), else D<d_model>L<n_layers>
+    (prefixed with the architecture when it is not the paper's transformer)."""
     for size in SIZES.values():
         if _dims(size.model) == _dims(model):
             return size.name
-    return f"D{model.d_model}L{model.n_layers}"
+    prefix = "" if model.arch == "transformer" else f"{model.arch}-"
+    return f"{prefix}D{model.d_model}L{model.n_layers}"
 
 
 def size_names() -> list[str]:

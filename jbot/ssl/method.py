@@ -19,8 +19,8 @@ from jbot.data.augment import augment
 from jbot.data.classes import VALID
 from jbot.data.draws import Draws
 from jbot.data.masking import pt_aware_mask
-from jbot.model.encoder import JetEncoder
 from jbot.model.heads import ProjectionHead
+from jbot.model.registry import build_encoder
 from jbot.ssl.center import Centers
 from jbot.ssl.losses import cls_loss, cross_entropy, entropy, koleo, part_loss
 
@@ -38,7 +38,7 @@ class JBOTNetwork(nn.Module):
 
     def __init__(self, cfg: ModelConfig, dropout: float = 0.0) -> None:
         super().__init__()
-        self.encoder = JetEncoder(cfg, dropout)
+        self.encoder = build_encoder(cfg, dropout)
         self.head = ProjectionHead(cfg.d_model, cfg.d_proj, cfg.head_hidden_mult)
 
     def forward(self, x: torch.Tensor, masked: torch.Tensor | None = None, project: torch.Tensor | None = None

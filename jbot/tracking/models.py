@@ -1,8 +1,9 @@
 """Encoders and classifiers as MLflow models: a pyfunc model around a jbot checkpoint artifact.
 
-``mlflow.pyfunc.load_model(uri).predict(x)`` with ``x`` (N, 30, 4) float32 returns the [CLS] embeddings (N, D), or
-class probabilities (N, C) for a classifier; ``load_from_uri`` restores jbot's own ``JetEncoder`` (and head) from
-the same artifact, for any ``runs:/``, ``models:/name/version``, ``models:/name@alias`` URI, run id or local path.
+``mlflow.pyfunc.load_model(uri).predict(x)`` with ``x`` (N, P, 4) float32 (P: the model's ``model.n_particles``)
+returns the [CLS] embeddings (N, D), or class probabilities (N, C) for a classifier; ``load_from_uri`` restores
+jbot's own ``JetEncoder`` (and head) from the same artifact, for any ``runs:/``, ``models:/name/version``,
+``models:/name@alias`` URI, run id or local path, and names what it downloaded (``LoadedModel.provenance``).
 """
 
 from __future__ import annotations

@@ -10,11 +10,12 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from jbot.config import build_config
+from jbot.config import ConfigError, build_config
 from jbot.errors import JbotError
 from jbot.io import atomic_write
 from jbot.model.encoder import JetEncoder
 from jbot.model.heads import ClassifierHead
+from jbot.model.registry import build_encoder
 
 FORMAT = "jbot-checkpoint"
 VERSION = 1
@@ -50,9 +51,10 @@ def _prefixed(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
 
 
 def encoder_from_state(state: dict[str, Any], which: str = "student") -> JetEncoder:
-    """Rebuild the encoder (``student`` or ``teacher`` backbone) from a loaded checkpoint alone."""
+    """Rebuild the encoder (``student`` or ``teacher`` backbone) from a loaded checkpoint alone: the architecture its
+    config names (``model.arch``; "transformer" for a checkpoint saved before the field existed)."""
     model_cfg = build_config({"model": state["config"]["model"]}, saved=True).model
-    encoder = JetEncoder(model_cfg)
+    encoder = build_encoder(model_cfg)
     weights = state.get("encoder") if which == "encoder" else _prefixed(state[which], "encoder.")
     if weights is None:
         raise CheckpointError(f"checkpoint holds no '{which}' weights")
@@ -103,6 +105,9 @@ def load_model(path: str | Path) -> LoadedModel:
         return model_from_state(state)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    except ConfigError as exc:  # e.g. a model.arch that is not registered here
+        problems = "; ".join(line.strip() for line in str(exc).splitlines()[1:] if line.strip()) or str(exc)
+        raise CheckpointError(f"{path}: its model config is invalid: {problems}") from None
     except KeyError as exc:
         raise CheckpointError(f"{path}: not a complete jbot checkpoint (no {exc} entry)") from None
     except ValidationError as exc:

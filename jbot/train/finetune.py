@@ -20,6 +20,7 @@ from jbot.data.splits import Part, Split
 from jbot.evaluate.embed import infer
 from jbot.model.encoder import JetEncoder
 from jbot.model.heads import ClassifierHead
+from jbot.model.registry import build_encoder
 from jbot.redaction import public
 from jbot.train.device import autocast, runtime_device
 from jbot.train.pretrain import TrainingDiverged
@@ -155,7 +156,7 @@ def finetune(cfg: JbotConfig, split: Split, encoder: JetEncoder | None,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ft.seed)
         if encoder is None:
-            encoder = JetEncoder(cfg.model)
+            encoder = build_encoder(cfg.model)
         model = JetClassifier(copy.deepcopy(encoder), split.n_classes, ft.dropout)
         continued = False
         if head is not None and head.n_classes == split.n_classes:
