@@ -26,6 +26,9 @@ POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect
 REQUIRE_POSTGRES_ENV = "JBOT_REQUIRE_POSTGRES"
 
 
+# the authors' published Keras weights and golden outputs used by the parity tests
+KERAS_FIXTURES = Path(__file__).parent / "fixtures" / "keras"
+
 def fake_jets(n: int, cls_index: int, rng: np.random.Generator, n_particles: int = 30) -> tuple[np.ndarray, np.ndarray]:
     """Jets whose multiplicity and angular spread depend on the class, so classes are (weakly) separable."""
     mult = rng.integers(5 + 3 * cls_index, min(n_particles, 12 + 4 * cls_index) + 1, size=n)

@@ -14,11 +14,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from tests.conftest import TINY, NewStore, write_fake_folder
+from tests.conftest import KERAS_FIXTURES, TINY, NewStore, write_fake_folder
 
 runner = CliRunner()
 JBOT = str(Path(sys.executable).parent / "jbot")
-KERAS = Path(__file__).parent / "data" / "keras"
+KERAS = KERAS_FIXTURES
 SIZES = {"n_train": 200, "n_val": 40, "n_test": 100}
 
 

@@ -34,7 +34,16 @@ from jbot.sweeps.spaces import load_space
 from jbot.sweeps.study import PARENT_ATTR, Sweep, open_study
 from jbot.train.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from jbot.train.pretrain import Pretrainer, TrainingDiverged
-from tests.conftest import TINY, NewStore, fake_jets, free_port, tiny_checkpoint, wait_healthy, write_fake_folder
+from tests.conftest import (
+    KERAS_FIXTURES,
+    TINY,
+    NewStore,
+    fake_jets,
+    free_port,
+    tiny_checkpoint,
+    wait_healthy,
+    write_fake_folder,
+)
 from tests.conftest import one_error_line as _one_error_line
 from tests.conftest import set_args as _sets
 
@@ -361,7 +370,7 @@ def test_corrupt_checkpoints_are_one_line(tmp_path: Path, fake_data: Path) -> No
 
 
 def test_corrupt_keras_file_is_one_line(tmp_path: Path) -> None:
-    source = Path(__file__).parent / "data" / "keras" / "all_backbone_pretrain_32_4_2.weights.h5"
+    source = KERAS_FIXTURES / "all_backbone_pretrain_32_4_2.weights.h5"
     data = bytearray(source.read_bytes())
     rng = np.random.default_rng(1)
     for start in range(512, len(data), 4096):  # damage object headers and data through the file, same size

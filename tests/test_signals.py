@@ -205,7 +205,7 @@ def test_sigterm_to_finetune_ends_its_run_killed(tmp_path: Path, new_store: NewS
 
 
 def test_sigusr1_to_reproduce_ends_parent_and_step_killed(tmp_path: Path, new_store: NewStore) -> None:
-    from tests.test_reproduce import QUICK
+    from tests.commands.test_reproduce import QUICK
 
     data = write_fake_folder(tmp_path / "jets", 400)
     store = new_store(tmp_path / "store")
@@ -248,7 +248,7 @@ def test_sigterm_to_data_generate_leaves_no_file_and_no_worker(tmp_path: Path) -
 
 
 def test_sigterm_to_data_convert_keeps_finished_shards_and_no_temp_file(tmp_path: Path) -> None:
-    from tests.test_stream import write_jetclass_root
+    from tests.data.test_stream import write_jetclass_root
 
     raw = tmp_path / "jetclass"
     raw.mkdir()

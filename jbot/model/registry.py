@@ -28,7 +28,7 @@ To add an architecture:
 2. add one entry here: ``"<name>": "jbot.model.<name>:<Class>"``.
 
 ``model.arch=<name>`` is then accepted by every command, saved in every checkpoint and logged as the MLflow param
-``model.arch``; loading such a checkpoint builds that class. A test of it goes in ``tests/test_encoders.py``.
+``model.arch``; loading such a checkpoint builds that class. A test of it goes in ``tests/model/test_encoders.py``.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from jbot.evaluate.bootstrap import (
     resample_counts,
     save_predictions,
 )
-from tests.test_tables import ORIGINAL_STEPS
+from tests.commands.test_tables import ORIGINAL_STEPS
 
 N = 2000
 

@@ -12,11 +12,12 @@ from typer.testing import CliRunner
 from jbot.cli import app
 from jbot.config import GenerateConfig
 from jbot.data.jetnet import read_jetnet
+from tests.conftest import KERAS_FIXTURES
 
 ort = pytest.importorskip("onnxruntime", reason="install the export extra: pip install 'jbot[export]'")
 pytest.importorskip("pythia8mc", reason="install the generate extra: pip install 'jbot[generate]'")
 runner = CliRunner()
-KERAS = Path(__file__).parent / "data" / "keras"
+KERAS = KERAS_FIXTURES
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 from jbot.cli import app
 from jbot.model.keras_import import KerasImportError, import_keras, read_backbone
+from tests.conftest import KERAS_FIXTURES
 
 # A copy of some of the authors' released weights and golden outputs (computed with their Keras code)
-REF = Path(__file__).parent / "data" / "keras"
+REF = KERAS_FIXTURES
 runner = CliRunner()
 
 CASES = [

@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from jbot.cli import app
+from tests.commands.test_reproduce import QUICK
 from tests.conftest import NewStore, write_fake_folder
-from tests.test_reproduce import QUICK
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
