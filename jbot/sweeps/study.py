@@ -272,6 +272,17 @@ def run_worker(sweep: Sweep, objective: Callable[[optuna.Trial, str], float]) ->
                         states.count(TrialState.FAIL), time.perf_counter() - start, sweep.n_trials)
 
 
+def _set_tag(client: Any, run_id: str, key: str, value: str) -> None:
+    """A tag of the study's parent run, which every worker writes when it ends: two workers writing the same new
+    key at once can collide in the store (a duplicate key on PostgreSQL); the second write then simply repeats."""
+    try:
+        client.set_tag(run_id, key, value)
+    except MlflowError as exc:
+        if "already exists" not in str(exc) and "UNIQUE" not in str(exc).upper():
+            raise
+        client.set_tag(run_id, key, value)
+
+
 def log_study_summary(outcome: SweepOutcome, tracking_uri: str, out_dir: Path) -> dict[str, Any]:
     """Best value and params and Optuna's plotly figures (self-contained HTML) on the parent run."""
     from optuna import visualization as vis
@@ -288,15 +299,15 @@ def log_study_summary(outcome: SweepOutcome, tracking_uri: str, out_dir: Path) -
         summary.update({"best_value": best.value, "best_trial": best.number, "best_params": best.params,
                         "best_run_id": best.user_attrs.get("mlflow_run_id")})
         client.log_metric(run_id, "sweep/best_value", float(best.value or 0.0))
-        client.set_tag(run_id, "jbot.best_trial", str(best.number))
-        client.set_tag(run_id, "jbot.best_params", json.dumps(best.params)[:5000])
+        _set_tag(client, run_id, "jbot.best_trial", str(best.number))
+        _set_tag(client, run_id, "jbot.best_params", json.dumps(best.params)[:5000])
         for key, value in best.params.items():
-            client.set_tag(run_id, f"best.{key}", str(value))
+            _set_tag(client, run_id, f"best.{key}", str(value))
             if outcome.n_complete >= outcome.n_trials:  # the searched fields' params: the best trial's values
                 with contextlib.suppress(MlflowError):  # kept from an earlier, shorter study
                     client.log_param(run_id, key, str(value))
         if summary["best_run_id"]:
-            client.set_tag(run_id, "jbot.best_run_id", summary["best_run_id"])
+            _set_tag(client, run_id, "jbot.best_run_id", summary["best_run_id"])
     for key in ("n_complete", "n_pruned", "n_failed"):
         client.log_metric(run_id, f"sweep/{key}", float(summary[key]))
     figures: dict[str, Callable[[optuna.Study], Any]] = {

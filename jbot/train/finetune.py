@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jbot import signals
 from jbot.config import ConfigError, FinetuneConfig, JbotConfig
 from jbot.data.splits import Part, Split
 from jbot.evaluate.embed import infer
@@ -132,6 +133,7 @@ def _train_epoch(model: JetClassifier, optimizer: torch.optim.Optimizer, x: torc
     total = torch.zeros((), device=x.device)
     steps = max(1, -(-n // batch))
     for i in range(steps):
+        signals.raise_pending()
         idx = perm[i * batch:(i + 1) * batch]
         with autocast(x.device, precision):
             loss = F.cross_entropy(model(x[idx]).float(), y[idx])
@@ -177,7 +179,8 @@ def finetune(cfg: JbotConfig, split: Split, encoder: JetEncoder | None,
     start = time.perf_counter()
     # dropout draws from the default generator: seeded here (and given back after), so that a fine-tuning is
     # repeatable whatever ran before it in the process
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    # a stop signal (SIGTERM, SIGUSR1, Ctrl-C) is raised at the next batch boundary, never inside a logging call
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), signals.deferred():
         torch.manual_seed(ft.seed + 1)
         for epoch in range(1, ft.epochs + 1):
             loss = _train_epoch(model, optimizer, x, y, ft, gen, cfg.runtime.precision)
@@ -189,6 +192,7 @@ def finetune(cfg: JbotConfig, split: Split, encoder: JetEncoder | None,
             stop_now = stopper.update(val_acc, model, epoch)
             if on_epoch is not None and on_epoch(epoch, {"train/loss": loss, "val/acc": val_acc}):
                 stop_now = True
+            signals.raise_pending()
             if stop_now:
                 break
     stopper.restore(model)
