@@ -112,6 +112,14 @@ class MaskConfig(Section):
         return self
 
 
+def registered(value: str, registry: Iterable[str], what: str) -> str:
+    """``value`` if it names an entry of ``registry`` (a validator's check), else the error listing the names."""
+    names = list(registry)
+    if value not in names:
+        raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(names)}")
+    return value
+
+
 class ModelConfig(Section):
     """docs/method.md §4. ``d_proj`` = K, the projection dimension (D/2 in the paper)."""
 
@@ -137,9 +145,7 @@ class ModelConfig(Section):
     def _registered(cls, value: str) -> str:
         from jbot.model.registry import ENCODERS  # no torch: names -> where each encoder lives
 
-        if value not in ENCODERS:
-            raise ValueError(f"unknown architecture {value!r}; choose from {', '.join(ENCODERS)}")
-        return value
+        return registered(value, ENCODERS, "architecture")
 
     @model_validator(mode="after")
     def _heads_fit(self) -> ModelConfig:
@@ -232,9 +238,7 @@ class AnomalyConfig(Section):
     def _registered(cls, value: str) -> str:
         from jbot.anomaly.scores import SCORES  # numpy only: the registry of scores
 
-        if value not in SCORES:
-            raise ValueError(f"unknown score {value!r}; choose from {', '.join(SCORES)}")
-        return value
+        return registered(value, SCORES, "score")
 
 
 class SweepConfig(Section):

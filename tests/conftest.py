@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -170,12 +171,31 @@ def running_mlflow_server(backend: str, artifacts: Path | str, workers: int = 1,
         wait_healthy(url, proc)
         yield url
     finally:
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen, seconds: float = 30) -> None:
+    """SIGTERM to the process group a server was started in (``start_new_session``), SIGKILL if it lingers."""
+    if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=seconds)
+
+
+@contextlib.contextmanager
+def temporary_database(prefix: str) -> Iterator[str]:
+    """A fresh PostgreSQL database's URL, dropped at the end whatever still holds it open."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    psql(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' "
+             "AND pid <> pg_backend_pid()")
+        psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 # A tiny jBOT (1 layer, D = 16) and a short pre-training: the settings tests train and load quickly.

@@ -5,7 +5,6 @@ line it printed is searched for either password."""
 from __future__ import annotations
 
 import subprocess
-import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from jbot.cli import app
-from tests.conftest import TINY, psql, write_fake_folder
+from tests.conftest import TINY, temporary_database, write_fake_folder
 from tests.conftest import set_args as _sets
 
 pytestmark = pytest.mark.integration
@@ -30,15 +29,8 @@ SIZES = ["data.n_train=320", "data.n_val=100", "data.n_test=100", "tracking.log_
 @pytest.fixture
 def databases(postgres_admin: str) -> Iterator[dict[str, str]]:
     """Two fresh databases; their URIs carry a password (trust auth accepts any)."""
-    tag = uuid.uuid4().hex[:8]
-    names = {"mlflow": f"jbot_secret_mlflow_{tag}", "optuna": f"jbot_secret_optuna_{tag}"}
-    for name in names.values():
-        psql(f"CREATE DATABASE {name}")
-    try:
-        yield names
-    finally:
-        for name in names.values():
-            psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with temporary_database("jbot_secret_mlflow") as mlflow, temporary_database("jbot_secret_optuna") as optuna:
+        yield {"mlflow": mlflow.rsplit("/", 1)[1], "optuna": optuna.rsplit("/", 1)[1]}
 
 
 def _files_with(root: Path, secrets: tuple[str, ...]) -> list[str]:

@@ -4,7 +4,6 @@ MLflow server has its own, dropped when the module is done."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shlex
@@ -12,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,14 @@ from typer.testing import CliRunner
 
 from jbot.cli import app
 from jbot.sweeps.spaces import load_space
-from tests.conftest import PROJECT_ROOT, NewStore, psql, running_mlflow_server, tiny_checkpoint, write_fake_folder
+from tests.conftest import (
+    PROJECT_ROOT,
+    NewStore,
+    running_mlflow_server,
+    temporary_database,
+    tiny_checkpoint,
+    write_fake_folder,
+)
 
 runner = CliRunner()
 FAST = ["data.n_train=400", "data.n_val=100", "data.n_test=200", "finetune.epochs=2", "finetune.batch_size=128",
@@ -224,20 +229,9 @@ def test_claim_once_is_granted_once(tmp_path: Path) -> None:
 SHARED_TRIALS = 4  # the budget of the studies the worker processes share
 
 
-@contextlib.contextmanager
-def _database(prefix: str) -> Iterator[str]:
-    """A fresh PostgreSQL database's URL, dropped at the end."""
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    psql(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 @pytest.fixture
 def postgres(postgres_admin: str) -> Iterator[dict[str, str]]:
-    with _database("jbot_optuna") as url:
+    with temporary_database("jbot_optuna") as url:
         yield {"optuna": url}
 
 
@@ -255,7 +249,7 @@ def optuna_storage(postgres: dict[str, str]) -> Iterator[optuna.storages.RDBStor
 
 @pytest.fixture(scope="module")
 def pg_mlflow_server(postgres_admin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with _database("jbot_mlflow") as backend, running_mlflow_server(
+    with temporary_database("jbot_mlflow") as backend, running_mlflow_server(
             backend, tmp_path_factory.mktemp("pg-artifacts"), workers=2) as url:
         yield url
 

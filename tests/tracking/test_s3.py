@@ -7,12 +7,9 @@ client reaches S3 through the server's proxy, never directly."""
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from jbot.cli import app
-from tests.conftest import TINY, free_port, psql, running_mlflow_server, write_fake_folder
+from tests.conftest import TINY, free_port, running_mlflow_server, stop_group, temporary_database, write_fake_folder
 from tests.conftest import set_args as _sets
 
 runner = CliRunner()
@@ -34,16 +31,6 @@ SIZES = ["data.n_train=320", "data.n_val=100", "data.n_test=100", "tracking.log_
          "anomaly.gmm_components=2"]
 LOCAL_STORES = {"mlruns", "mlartifacts", "mlflow.db"}  # what MLflow or jbot would write without the server
 
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=20)
 
 
 @contextlib.contextmanager
@@ -75,7 +62,7 @@ def running_s3_server(log: Path, seconds: float = 60) -> Iterator[tuple[str, Any
                 time.sleep(0.2)
         yield endpoint, s3
     finally:
-        _stop(proc)
+        stop_group(proc, 20)
 
 
 @pytest.fixture
@@ -90,14 +77,8 @@ def s3(tmp_path: Path) -> Iterator[tuple[str, Any]]:
 @pytest.fixture
 def database(postgres_admin: str) -> Iterator[str]:
     """A fresh PostgreSQL database for the MLflow server, dropped at the end whatever still holds it open."""
-    name = f"jbot_s3_{uuid.uuid4().hex[:8]}"
-    psql(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' "
-             "AND pid <> pg_backend_pid()")
-        psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with temporary_database("jbot_s3") as url:
+        yield url
 
 
 @pytest.fixture
