@@ -32,13 +32,18 @@ from jbot.config import (
     GenerateConfig,
     format_validation_error,
     load_config,
+    preset_name,
     to_yaml,
 )
+from jbot.data.presets import PRESETS
 from jbot.errors import JbotError
 from jbot.io import scratch_dir
 from jbot.model.sizes import size_help
 from jbot.paths import resolve_tracking_uri
 from jbot.redaction import redact
+
+PRESET_HELP = " | ".join(PRESETS) + " | a preset .yaml file"
+CLASSIFY_HELP = " | ".join(n for n, p in PRESETS.items() if p.split == "balanced") + " | a preset .yaml file"
 
 
 def _plain_types() -> None:
@@ -274,7 +279,7 @@ def pretrain_cmd(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data: DataOpt = None,
-    preset: Annotated[str | None, typer.Option(help="5class | tqg | qg (overrides data.preset)")] = None,
+    preset: Annotated[str | None, typer.Option(help=f"{PRESET_HELP} (overrides data.preset)")] = None,
     device: DeviceOpt = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (overrides pretrain.out_dir)")] = None,
     resume: Annotated[str | None, typer.Option(
@@ -361,7 +366,7 @@ def probe_cmd(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data: DataOpt = None,
-    preset: Annotated[str, typer.Option(help="5class | tqg")] = "5class",
+    preset: Annotated[str, typer.Option(help=CLASSIFY_HELP)] = "5class",
     out: Annotated[Path | None, typer.Option(help="Folder for probe.json and plots")] = None,
     device: DeviceOpt = None,
     tracking_uri: TrackingOpt = None,
@@ -369,8 +374,10 @@ def probe_cmd(
 ) -> None:
     """k-NN and linear probes and clustering metrics of a frozen encoder."""
     with user_errors():
-        if preset not in ("5class", "tqg"):
-            raise ConfigError(f"probe presets are 5class and tqg, not {preset!r}")
+        try:
+            preset_name(preset, classify=True)
+        except ValueError as exc:
+            raise ConfigError(f"--preset: {exc}") from None
         cfg = resolve(config, _overrides(set_, **{"data.dir": data, "runtime.device": device}), tracking_uri)
         require_model(model)
         require_data(cfg, preset)
@@ -394,7 +401,7 @@ def finetune_cmd(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data: DataOpt = None,
-    task: Annotated[str | None, typer.Option(help="5class | tqg (overrides finetune.task)")] = None,
+    task: Annotated[str | None, typer.Option(help=f"{CLASSIFY_HELP} (overrides finetune.task)")] = None,
     fraction: Annotated[float | None, typer.Option(help="Class-balanced share of the training split")] = None,
     from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Supervised baseline: random init")] = False,
     out: Annotated[Path, typer.Option(help="Folder for the classifier checkpoint and metrics")] = Path("runs/finetune"),

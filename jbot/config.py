@@ -23,10 +23,9 @@ from pydantic import (
 )
 
 from jbot.data.classes import BACKGROUND, CLASSES
+from jbot.data.features import PAPER_FEATURES, check_features
 from jbot.errors import JbotError
 from jbot.paths import DEFAULT_CONFIG, Traversable, find_yaml
-
-Preset = Literal["5class", "tqg", "qg"]
 
 # Upper bounds of the integer fields: far above any real run, low enough that torch, numpy and Optuna take them
 MAX_SEED = 2**32 - 1  # numpy's and Optuna's samplers take seeds in [0, 2**32)
@@ -66,7 +65,8 @@ class DataConfig(Section):
     """docs/method.md §1. Sizes left as ``None`` take the published sizes, scaled down to the data on disk."""
 
     dir: str = "data/jets"
-    preset: Preset = "5class"
+    # a preset of jbot.data.presets.PRESETS, or a preset YAML file (a user's classes and labels)
+    preset: str = "5class"
     seed: int = Field(default=42, ge=0, le=MAX_SEED)
     n_train: int | None = Field(default=None, gt=0, le=MAX_JETS)
     n_val: int | None = Field(default=None, ge=0, le=MAX_JETS)
@@ -76,6 +76,11 @@ class DataConfig(Section):
     stream: bool = False
     window: int = Field(default=200_000, gt=0, le=MAX_JETS)
     val_dir: str | None = None
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, value: str) -> str:
+        return preset_name(value)
 
 
 class AugmentConfig(Section):
@@ -120,6 +125,17 @@ def registered(value: str, registry: Iterable[str], what: str) -> str:
     return value
 
 
+def preset_name(value: str, classify: bool = False) -> str:
+    """A preset of the registry (``classify``: one that trains on every class) or a preset file's path, whose
+    contents are read where the split is made."""
+    from jbot.data.presets import PRESETS, is_preset_file
+
+    if is_preset_file(value):
+        return value
+    names = [n for n, p in PRESETS.items() if not classify or p.split == "balanced"]
+    return registered(value, names, "classification preset" if classify else "preset")
+
+
 class ModelConfig(Section):
     """docs/method.md §4. ``d_proj`` = K, the projection dimension (D/2 in the paper)."""
 
@@ -131,13 +147,17 @@ class ModelConfig(Section):
     d_proj: int = Field(default=16, gt=0, le=2**20)
     ffn_mult: int = Field(default=4, gt=0, le=64)
     head_hidden_mult: int = Field(default=8, gt=0, le=64)
+    # the input schema (jbot.data.features): particle features by name, the paper's three first; every checkpoint
+    # carries it, and a jet array has n_features = len(features) + 1 columns (the `valid` flag after the three)
+    features: tuple[str, ...] = PAPER_FEATURES
     n_features: int = Field(default=4, gt=0, le=1024)
     n_particles: int = Field(default=30, gt=0, le=2**14)
     mask_padding: bool = True  # published models attend to pads: false for imported weights
     # Fixed per-feature scale of (eta_rel, phi_rel, pt_rel, valid) before the token embedding. Raw JetNet features
     # differ between jets by ~0.1 while `valid` is 1, so a freshly initialised encoder maps all jets to almost the
     # same [CLS] and self-distillation collapses to the uniform distribution; (1, 1, 1, 1) = published models.
-    feature_scale: tuple[float, float, float, float] = (10.0, 10.0, 10.0, 1.0)
+    # Columns past the list's length (declared features beyond the paper's) are scaled by 1.
+    feature_scale: tuple[float, ...] = (10.0, 10.0, 10.0, 1.0)
     ln_eps: float = Field(default=1e-6, gt=0.0)
 
     @field_validator("arch")
@@ -147,8 +167,29 @@ class ModelConfig(Section):
 
         return registered(value, ENCODERS, "architecture")
 
+    @field_validator("features")
+    @classmethod
+    def _schema(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return check_features(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _width_from_schema(cls, data: Any) -> Any:
+        """``n_features`` follows ``features`` unless given (a checkpoint's saved config gives both)."""
+        if isinstance(data, Mapping) and "features" in data and "n_features" not in data:
+            features = data["features"]
+            if isinstance(features, (list, tuple)):
+                data = {**data, "n_features": len(features) + 1}
+        return data
+
     @model_validator(mode="after")
     def _heads_fit(self) -> ModelConfig:
+        if self.n_features != len(self.features) + 1:
+            raise ValueError(f"n_features ({self.n_features}) must be len(features) + 1 = {len(self.features) + 1} "
+                             f"(the features {', '.join(self.features)} and the valid flag)")
+        if not 1 <= len(self.feature_scale) <= self.n_features:
+            raise ValueError(f"feature_scale has {len(self.feature_scale)} entries, at most n_features "
+                             f"({self.n_features})")
         if self.d_model < self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be >= n_heads ({self.n_heads})")
         return self
@@ -195,7 +236,7 @@ class PretrainConfig(Section):
 class FinetuneConfig(Section):
     """docs/method.md §7: fine-tuning with layer-wise LR decay (BEiT convention)."""
 
-    task: Literal["5class", "tqg"] = "5class"
+    task: str = "5class"  # a classification preset (jbot.data.presets) or a preset YAML file
     epochs: int = Field(default=100, gt=0, le=MAX_EPOCHS)
     batch_size: int = Field(default=1024, gt=1, le=MAX_BATCH)
     lr: float = Field(default=2e-4, gt=0.0)
@@ -205,6 +246,11 @@ class FinetuneConfig(Section):
     patience: int = Field(default=10, ge=1, le=MAX_EPOCHS)
     fraction: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        return preset_name(value, classify=True)
 
 
 class ProbeConfig(Section):

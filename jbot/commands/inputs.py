@@ -28,10 +28,23 @@ def require_data(cfg: JbotConfig, preset: str | None = None) -> None:
         if cfg.data.val_dir is not None:
             find_shards(cfg.data.val_dir, cfg.model.n_particles)
         return
-    from jbot.data.classes import PRESET_CLASSES
-    from jbot.data.jetnet import check_data_dir
+    from jbot.data.jetnet import DataError, check_data_dir, check_data_folder
+    from jbot.data.presets import JETNET, PresetError, get_preset
+    from jbot.data.readers import class_sources
+    from jbot.data.splits import present
 
-    check_data_dir(cfg.data.dir, PRESET_CLASSES.get(preset or cfg.data.preset, ()))
+    try:
+        chosen = present(get_preset(preset or cfg.data.preset), cfg.data.dir)
+    except PresetError as exc:
+        raise DataError(str(exc)) from None
+    if all(c in JETNET for c in chosen.classes):
+        check_data_dir(cfg.data.dir, chosen.classes)
+        return
+    folder = check_data_folder(cfg.data.dir)
+    missing = [c for c in chosen.classes if not class_sources(folder, c)]
+    if missing:
+        raise DataError(f"{folder}: no files for class '{missing[0]}' of preset {chosen.name} "
+                        f"({missing[0]}_<nnn>.root, .parquet or .hdf5)")
 
 
 def require_model(source: str) -> None:

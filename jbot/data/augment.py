@@ -14,6 +14,7 @@ import torch
 from jbot.config import AugmentConfig
 from jbot.data.classes import ETA, PHI, PT, VALID
 from jbot.data.draws import Draws, as_draws
+from jbot.data.features import PAPER_COLUMNS, Columns
 
 
 def _uniform(shape: tuple[int, ...], gen: torch.Generator | Draws, device: torch.device, lo: float,
@@ -37,8 +38,21 @@ def rotate(x: torch.Tensor, gen: torch.Generator | Draws) -> torch.Tensor:
     return out
 
 
-def smear(x: torch.Tensor, gen: torch.Generator | Draws, scale: float, padded_too: bool = False) -> torch.Tensor:
-    """Gaussian smearing of eta and phi with std = scale / pt_rel (JetCLR convention, scale = Lambda/pT_jet)."""
+def radial_update(x: torch.Tensor, cols: Columns) -> torch.Tensor:
+    """``x`` with its delta_r columns recomputed from eta_rel, phi_rel on valid slots (pads stay 0)."""
+    if not cols.radial:
+        return x
+    r = torch.where(x[..., VALID] > 0.5, torch.hypot(x[..., ETA], x[..., PHI]), torch.zeros_like(x[..., ETA]))
+    out = x.clone()
+    for c in cols.radial:
+        out[..., c] = r
+    return out
+
+
+def smear(x: torch.Tensor, gen: torch.Generator | Draws, scale: float, padded_too: bool = False,
+          cols: Columns = PAPER_COLUMNS) -> torch.Tensor:
+    """Gaussian smearing of eta and phi with std = scale / pt_rel (JetCLR convention, scale = Lambda/pT_jet);
+    delta_r columns follow."""
     valid = x[..., VALID] > 0.5  # (B, P)
     hit = torch.ones_like(valid) if padded_too else valid
     # pads have pt_rel = 0: the published code's floor gives them eta, phi of order +-300
@@ -47,7 +61,7 @@ def smear(x: torch.Tensor, gen: torch.Generator | Draws, scale: float, padded_to
     out = x.clone()
     out[..., ETA] = x[..., ETA] + noise[..., 0] * sigma
     out[..., PHI] = torch.where(hit, wrap_phi(x[..., PHI] + noise[..., 1] * sigma), x[..., PHI])
-    return out
+    return radial_update(out, cols)
 
 
 def _order_of(flags: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -57,11 +71,12 @@ def _order_of(flags: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 
 def collinear_split(x: torch.Tensor, gen: torch.Generator | Draws, lo: float = 0.3, hi: float = 0.7,
-                    conserve: bool = True) -> torch.Tensor:
+                    conserve: bool = True, cols: Columns = PAPER_COLUMNS) -> torch.Tensor:
     """Split n = min(#empty, #valid) randomly chosen valid particles of each jet in two at the same (eta, phi)
     with pT fractions a and 1 - a, a ~ U(lo, hi); the second daughter fills an empty slot (valid = 1), so the
     total pT is conserved exactly. ``conserve=False`` reproduces the published code, whose daughters fell off
-    the end of the array: the parents only lose pT."""
+    the end of the array: the parents only lose pT. A daughter copies its parent's other columns (carried
+    features, delta_r); scaled columns (log pT, log E) move by log a and log(1 - a) with the pT."""
     B, P, _ = x.shape
     valid = x[..., VALID] > 0.5  # (B, P)
     n_split = torch.minimum(valid.sum(1), (~valid).sum(1))  # (B,)
@@ -75,22 +90,28 @@ def collinear_split(x: torch.Tensor, gen: torch.Generator | Draws, lo: float = 0
     parent_x = x.gather(1, parents[..., None].expand(B, P, x.shape[2]))  # (B, P, F) k-th parent
     factor = torch.ones_like(a).scatter(1, parents, keep)  # (B, P) per slot
     out[..., PT] = x[..., PT] * factor
+    for c in cols.scaled:  # factor is 1 on pads and unsplit particles: their columns stay as they were
+        out[..., c] = x[..., c] + torch.log(factor)
     if conserve:
         daughter = parent_x.clone()
         daughter[..., PT] = parent_x[..., PT] * (1.0 - a)
         daughter[..., VALID] = 1.0
+        for c in cols.scaled:
+            daughter[..., c] = parent_x[..., c] + torch.log1p(-a)
         current = out.gather(1, slots[..., None].expand(B, P, x.shape[2]))
         placed = torch.where(active[..., None], daughter, current)
         out = out.scatter(1, slots[..., None].expand(B, P, x.shape[2]), placed)
     return out
 
 
-def augment(x: torch.Tensor, gen: torch.Generator | Draws, cfg: AugmentConfig) -> torch.Tensor:
-    """One view: rotation, smearing, collinear splitting, in that order (docs/method.md §2)."""
+def augment(x: torch.Tensor, gen: torch.Generator | Draws, cfg: AugmentConfig,
+            cols: Columns = PAPER_COLUMNS) -> torch.Tensor:
+    """One view: rotation, smearing, collinear splitting, in that order (docs/method.md §2). Rotation about the
+    jet axis keeps delta_r and touches no declared column."""
     if cfg.rotation:
         x = rotate(x, gen)
     if cfg.smear and cfg.smear_scale > 0:
-        x = smear(x, gen, cfg.smear_scale, cfg.smear_padded)
+        x = smear(x, gen, cfg.smear_scale, cfg.smear_padded, cols)
     if cfg.split:
-        x = collinear_split(x, gen, cfg.split_min, cfg.split_max, conserve=cfg.split_mode == "conserve")
+        x = collinear_split(x, gen, cfg.split_min, cfg.split_max, conserve=cfg.split_mode == "conserve", cols=cols)
     return x

@@ -16,11 +16,6 @@ LABELS: tuple[str, ...] = tuple(CLASS_LABELS[c] for c in CLASSES)
 BACKGROUND: tuple[str, ...] = ("q", "g")
 SIGNALS: tuple[str, ...] = ("w", "z", "t")
 
-# the classes each split preset reads (``qg``: trains on q, g; W, Z, t appear in validation and test only)
-PRESET_CLASSES: dict[str, tuple[str, ...]] = {"5class": CLASSES, "tqg": ("q", "g", "t"), "qg": CLASSES}
-
-TQG_LABELS: tuple[str, ...] = ("qcd", "top")  # the top-tagging task's two labels (q, g -> qcd; t -> top)
-
 ETA, PHI, PT, VALID = 0, 1, 2, 3  # particle feature columns
 
 

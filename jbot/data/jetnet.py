@@ -111,6 +111,36 @@ def read_jetnet(path: str | Path, n_particles: int | None = DEFAULT_PARTICLES) -
     return JetSet(particles=particles, jets=jets)
 
 
+def with_features(path: str | Path, jets: JetSet, features: tuple[str, ...]) -> JetSet:
+    """``jets`` (the paper's four columns) with the declared ``features`` (``jbot.data.features``) computed from
+    them and the jet features: log_pt, log_pt_rel, delta_r exactly; log_e and log_e_rel for massless particles
+    (E = pT cosh(eta_rel + jet eta), the jet's E = sqrt(m^2 + (pT cosh eta)^2)). A JetNet-layout file holds no
+    carried feature (charge, particle ID, impact parameters): asking for one is an error naming the file."""
+    extra = features[3:]
+    if not extra:
+        return jets
+    from jbot.data.features import FEATURES
+
+    carried = [f for f in extra if FEATURES[f].role == "carried"]
+    if carried:
+        raise DataError(f"{path}: feature '{carried[0]}' is not in a JetNet-layout file (it holds eta_rel, phi_rel, "
+                        "pt_rel and the jet's pT, eta, mass; JetClass ROOT and parquet files carry charge, particle "
+                        "ID and impact parameters)")
+    x = jets.particles
+    valid = x[..., VALID] == 1
+    jet_pt, jet_eta, jet_m = (jets.jets[:, i, None].astype(np.float64) for i in range(3))
+    pt_rel = np.where(valid, x[..., PT], 1.0).astype(np.float64)
+    energy = pt_rel * jet_pt * np.cosh(x[..., ETA] + jet_eta)
+    jet_e = np.sqrt(jet_m ** 2 + (jet_pt * np.cosh(jet_eta)) ** 2)
+    computed = {
+        "log_pt": lambda: np.log(pt_rel * jet_pt), "log_pt_rel": lambda: np.log(pt_rel),
+        "log_e": lambda: np.log(energy), "log_e_rel": lambda: np.log(energy / jet_e),
+        "delta_r": lambda: np.hypot(x[..., ETA], x[..., PHI]),
+    }
+    cols = [np.where(valid, computed[f](), 0.0).astype(np.float32) for f in extra]
+    return JetSet(np.concatenate([x, np.stack(cols, axis=-1)], axis=-1), jets.jets)
+
+
 def conform_particles(particles: np.ndarray, n_particles: int) -> np.ndarray:
     """Validated particles (N, P, F) -> (N, ``n_particles``, F): with P = ``n_particles`` the array itself; else
     each jet's valid slots in decreasing pT_rel (padded slots last, a stable order: a pT-sorted jet keeps its
@@ -142,11 +172,12 @@ def _bad(path: Path, key: str, what: str, bad_jets: np.ndarray) -> None:
         )
 
 
-def validate_jets(path: str | Path, particles: np.ndarray, jets: np.ndarray, n_particles: int | None = None) -> None:
+def validate_jets(path: str | Path, particles: np.ndarray, jets: np.ndarray, n_particles: int | None = None,
+                  n_columns: int = N_FEATURES) -> None:
     """Shapes, finiteness, the valid flag, empty padded slots and positive pT_rel (docs/method.md §1); particles
-    (N, P, 4) with any P >= 1, or exactly ``n_particles`` when given."""
+    (N, P, ``n_columns``) with any P >= 1, or exactly ``n_particles`` when given."""
     path = Path(path)
-    _check_particle_shape(path, particles, n_particles)
+    _check_particle_shape(path, particles, n_particles, n_columns=n_columns)
     if jets.ndim != 2 or jets.shape[1] != len(JET_FEATURE_NAMES):
         raise DataError(f"{path}: dataset '{JET_KEY}' has shape {jets.shape}, expected (N, 4)")
     if jets.shape[0] != particles.shape[0]:
@@ -154,7 +185,7 @@ def validate_jets(path: str | Path, particles: np.ndarray, jets: np.ndarray, n_p
             f"{path}: '{JET_KEY}' has {jets.shape[0]} jets but '{PARTICLE_KEY}' has {particles.shape[0]}"
         )
     _bad(path, JET_KEY, "NaN or inf values", ~np.isfinite(jets).all(axis=1))
-    validate_particles(path, particles, n_particles)
+    validate_particles(path, particles, n_particles, n_columns=n_columns)
 
 
 # Physical ranges of the relative coordinates, generous enough for any real jet: a soft massive constituent is
@@ -167,23 +198,24 @@ MAX_PT_REL = 2.0
 
 
 def _check_particle_shape(path: Path, particles: np.ndarray, n_particles: int | None,
-                          key: str = PARTICLE_KEY) -> None:
+                          key: str = PARTICLE_KEY, n_columns: int = N_FEATURES) -> None:
     if n_particles is None:
-        if particles.ndim != 3 or particles.shape[1] < 1 or particles.shape[2] != N_FEATURES:
-            raise DataError(f"{path}: dataset '{key}' has shape {particles.shape}, expected (N, P, {N_FEATURES}) "
-                            f"(P >= 1 particles per jet, {N_FEATURES} features each)")
+        if particles.ndim != 3 or particles.shape[1] < 1 or particles.shape[2] != n_columns:
+            raise DataError(f"{path}: dataset '{key}' has shape {particles.shape}, expected (N, P, {n_columns}) "
+                            f"(P >= 1 particles per jet, {n_columns} features each)")
         return
-    if particles.ndim != 3 or particles.shape[1:] != (n_particles, N_FEATURES):
+    if particles.ndim != 3 or particles.shape[1:] != (n_particles, n_columns):
         raise DataError(f"{path}: dataset '{key}' has shape {particles.shape}, "
-                        f"expected (N, {n_particles}, {N_FEATURES})")
+                        f"expected (N, {n_particles}, {n_columns})")
 
 
 def validate_particles(path: str | Path, particles: np.ndarray, n_particles: int | None = DEFAULT_PARTICLES,
-                       key: str = PARTICLE_KEY) -> None:
+                       key: str = PARTICLE_KEY, n_columns: int = N_FEATURES) -> None:
     """The particle-level checks alone (inputs given as arrays, e.g. ``x`` of an .npz file): exactly
-    ``n_particles`` slots per jet, or any count with ``None``."""
+    ``n_particles`` slots per jet, or any count with ``None``; ``n_columns`` columns (the declared features and
+    the valid flag), the first four checked as (eta_rel, phi_rel, pt_rel, valid)."""
     path = Path(path)
-    _check_particle_shape(path, particles, n_particles, key)
+    _check_particle_shape(path, particles, n_particles, key, n_columns)
     if particles.shape[0] == 0:
         raise DataError(f"{path}: dataset '{key}' is empty (0 jets)")
     _bad(path, key, "NaN or inf values", ~np.isfinite(particles).all(axis=(1, 2)))
@@ -227,13 +259,6 @@ def check_data_folder(data_dir: str | Path) -> Path:
         raise DataError(f"{data_dir} is a file, not a folder: --data (data.dir, `jbot data info`) takes the folder "
                         f"holding the class files ({files}), e.g. {data_dir.parent}")
     raise DataError(f"{data_dir}: data folder not found (make one with `jbot data generate --out {data_dir}`)")
-
-
-def load_classes(data_dir: str | Path, classes: tuple[str, ...],
-                 n_particles: int | None = DEFAULT_PARTICLES) -> dict[str, JetSet]:
-    """Every class file, read with ``read_jetnet`` (``n_particles`` slots per jet, or as stored with None)."""
-    data_dir = check_data_dir(data_dir, classes)
-    return {name: read_jetnet(class_file(data_dir, name), n_particles) for name in classes}
 
 
 def available_classes(data_dir: str | Path) -> tuple[str, ...]:

@@ -1,4 +1,5 @@
-"""The published splits as presets (docs/method.md §1): ``5class``, ``tqg`` (top tagging), ``qg`` (anomaly detection).
+"""Splits of a preset (``jbot.data.presets``; docs/method.md §1): ``5class``, ``tqg`` (top tagging), ``qg`` (anomaly
+detection), ``jetclass``, or a user's preset file.
 
 Every draw comes from ``numpy.random.default_rng(seed)``: one permutation per class, in class order. Train and
 validation jets are taken from the front of a class's permutation and test jets from its back, so the test set
@@ -12,26 +13,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from jbot.data.classes import BACKGROUND, CLASS_INDEX, CLASS_LABELS, PRESET_CLASSES, SIGNALS, TQG_LABELS
-from jbot.data.jetnet import (
-    DEFAULT_PARTICLES,
-    DataError,
-    JetSet,
-    class_file,
-    load_classes,
-)
+from jbot.data.features import PAPER_FEATURES
+from jbot.data.jetnet import DEFAULT_PARTICLES, DataError, JetSet
+from jbot.data.presets import JETNET, SUBSETS, Preset, PresetError, get_preset
+from jbot.data.readers import class_sources, load_classes
 from jbot.io import file_hash
 
 
 @dataclass(frozen=True)
 class Part:
     """One split part: ``x`` (N, P, F) particles, ``jet`` (N, 4) jet features, ``y`` (N,) task labels,
-    ``origin`` (N,) the class index q=0, g=1, W=2, Z=3, t=4."""
+    ``origin`` (N,) the class index in its dataset (JetNet: q=0, g=1, W=2, Z=3, t=4; ``Preset.universe``)."""
 
     x: np.ndarray
     jet: np.ndarray
@@ -54,6 +52,7 @@ class Split:
     class_names: tuple[str, ...]
     seed: int
     fingerprint: str
+    spec: Preset | None = None  # the preset as used (a subset preset narrowed to the classes present)
 
     @property
     def n_classes(self) -> int:
@@ -62,6 +61,7 @@ class Split:
 
 # Per-class draws: {class: (n_train, n_val, n_test)}
 Plan = dict[str, tuple[int, int, int]]
+ANOMALY_POOL = 150_000  # background jets per class at which the anomaly split reaches its published sizes
 
 
 def _scale(published: Plan, sizes: dict[str, int]) -> float:
@@ -69,62 +69,57 @@ def _scale(published: Plan, sizes: dict[str, int]) -> float:
     return min(1.0, min(sizes[c] / need[c] for c in published))
 
 
-def plan_5class(sizes: dict[str, int], n_train: int | None, n_val: int | None, n_test: int | None) -> Plan:
-    classes = PRESET_CLASSES["5class"]
-    f = _scale({c: (140_000, 10_000, 19_000) for c in classes}, sizes)
-    tr = n_train // 5 if n_train is not None else int(140_000 * f)
-    va = n_val // 5 if n_val is not None else int(10_000 * f)
-    te = n_test // 5 if n_test is not None else int(19_000 * f)
-    return {c: (tr, va, te) for c in classes}
+def plan_balanced(preset: Preset, sizes: dict[str, int], n_train: int | None, n_val: int | None,
+                  n_test: int | None) -> Plan:
+    """Each task label an equal share of every set (``Preset.shares``); published sizes scaled to the data."""
+    shares = preset.shares()
+    published = {c: tuple(int(total * s) for total in preset.sizes) for c, s in shares.items()}
+    f = _scale(published, sizes)  # type: ignore[arg-type]
 
-
-def plan_tqg(sizes: dict[str, int], n_train: int | None, n_val: int | None, n_test: int | None) -> Plan:
-    share = {"q": 0.25, "g": 0.25, "t": 0.5}
-    published = {c: (int(285_000 * s), int(20_000 * s), int(50_000 * s)) for c, s in share.items()}
-    f = _scale(published, sizes)
-
-    def per(n: int | None, total: int, s: float) -> int:
+    def per(n: int | None, total: int, s: Fraction) -> int:
         return int(n * s) if n is not None else int(total * s * f)
 
-    return {c: (per(n_train, 285_000, s), per(n_val, 20_000, s), per(n_test, 50_000, s)) for c, s in share.items()}
+    tr, va, te = preset.sizes
+    return {c: (per(n_train, tr, s), per(n_val, va, s), per(n_test, te, s)) for c, s in shares.items()}
 
 
-def plan_qg(sizes: dict[str, int], n_train: int | None, n_val: int | None, n_test: int | None) -> Plan:
-    """Background q, g: train + val; test = remaining q and g in equal counts + as many of each of W, Z, t.
-    Validation holds q, g and the same count of each signal (the anomaly sweep tunes on it)."""
-    f = min(1.0, min(sizes["q"], sizes["g"]) / 150_000)
-    tr = n_train // 2 if n_train is not None else int(130_000 * f)
-    va = n_val // 2 if n_val is not None else int(10_000 * f)
+def plan_anomaly(preset: Preset, sizes: dict[str, int], n_train: int | None, n_val: int | None,
+                 n_test: int | None) -> Plan:
+    """Background classes: train + val; test = the remaining background in equal counts + as many of each signal.
+    Validation holds the background and the same count of each signal (the anomaly sweep tunes on it)."""
+    bg = preset.background
+    signals = tuple(c for c in preset.classes if c not in bg)
+    f = min(1.0, min(sizes[c] for c in bg) / ANOMALY_POOL)
+    tr = n_train // len(bg) if n_train is not None else int(preset.sizes[0] // len(bg) * f)
+    va = n_val // len(bg) if n_val is not None else int(preset.sizes[1] // len(bg) * f)
     if n_test is not None:
-        te = n_test // 2
+        te = n_test // len(bg)
     else:
-        room = [sizes[c] - tr - va for c in BACKGROUND] + [sizes[s] - va for s in SIGNALS]
+        room = [sizes[c] - tr - va for c in bg] + [sizes[s] - va for s in signals]
         te = max(0, min(room))
-    plan = {c: (tr, va, te) for c in ("q", "g")}
-    plan.update({s: (0, va, te) for s in SIGNALS})
+    plan = {c: (tr, va, te) for c in bg}
+    plan.update({s: (0, va, te) for s in signals})
     return plan
 
 
-PLANNERS = {"5class": plan_5class, "tqg": plan_tqg, "qg": plan_qg}
+PLANNERS = {"balanced": plan_balanced, "anomaly": plan_anomaly}
 
 
-def task_labels(preset: str, origin: np.ndarray) -> np.ndarray:
-    if preset == "tqg":
-        return (origin == CLASS_INDEX["t"]).astype(np.int64)
-    return origin.astype(np.int64)
+def task_labels(preset: Preset, origin: np.ndarray) -> np.ndarray:
+    """Each jet's task label from its origin (``Preset.label_of``)."""
+    table = np.full(len(preset.universe), -1, dtype=np.int64)
+    for c, k in zip(preset.classes, preset.label_of, strict=True):
+        table[preset.origin(c)] = k
+    return table[origin]
 
 
-def class_names(preset: str) -> tuple[str, ...]:
-    if preset == "tqg":
-        return TQG_LABELS
-    return tuple(CLASS_LABELS[c] for c in PRESET_CLASSES[preset])
-
-
-def split_indices(sizes: dict[str, int], plan: Plan, seed: int) -> dict[str, tuple[np.ndarray, ...]]:
-    """Per class: (train, val, test) index arrays into that class's file; disjoint by construction."""
+def split_indices(sizes: dict[str, int], plan: Plan, seed: int,
+                  order: tuple[str, ...] | None = None) -> dict[str, tuple[np.ndarray, ...]]:
+    """Per class: (train, val, test) index arrays into that class's file; disjoint by construction. Classes are
+    drawn in ``order`` (JetNet's origin order by default)."""
     rng = np.random.default_rng(seed)
     out: dict[str, tuple[np.ndarray, ...]] = {}
-    for c in sorted(plan, key=lambda name: CLASS_INDEX[name]):
+    for c in sorted(plan, key=(order or JETNET).index):
         tr, va, te = plan[c]
         if min(tr, va, te) < 0 or tr + va + te > sizes[c]:
             raise DataError(
@@ -136,18 +131,31 @@ def split_indices(sizes: dict[str, int], plan: Plan, seed: int) -> dict[str, tup
     return out
 
 
-def _assemble(preset: str, data: dict[str, JetSet], idx: dict[str, tuple[np.ndarray, ...]], k: int,
+def _assemble(preset: Preset, data: dict[str, JetSet], idx: dict[str, tuple[np.ndarray, ...]], k: int,
               rng: np.random.Generator) -> Part:
     xs, jets, origin = [], [], []
     for c, parts in idx.items():
         sel = np.sort(parts[k])
         xs.append(data[c].particles[sel])
         jets.append(data[c].jets[sel])
-        origin.append(np.full(len(sel), CLASS_INDEX[c], dtype=np.int64))
+        origin.append(np.full(len(sel), preset.origin(c), dtype=np.int64))
     x = np.concatenate(xs)
     order = rng.permutation(len(x))  # mixed classes: no class-ordered batches downstream
     o = np.concatenate(origin)[order]
     return Part(x[order], np.concatenate(jets)[order], task_labels(preset, o), o)
+
+
+def present(preset: Preset, data_dir: str | Path) -> Preset:
+    """A subset preset (``jetclass``) narrowed to the classes whose files are in ``data_dir`` (at least two)."""
+    if preset.name not in SUBSETS:
+        return preset
+    keys = tuple(c for c in preset.classes if class_sources(data_dir, c))
+    if len(keys) < 2:
+        found = ", ".join(keys) or "none"
+        raise DataError(f"{data_dir}: preset {preset.name} needs files of at least two of its classes "
+                        f"(<channel>_<nnn>.root, .parquet or .hdf5; found {found})")
+    return replace(preset, classes=keys, labels=tuple(preset.name_of(c) for c in keys),
+                   label_of=tuple(range(len(keys))), background=tuple(b for b in preset.background if b in keys))
 
 
 def make_split(
@@ -158,33 +166,40 @@ def make_split(
     n_test: int | None = None,
     seed: int = 42,
     n_particles: int = DEFAULT_PARTICLES,
+    features: tuple[str, ...] = PAPER_FEATURES,
 ) -> Split:
-    """The split of ``preset``, each jet with ``n_particles`` slots (``model.n_particles``: files with more keep
-    the hardest, files with fewer are zero-padded; ``jbot.data.jetnet.read_jetnet``)."""
-    if preset not in PLANNERS:
-        raise DataError(f"unknown preset {preset!r}; choose from {', '.join(PLANNERS)}")
-    data = load_classes(data_dir, PRESET_CLASSES[preset], n_particles)
-    sizes = {c: len(s) for c, s in data.items()}
-    plan = PLANNERS[preset](sizes, n_train, n_val, n_test)
+    """The split of ``preset`` (a name of ``PRESETS`` or a preset file), each jet with ``n_particles`` slots
+    (``model.n_particles``: files with more keep the hardest, files with fewer are zero-padded) and the columns of
+    ``features`` (``model.features``)."""
     try:
-        idx = split_indices(sizes, plan, seed)
+        chosen = present(get_preset(preset), data_dir)
+    except PresetError as exc:
+        raise DataError(str(exc)) from None
+    data = load_classes(data_dir, chosen.classes, n_particles, features)
+    sizes = {c: len(s) for c, s in data.items()}
+    plan = PLANNERS[chosen.split](chosen, sizes, n_train, n_val, n_test)
+    try:
+        idx = split_indices(sizes, plan, seed, chosen.universe)
     except DataError as exc:
-        raise DataError(f"{data_dir}: preset {preset}: {exc}") from None
-    if min(v[0] for c, v in plan.items() if c not in SIGNALS or preset != "qg") == 0:
-        raise DataError(f"{data_dir}: preset {preset}: too few jets for a training split ({sizes})")
+        raise DataError(f"{data_dir}: preset {chosen.name}: {exc}") from None
+    if min(v[0] for c, v in plan.items() if chosen.split != "anomaly" or c in chosen.background) == 0:
+        raise DataError(f"{data_dir}: preset {chosen.name}: too few jets for a training split ({sizes})")
     rng = np.random.default_rng(seed + 1)
-    train, val, test = (_assemble(preset, data, idx, k, rng) for k in range(3))
-    settings: dict[str, object] = {"preset": preset, "seed": seed, "plan": plan}
-    if n_particles != DEFAULT_PARTICLES:  # the default leaves the fingerprints of earlier runs as they were
+    train, val, test = (_assemble(chosen, data, idx, k, rng) for k in range(3))
+    settings: dict[str, object] = {"preset": chosen.name, "seed": seed, "plan": plan}
+    if n_particles != DEFAULT_PARTICLES:  # the defaults leave the fingerprints of earlier runs as they were
         settings["n_particles"] = n_particles
-    fp = fingerprint(data_dir, PRESET_CLASSES[preset], settings)
-    return Split(preset, train, val, test, class_names(preset), seed, fp)
+    if features != PAPER_FEATURES:
+        settings["features"] = list(features)
+    fp = fingerprint([p for c in chosen.classes for p in class_sources(data_dir, c)], settings)
+    return Split(chosen.name, train, val, test, chosen.labels, seed, fp, chosen)
 
 
-def fingerprint(data_dir: str | Path, classes: tuple[str, ...], extra: dict) -> str:
+def fingerprint(files: list[Path], extra: dict) -> str:
     """Hash of the files' contents and the split settings: two runs with equal fingerprints saw equal data."""
     h = hashlib.sha256()
-    for c in classes:
-        h.update(f"{c}:{file_hash(class_file(data_dir, c))};".encode())
+    for path in files:
+        key = path.stem if path.suffix == ".hdf5" and path.stem in JETNET else path.name
+        h.update(f"{key}:{file_hash(path)};".encode())
     h.update(json.dumps(extra, sort_keys=True).encode())
     return h.hexdigest()[:16]

@@ -45,7 +45,8 @@ class JetEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.register_buffer("feature_scale", torch.tensor(cfg.feature_scale[: cfg.n_features]), persistent=False)
+        scale = (*cfg.feature_scale, *(1.0,) * (cfg.n_features - len(cfg.feature_scale)))  # declared extras: 1
+        self.register_buffer("feature_scale", torch.tensor(scale), persistent=False)
         self.embed = nn.Linear(cfg.n_features, d)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.mask_token = nn.Parameter(torch.randn(d) * 0.02)

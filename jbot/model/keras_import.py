@@ -19,13 +19,14 @@ import numpy as np
 import torch
 
 from jbot.config import ModelConfig
-from jbot.data.classes import BACKGROUND, CLASS_LABELS, LABELS, TQG_LABELS
+from jbot.data.classes import BACKGROUND, CLASS_LABELS, LABELS
+from jbot.data.presets import PRESETS
 from jbot.errors import JbotError
 from jbot.io import file_hash
 
 NAME = re.compile(r"^(all|tqg|qg)_(backbone|mlp)_(pretrain|ft|standalone)_(\d+)_(\d+)_(\d+)\.weights\.h5$")
 # class labels of the authors' classifiers, by the data prefix of their file names
-KERAS_LABELS = {"all": LABELS, "tqg": TQG_LABELS, "qg": tuple(CLASS_LABELS[c] for c in BACKGROUND)}
+KERAS_LABELS = {"all": LABELS, "tqg": PRESETS["tqg"].labels, "qg": tuple(CLASS_LABELS[c] for c in BACKGROUND)}
 
 
 class KerasImportError(JbotError, ValueError):

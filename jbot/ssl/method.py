@@ -18,6 +18,7 @@ from jbot.config import AugmentConfig, MaskConfig, ModelConfig, PretrainConfig
 from jbot.data.augment import augment
 from jbot.data.classes import VALID
 from jbot.data.draws import Draws
+from jbot.data.features import PAPER_COLUMNS, Columns
 from jbot.data.masking import pt_aware_mask
 from jbot.model.heads import ProjectionHead
 from jbot.model.registry import build_encoder
@@ -78,8 +79,8 @@ class Distillation:
     """
 
     def __init__(self, centers: Centers, augment_cfg: AugmentConfig, mask_cfg: MaskConfig, train_cfg: PretrainConfig,
-                 comm: Comm = SINGLE, static: bool = False) -> None:
-        self.static = static
+                 comm: Comm = SINGLE, static: bool = False, cols: Columns = PAPER_COLUMNS) -> None:
+        self.static, self.cols = static, cols
         self.centers, self.comm = centers, comm
         self.augment_cfg, self.mask_cfg, self.cfg = augment_cfg, mask_cfg, train_cfg
 
@@ -90,7 +91,7 @@ class Distillation:
         B = b * R  # the global batch: this rank holds its rows r*b .. (r+1)*b - 1
         mine = None if R == 1 else torch.arange(r * b, (r + 1) * b)
         one = Draws(gen, mine, B)
-        views = torch.cat([augment(x, one, self.augment_cfg), augment(x, one, self.augment_cfg)])
+        views = torch.cat([augment(x, one, self.augment_cfg, self.cols), augment(x, one, self.augment_cfg, self.cols)])
         # the global views are stacked (u of all B jets, v of all B jets): this rank's u and v rows of that stack
         both = None if mine is None else torch.cat([mine, B + mine])
         masked = pt_aware_mask(views, self.mask_cfg, Draws(gen, both, 2 * B))

@@ -27,6 +27,7 @@ import torch
 from jbot import signals
 from jbot.comm import SINGLE, Comm
 from jbot.config import JbotConfig
+from jbot.data.features import columns
 from jbot.data.splits import Split
 from jbot.data.stream import BatchSource, MemorySource
 from jbot.errors import JbotError
@@ -206,7 +207,8 @@ class Pretrainer:
         graphs = use_cuda_graphs(self.device, cfg.runtime.cuda_graphs, comm.world)
         # on CUDA no shape depends on the data and nothing waits for the host; on the CPU the heads skip the tokens
         # no loss reads (fewer FLOPs beat fewer host syncs there)
-        self.method = Distillation(self.centers, cfg.augment, cfg.mask, tc, comm, static=self.device.type == "cuda")
+        self.method = Distillation(self.centers, cfg.augment, cfg.mask, tc, comm, static=self.device.type == "cuda",
+                                  cols=columns(cfg.model.features))
         student_forward: Forward = self.student
         if comm.active:  # gradients averaged over the ranks in backward
             student_forward = torch.nn.parallel.DistributedDataParallel(

@@ -9,7 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from jbot.data.jetnet import DataError, load_classes, read_jetnet, write_jetnet
+from jbot.data.jetnet import DataError, read_jetnet, write_jetnet
+from jbot.data.readers import load_classes
 from jbot.data.splits import make_split
 from tests.conftest import fake_jets, write_fake_folder
 

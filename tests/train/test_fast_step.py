@@ -72,6 +72,7 @@ def test_graph_ready_step_equals_plain_step(tiny: tuple[JbotConfig, Split], tmp_
     assert_same_training(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # torch.compile: ~35 s of graph compilation on a CPU
 def test_compiled_step_on_cpu_equals_eager(tiny: tuple[JbotConfig, Split], tmp_path: Path) -> None:
     cfg, split = tiny
     compiled_cfg = load_config(None, TINY + [f"data.dir={cfg.data.dir}", *CPU, "runtime.compile=on"])
