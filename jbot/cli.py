@@ -524,18 +524,20 @@ def anomaly_cmd(
     set_: SetOpt = None,
     data: DataOpt = None,
     out: Annotated[Path, typer.Option(help="Folder for the report, metrics JSON and table")] = Path("runs/anomaly"),
+    preset: Annotated[str, typer.Option(
+        help=f"{PRESET_HELP}: its background classes against the others (qg: q, g against W, Z, t)")] = "qg",
     device: DeviceOpt = None,
     tracking_uri: TrackingOpt = None,
     experiment: ExperimentOpt = None,
 ) -> None:
-    """Anomaly-detection report of a frozen encoder pre-trained on q, g, from a run or the registry."""
+    """Anomaly-detection report of a frozen encoder pre-trained on background jets, from a run or the registry."""
     with user_errors():
         cfg = resolve(config, _overrides(set_, **{"data.dir": data, "runtime.device": device}), tracking_uri)
         require_model(model)
-        require_data(cfg, "qg")
+        require_data(cfg, preset, anomaly=True)
         from jbot.commands.anomaly import tracked_anomaly
 
-        tracked = tracked_anomaly(cfg, model, out_dir=out, experiment=experiment,
+        tracked = tracked_anomaly(cfg, model, out_dir=out, experiment=experiment, preset=preset,
                                   on_note=lambda text: console.print(f"note: {text}", highlight=False))
     console.print(tracked.payload.table, highlight=False)
     console.print(f"report: {tracked.payload.paths['report']}; MLflow run {tracked.run_id}")

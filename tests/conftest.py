@@ -46,6 +46,71 @@ def fake_jets(n: int, cls_index: int, rng: np.random.Generator, n_particles: int
     return particles, jets
 
 
+# every branch of a JetClass file (Qu, Li, Qian 2022): 16 jagged particle branches, the jet's, the 10 labels
+JETCLASS_PARTICLE_BRANCHES = ("px", "py", "pz", "energy", "deta", "dphi", "d0val", "d0err", "dzval", "dzerr",
+                              "charge", "isChargedHadron", "isNeutralHadron", "isPhoton", "isElectron", "isMuon")
+JETCLASS_LABELS = ("QCD", "Hbb", "Hcc", "Hgg", "H4q", "Hqql", "Zqq", "Wqq", "Tbqq", "Tbl")
+
+
+def write_jetclass(path: Path, n: int, seed: int, cls_index: int = 0, max_count: int = 45,
+                   drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A JetClass-layout file with every branch (``drop``: leave these out): ROOT (TTree 'tree', as uproot writes
+    it) or parquet (one row per jet, the branch names as columns) by ``path``'s suffix. Particles unsorted,
+    massless, their spread and count growing with ``cls_index`` (classes weakly separable). Returns the truth."""
+    ak = pytest.importorskip("awkward")
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(2 + cls_index, max_count, n)
+    total = int(counts.sum())
+    pt = rng.exponential(10.0, total) + 0.5
+    spread = 0.1 + 0.03 * cls_index
+    deta, dphi = rng.normal(0, spread, total), rng.normal(0, spread, total)
+    angle = rng.uniform(-np.pi, np.pi, total)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    jet_eta = rng.normal(0, 1, n)
+    eta = deta + np.repeat(jet_eta, counts)
+    energy = pt * np.cosh(eta)
+    charge = rng.choice([-1.0, 0.0, 1.0], total)
+    kind = np.where(charge != 0, rng.choice([0, 3, 4], total, p=[0.9, 0.05, 0.05]), rng.choice([1, 2], total))
+    flags = {name: (kind == k).astype(np.float64) for k, name in enumerate(
+        ("isChargedHadron", "isNeutralHadron", "isPhoton", "isElectron", "isMuon"))}
+    d0 = np.where(charge != 0, rng.normal(0, 0.05, total), 0.0)
+    dz = np.where(charge != 0, rng.normal(0, 0.1, total), 0.0)
+    values = {"px": pt * np.cos(angle), "py": pt * np.sin(angle), "pz": pt * np.sinh(eta), "energy": energy,
+              "deta": deta, "dphi": dphi, "d0val": d0, "d0err": np.abs(d0) * 0.1 + 0.01, "dzval": dz,
+              "dzerr": np.abs(dz) * 0.1 + 0.01, "charge": charge, **flags}
+    jet_pt = np.add.reduceat(pt, starts)
+    jets = {"jet_pt": jet_pt, "jet_eta": jet_eta, "jet_phi": rng.uniform(-np.pi, np.pi, n),
+            "jet_energy": np.add.reduceat(energy, starts), "jet_nparticles": counts.astype(np.float64),
+            "jet_sdmass": rng.uniform(10, 200, n),
+            **{f"jet_tau{i}": rng.uniform(0, 1, n) for i in range(1, 5)},
+            **{f"label_{name}": np.full(n, float(k == cls_index)) for k, name in enumerate(JETCLASS_LABELS)}}
+    jets = {k: v for k, v in jets.items() if k not in drop}
+    part = {k: ak.unflatten(v, counts) for k, v in values.items() if f"part_{k}" not in drop}
+    if path.suffix == ".parquet":
+        ak.to_parquet(ak.Array({**{f"part_{k}": v for k, v in part.items()}, **jets}), path)
+    else:
+        uproot = pytest.importorskip("uproot")
+        branches = {"part": ak.zip(part), **jets}
+        with uproot.recreate(path) as f:  # JetClass's names: part_deta, ... counted by n_part
+            f.mktree("tree", {k: v.type if k == "part" else v.dtype for k, v in branches.items()},
+                     field_name=lambda outer, inner: f"{outer}_{inner}", counter_name=lambda counted: f"n_{counted}")
+            f["tree"].extend(branches)
+    return {"pt": pt, "counts": counts, "deta": deta, "jet_pt": jet_pt, "energy": energy, "charge": charge,
+            "jet_energy": jets.get("jet_energy"), **{f"part_{k}": v for k, v in values.items()}}
+
+
+def write_jetclass_folder(path: Path, n: int, channels: tuple[str, ...], suffix: str = ".root",
+                          seed: int = 0) -> Path:
+    """One file per channel (``HToBB_000.root``), the channel's class index setting its shapes."""
+    from jbot.data.presets import JETCLASS_NAMES
+
+    path.mkdir(parents=True, exist_ok=True)
+    for channel in channels:
+        write_jetclass(path / f"{channel}_000{suffix}", n, seed + list(JETCLASS_NAMES).index(channel),
+                       list(JETCLASS_NAMES).index(channel))
+    return path
+
+
 def write_fake_folder(path: Path, n_per_class: int | dict[str, int], seed: int = 0,
                       classes: tuple[str, ...] = CLASSES) -> Path:
     rng = np.random.default_rng(seed)

@@ -1,7 +1,9 @@
 """Anomaly detection with a frozen encoder pre-trained on background (docs/method.md §8): references, scores, metrics.
 
-Background = q, g (origin 0, 1); signals = W, Z, t (origin 2, 3, 4). Metrics per signal against all background
-and for the three combined: AUC and TPR at FPR = 1e-1, 1e-2, 1e-3, each with a std over stratified folds.
+The classes come from the split's preset (``jbot.data.presets.groups``): for JetNet's qg preset, background = q, g
+(origin 0, 1) and signals = W, Z, t (origin 2, 3, 4); for JetClass, QCD and the nine others. Metrics per signal
+against all background and for every signal combined: AUC and TPR at FPR = 1e-1, 1e-2, 1e-3, each with a std over
+stratified folds.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 
 from jbot.anomaly.scores import AnomalyScore, l2_normalise, make_score, make_scores
 from jbot.config import AnomalyConfig
-from jbot.data.classes import CLASS_LABELS, SIGNALS, is_background, is_signal
+from jbot.data.presets import QG_GROUPS, Groups, groups
 from jbot.data.splits import Part, Split
 from jbot.evaluate.embed import embed
 from jbot.evaluate.metrics import auc, eps_s_at_eps_b, fold_std, mark_working_point
@@ -31,12 +33,20 @@ def _tpr_on(s: np.ndarray, sig: np.ndarray, fpr: float) -> Callable[[np.ndarray]
     return lambda i: eps_s_at_eps_b(sig[i], s[i], fpr)
 
 
-def signal_metrics(scores: np.ndarray, origin: np.ndarray, n_folds: int = 10, seed: int = 0) -> dict[str, float]:
-    """``{signal}/auc``, ``{signal}/tpr_at_fpr_{f}`` and their ``_std`` for W, Z, t and ``combined``."""
-    background = is_background(origin)
+def group_masks(origin: np.ndarray, classes: Groups = QG_GROUPS) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The background mask and each column's signal mask (every signal, then ``combined``)."""
+    signals = {name: np.isin(origin, list(o)) for name, o in classes.signals}
+    combined = np.isin(origin, [i for _, o in classes.signals for i in o])
+    return np.isin(origin, list(classes.background)), {**signals, "combined": combined}
+
+
+def signal_metrics(scores: np.ndarray, origin: np.ndarray, n_folds: int = 10, seed: int = 0,
+                   classes: Groups = QG_GROUPS) -> dict[str, float]:
+    """``{signal}/auc``, ``{signal}/tpr_at_fpr_{f}`` and their ``_std`` for every signal (W, Z, t) and
+    ``combined``."""
+    background, masks = group_masks(origin, classes)
     out: dict[str, float] = {}
-    groups = {**{CLASS_LABELS[s]: is_signal(origin, s) for s in SIGNALS}, "combined": is_signal(origin)}
-    for name, signal in groups.items():
+    for name, signal in masks.items():
         keep = background | signal
         if not signal.any():
             continue
@@ -62,6 +72,7 @@ class AnomalyResult:
     test_embedding: np.ndarray
     reference_size: int
     extra: dict[str, str] = field(default_factory=dict)
+    classes: Groups = QG_GROUPS  # background and signals by origin
 
 
 def reference_order(n_train: int, seed: int) -> np.ndarray:
@@ -76,13 +87,14 @@ def reference_set(train: Part, size: int, seed: int) -> Part:
 
 
 def evaluate_scores(scores: list[AnomalyScore], ref_emb: np.ndarray, ref_labels: np.ndarray, test_emb: np.ndarray,
-                    origin: np.ndarray, n_folds: int, seed: int = 0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+                    origin: np.ndarray, n_folds: int, seed: int = 0, classes: Groups = QG_GROUPS
+                    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     metrics: dict[str, float] = {}
     values: dict[str, np.ndarray] = {}
     for score in scores:
         score.fit(ref_emb, ref_labels)
         values[score.name] = score.score(test_emb)
-        for key, v in signal_metrics(values[score.name], origin, n_folds, seed).items():
+        for key, v in signal_metrics(values[score.name], origin, n_folds, seed, classes).items():
             metrics[f"{score.name}/{key}"] = v
     return metrics, values
 
@@ -97,6 +109,7 @@ class Embedded:
     order: np.ndarray  # (R,) their indices in the training part
     target: np.ndarray  # (N, D)
     target_origin: np.ndarray  # (N,)
+    classes: Groups = QG_GROUPS
 
     def references(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """The reference set R of ``size`` jets: ``reference_set``'s jets, in its (file) order."""
@@ -107,13 +120,14 @@ class Embedded:
 def embed_split(encoder: JetEncoder, split: Split, part: str, largest: int, seed: int,
                 device: torch.device | str = "cpu") -> Embedded:
     """Embed the first ``largest`` jets of the reference order and the evaluation ``part``."""
-    if split.preset != "qg":
-        raise ValueError(f"anomaly detection uses the qg preset, not {split.preset}")
+    if split.spec is None or split.spec.split != "anomaly":
+        raise ValueError(f"anomaly detection needs an anomaly split (qg, or a preset's with for_anomaly), not "
+                         f"{split.preset}")
     order = reference_order(len(split.train), seed)[:largest]
     target: Part = getattr(split, part)
     ref_emb = l2_normalise(embed(encoder.to(device), split.train.x[order], device=device)[0])
     target_emb = l2_normalise(embed(encoder, target.x, device=device)[0])
-    return Embedded(ref_emb, split.train.origin[order], order, target_emb, target.origin)
+    return Embedded(ref_emb, split.train.origin[order], order, target_emb, target.origin, groups(split.spec))
 
 
 def score_anomalies(embedded: Embedded, cfg: AnomalyConfig, names: list[str] | None = None,
@@ -124,8 +138,9 @@ def score_anomalies(embedded: Embedded, cfg: AnomalyConfig, names: list[str] | N
     ref_emb, ref_origin = embedded.references(cfg.reference_size)
     chosen = make_scores(cfg, cfg.seed) if names is None else [make_score(n, cfg, cfg.seed) for n in names]
     metrics, values = evaluate_scores(chosen, ref_emb, ref_origin, embedded.target, embedded.target_origin,
-                                      n_folds, cfg.seed)
-    return AnomalyResult(metrics, values, embedded.target_origin, embedded.target, len(ref_emb))
+                                      n_folds, cfg.seed, embedded.classes)
+    return AnomalyResult(metrics, values, embedded.target_origin, embedded.target, len(ref_emb),
+                         classes=embedded.classes)
 
 
 def run_anomaly(encoder: JetEncoder, split: Split, cfg: AnomalyConfig, device: torch.device | str = "cpu",

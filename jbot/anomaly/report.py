@@ -14,8 +14,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from sklearn.metrics import roc_curve
 
-from jbot.anomaly.detect import FPR_TARGETS, AnomalyResult
-from jbot.data.classes import BACKGROUND, CLASS_LABELS, CLASSES, LABELS, SIGNALS, is_background, is_signal
+from jbot.anomaly.detect import FPR_TARGETS, AnomalyResult, group_masks
+from jbot.data.presets import QG_GROUPS, Groups, PresetError, get_preset
 from jbot.evaluate.metrics import MIN_BACKGROUND, shown
 from jbot.io import atomic_write_text
 from jbot.plots import CLASS_COLOURS, SCORE_COLOURS, colour, embedding_map
@@ -27,17 +27,26 @@ PUBLISHED_AUC = {
     "mahalanobis": (0.743, 0.782, 0.862, 0.796),
     "gmm": (0.806, 0.820, 0.820, 0.816),
 }
-COLUMNS = ("W", "Z", "t", "combined")
-# the classes each data preset pre-trains on (``qg`` keeps W, Z, t for validation and test: the paper's setting)
-PRETRAINED_ON = {"5class": CLASSES, "tqg": ("t", *BACKGROUND), "qg": BACKGROUND}
 
 
-def signal_exposure(state: Mapping[str, Any]) -> tuple[bool, str] | None:
-    """Whether a checkpoint's encoder saw W, Z or t jets in training, and how ("pre-trained on ..."); None when
-    the checkpoint does not say (streamed data, an untrained encoder, an imported file of another name)."""
+def pretrained_on(preset: str) -> tuple[str, ...] | None:
+    """The class names a preset pre-trains on (an anomaly preset keeps its signals for validation and test: the
+    paper's setting), or None for a preset this installation cannot read."""
+    try:
+        spec = get_preset(preset)
+    except PresetError:
+        return None
+    keys = spec.background if spec.split == "anomaly" else spec.classes
+    return tuple(spec.name_of(c) for c in keys)
+
+
+def signal_exposure(state: Mapping[str, Any], classes: Groups = QG_GROUPS) -> tuple[bool, str] | None:
+    """Whether a checkpoint's encoder saw signal jets (W, Z, t; those of ``classes``) in training, and how
+    ("pre-trained on ..."); None when the checkpoint does not say (streamed data, an untrained encoder, an imported
+    file of another name)."""
     from jbot.model.keras_import import KERAS_LABELS, NAME
 
-    signal_labels = {CLASS_LABELS[c] for c in SIGNALS}
+    signal_labels = set(classes.columns[:-1])
     backbone = (state.get("source") or {}).get("backbone")
     if backbone:  # an imported published backbone: its training data by the prefix of its file name
         match = NAME.match(Path(backbone).name)
@@ -50,11 +59,10 @@ def signal_exposure(state: Mapping[str, Any]) -> tuple[bool, str] | None:
         return True, f"fine-tuned on labelled {', '.join(names)} jets"
     data = (state.get("config") or {}).get("data") or {}
     preset = data.get("preset")
-    if data.get("stream") or preset not in PRETRAINED_ON:
+    seen_names = pretrained_on(preset) if isinstance(preset, str) and not data.get("stream") else None
+    if seen_names is None:
         return None
-    classes = PRETRAINED_ON[preset]
-    return bool(set(classes) & set(SIGNALS)), (f"pre-trained on the {preset} preset "
-                                                 f"({', '.join(CLASS_LABELS[c] for c in classes)})")
+    return bool(set(seen_names) & signal_labels), f"pre-trained on the {preset} preset ({', '.join(seen_names)})"
 
 
 def signal_note(how: str) -> str:
@@ -63,19 +71,25 @@ def signal_note(how: str) -> str:
             "(pre-training on q, g alone) behind Table 4's published numbers")
 
 
+def is_jetnet(result: AnomalyResult) -> bool:
+    """The paper's setting (JetNet's q, g against W, Z, t): Table 4's numbers are a comparison."""
+    return result.classes == QG_GROUPS
+
+
 def auc_rows(result: AnomalyResult) -> list[list[str]]:
     rows = []
     for score in result.scores:
         ours = [f"{result.metrics[f'{score}/{c}/auc']:.3f} ± {result.metrics[f'{score}/{c}/auc_std']:.3f}"
-                for c in COLUMNS]
+                if f"{score}/{c}/auc" in result.metrics else "-" for c in result.classes.columns]
         published = " / ".join(f"{v:.3f}" for v in PUBLISHED_AUC.get(score, ()))
-        rows.append([score, *ours, published or "-"])
+        rows.append([score, *ours, *([published or "-"] if is_jetnet(result) else [])])
     return rows
 
 
 def working_point_rows(result: AnomalyResult) -> list[list[str]]:
     """TPR at each fixed FPR per score and signal; one the test set cannot resolve says so, without an error."""
-    return [[score, f"FPR = {f:g}", *(shown(result.metrics, f"{score}/{c}/tpr_at_fpr_{f:g}", 3) for c in COLUMNS)]
+    return [[score, f"FPR = {f:g}", *(shown(result.metrics, f"{score}/{c}/tpr_at_fpr_{f:g}", 3)
+                                      for c in result.classes.columns)]
             for score in result.scores for f in FPR_TARGETS]
 
 
@@ -84,14 +98,16 @@ def sizes_text(result: AnomalyResult) -> str:
     m = next(iter(result.scores), None)
     if m is None or f"{m}/combined/n_background" not in result.metrics:
         return ""
-    counts = ", ".join(f"{int(result.metrics.get(f'{m}/{c}/n_signal', 0))} {c}" for c in COLUMNS[:3])
-    return (f"test set: {int(result.metrics[f'{m}/combined/n_background'])} background (q, g) jets and {counts}; "
+    counts = ", ".join(f"{int(result.metrics.get(f'{m}/{c}/n_signal', 0))} {c}" for c in result.classes.columns[:-1])
+    return (f"test set: {int(result.metrics[f'{m}/combined/n_background'])} background "
+            f"({result.classes.background_label}) jets and {counts}; "
             f"chance AUC 0.50; a TPR at an FPR that stands on fewer than {MIN_BACKGROUND} background jets is not "
             "resolved")
 
 
 def text_table(result: AnomalyResult) -> str:
-    header = ["score", *(f"AUC {c}" for c in COLUMNS), "published W / Z / t / comb. (JetNet)"]
+    header = ["score", *(f"AUC {c}" for c in result.classes.columns),
+              *(["published W / Z / t / comb. (JetNet)"] if is_jetnet(result) else [])]
     rows = [header, *auc_rows(result)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
@@ -100,11 +116,15 @@ def text_table(result: AnomalyResult) -> str:
 
 def roc_figure(result: AnomalyResult, tuned: str | None = None) -> go.Figure:
     """ROC per signal, one fixed colour per score; the tuned score is drawn thicker and named so."""
-    fig = make_subplots(rows=1, cols=4, subplot_titles=[f"{c} vs q+g" for c in COLUMNS])
-    background = is_background(result.origin)
-    for col, name in enumerate(COLUMNS, start=1):
-        is_sig = is_signal(result.origin) if name == "combined" else is_signal(result.origin, name)
+    columns = result.classes.columns
+    fig = make_subplots(rows=1, cols=len(columns),
+                        subplot_titles=[f"{c} vs {result.classes.background_label}" for c in columns])
+    background, masks = group_masks(result.origin, result.classes)
+    for col, name in enumerate(columns, start=1):
+        is_sig = masks[name]
         keep = background | is_sig
+        if not is_sig[keep].any() or is_sig[keep].all():
+            continue
         for i, (score, values) in enumerate(result.scores.items()):
             fpr, tpr, _ = roc_curve(is_sig[keep], values[keep])
             ok = fpr > 0
@@ -125,7 +145,7 @@ def distributions_figure(result: AnomalyResult) -> go.Figure:
     for col, score in enumerate(names, start=1):
         values = result.scores[score]
         lo, hi = np.quantile(values, [0.001, 0.999])
-        for c, label in enumerate(LABELS):
+        for c, label in enumerate(result.classes.names):
             sel = result.origin == c
             if sel.any():
                 fig.add_trace(go.Histogram(x=np.clip(values[sel], lo, hi), name=label, legendgroup=label,
@@ -151,10 +171,14 @@ def write_report(result: AnomalyResult, out_dir: str | Path, provenance: dict[st
     ``saw_signal``: the encoder was trained on signal jets too (a note says how)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    classes = result.classes
+    signals = ", ".join(classes.columns[:-1])
     figures = [roc_figure(result, tuned), distributions_figure(result),
-               embedding_map(result.test_embedding, result.origin, LABELS, "embedding map: q, g vs W, Z, t")]
+               embedding_map(result.test_embedding, result.origin, classes.names,
+                             f"embedding map: {classes.background_label} vs {signals}")]
     header = "".join(f"<th>{html.escape(h)}</th>" for h in
-                     ["score", *(f"AUC {c}" for c in COLUMNS), "published W / Z / t / combined"])
+                     ["score", *(f"AUC {c}" for c in classes.columns),
+                      *(["published W / Z / t / combined"] if is_jetnet(result) else [])])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in auc_rows(result))
     parts = [
         "<html><head><meta charset='utf-8'><title>jbot anomaly report</title>",
@@ -162,14 +186,16 @@ def write_report(result: AnomalyResult, out_dir: str | Path, provenance: dict[st
         "td,th{border:1px solid #ccc;padding:4px 8px}</style></head><body>",
         "<h1>Anomaly detection with a frozen jBOT encoder</h1>",
         "<p>" + ("Encoder trained on signal jets too (see the note): not the paper's setting; " if saw_signal
-                 else "Encoder pre-trained on background (q, g) only; ") + "larger score = more anomalous. "
+                 else f"Encoder pre-trained on background ({html.escape(classes.background_label)}) only; ")
+        + "larger score = more anomalous. "
         f"Reference set: {result.reference_size} background training jets; ± = std over stratified folds "
-        "of the test set. Published numbers are the paper's Table 4 (jBOT-S on JetNet), not this data.</p>",
+        "of the test set." + (" Published numbers are the paper's Table 4 (jBOT-S on JetNet), not this data."
+                              if is_jetnet(result) else "") + "</p>",
         *(f"<p><b>Note:</b> {html.escape(n)}</p>" for n in notes),
         f"<h2>AUC</h2><table><tr>{header}</tr>{body}</table>",
         f"<p>{html.escape(sizes_text(result))}</p>",
         "<h2>TPR at fixed FPR</h2><table><tr>" + "".join(
-            f"<th>{html.escape(h)}</th>" for h in ["score", "working point", *COLUMNS]) + "</tr>" + "".join(
+            f"<th>{html.escape(h)}</th>" for h in ["score", "working point", *classes.columns]) + "</tr>" + "".join(
             "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in working_point_rows(result))
         + "</table>",
         *([f"<h2>Settings{' (tuned: ' + html.escape(tuned) + ')' if tuned else ''}</h2>{_table(settings)}"]

@@ -1,9 +1,11 @@
-"""``jbot anomaly``: every anomaly score of a frozen encoder pre-trained on q, g, as one MLflow run with an HTML
-report.
+"""``jbot anomaly``: every anomaly score of a frozen encoder pre-trained on background jets (JetNet's q, g by
+default), as one MLflow run with an HTML report.
 
 The encoder is fetched once, with the provenance of what was downloaded (a registry alias pinned to the version
-it pointed at then), the q+g split read with its model settings, the scores computed by the one scoring route
-(``anomaly.detect.score_anomalies``), their metrics logged and the report written beside the paper's Table 4.
+it pointed at then), the preset's anomaly split (``qg``; for another preset its background classes against the
+others) read with its model settings, the scores computed by the one scoring route
+(``anomaly.detect.score_anomalies``), their metrics logged and the report written (beside the paper's Table 4 on
+JetNet).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from jbot.anomaly.detect import AnomalyResult, run_anomaly
 from jbot.anomaly.report import signal_exposure, signal_note, text_table, write_report
 from jbot.commands.common import TrackedResult, data_tags, load_split, log_split, settings_used
 from jbot.config import JbotConfig, flatten
+from jbot.data.presets import QG_GROUPS, groups
 from jbot.io import scratch_dir
 from jbot.tracking.mlflow import tracked_run
 from jbot.tracking.models import load_from_uri
@@ -31,18 +34,21 @@ class AnomalyOutcome:
 
 def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None, experiment: str | None = None,
                     notes: list[str] | None = None, tuned: bool = False, parent_run_id: str | None = None,
-                    on_note: Callable[[str], None] | None = None) -> TrackedResult[AnomalyOutcome]:
-    """Every anomaly score of a frozen encoder on the ``qg`` preset; report + metrics logged as artifacts.
+                    on_note: Callable[[str], None] | None = None, preset: str = "qg"
+                    ) -> TrackedResult[AnomalyOutcome]:
+    """Every anomaly score of a frozen encoder on ``preset``'s anomaly split (``qg``: the paper's); report + metrics
+    logged as artifacts.
     ``tuned``: the settings come from an anomaly sweep (the report marks ``anomaly.score`` as tuned). An encoder
     that saw signal jets in training (not the paper's setting) gets a note in the report, passed to ``on_note``
     too, and the tag ``jbot.encoder_saw_signal``."""
     loaded = load_from_uri(source, str(cfg.tracking.uri))
-    cfg = settings_used(cfg, "qg", loaded)
-    split = load_split(cfg)
+    cfg = settings_used(cfg, preset, loaded)
+    split = load_split(cfg, anomaly=True)
+    classes = groups(split.spec) if split.spec is not None else QG_GROUPS
     device = runtime_device(cfg.runtime)
     tags = {**data_tags(split, str(device)), **loaded.provenance}
     notes = list(notes or [])
-    exposure = signal_exposure(loaded.state)
+    exposure = signal_exposure(loaded.state, classes)
     if exposure is not None:
         tags["jbot.encoder_saw_signal"] = str(exposure[0]).lower()
     if exposure is not None and exposure[0]:
@@ -50,7 +56,8 @@ def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None
         if on_note is not None:
             on_note(notes[-1])
     with tracked_run(cfg, "anomaly", experiment=experiment, tags=tags, run_name=f"anomaly-{cfg.anomaly.score}",
-                     description=f"anomaly scores of the frozen encoder {source} (q, g background)",
+                     description=f"anomaly scores of the frozen encoder {source} ({classes.background_label} "
+                                 "background)",
                      parent_run_id=parent_run_id) as run:
         log_split(run, cfg, split)
         result = run_anomaly(loaded.encoder, split, cfg.anomaly, device, n_folds=cfg.evaluate.n_folds)

@@ -40,9 +40,12 @@ def settings_used(cfg: JbotConfig, preset: str, loaded: LoadedModel | None = Non
     return cfg.model_copy(update=update)
 
 
-def load_split(cfg: JbotConfig, preset: str | None = None) -> Split:
+def load_split(cfg: JbotConfig, preset: str | None = None, anomaly: bool = False) -> Split:
+    """The split a command runs on, read with the model's input schema (``model.n_particles``, ``model.features``);
+    ``anomaly``: the preset's anomaly split (its background trained on)."""
     d = cfg.data
-    return make_split(d.dir, preset or d.preset, d.n_train, d.n_val, d.n_test, d.seed, cfg.model.n_particles)
+    return make_split(d.dir, preset or d.preset, d.n_train, d.n_val, d.n_test, d.seed, cfg.model.n_particles,
+                      cfg.model.features, anomaly=anomaly)
 
 
 def log_split(run: MlflowRun, cfg: JbotConfig, split: Split, n_train: int | None = None) -> None:

@@ -19,8 +19,9 @@ def with_store(cfg: JbotConfig, tracking_uri: str | None) -> JbotConfig:
     return with_overrides(cfg, {"tracking.uri": resolve_tracking_uri(tracking_uri, cfg.tracking.uri)})
 
 
-def require_data(cfg: JbotConfig, preset: str | None = None) -> None:
-    """Fail on a missing data folder or class file before torch and MLflow are loaded."""
+def require_data(cfg: JbotConfig, preset: str | None = None, anomaly: bool = False) -> None:
+    """Fail on a missing data folder or class file, or a preset that cannot be used (``anomaly``: one with no
+    background classes), before torch and MLflow are loaded."""
     if cfg.data.stream:
         from jbot.data.shards import find_shards
 
@@ -29,12 +30,14 @@ def require_data(cfg: JbotConfig, preset: str | None = None) -> None:
             find_shards(cfg.data.val_dir, cfg.model.n_particles)
         return
     from jbot.data.jetnet import DataError, check_data_dir, check_data_folder
-    from jbot.data.presets import JETNET, PresetError, get_preset
+    from jbot.data.presets import JETNET, PresetError, for_anomaly, get_preset
     from jbot.data.readers import class_sources
     from jbot.data.splits import present
 
     try:
         chosen = present(get_preset(preset or cfg.data.preset), cfg.data.dir)
+        if anomaly:
+            for_anomaly(chosen)
     except PresetError as exc:
         raise DataError(str(exc)) from None
     if all(c in JETNET for c in chosen.classes):

@@ -15,7 +15,7 @@ No torch: the config validates names with this module.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -156,3 +156,47 @@ def preset_from_tree(tree: Any, where: Path | str) -> Preset:
     return Preset(name, str(tree.get("doc", f"user preset from {where}")), dataset, keys, labels,
                   tuple(labels.index(str(classes[k])) for k in keys), background, "balanced",
                   (sizes[0], sizes[1], sizes[2]))
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Anomaly detection's classes by origin: the background's, and each signal's (named by its task label)."""
+
+    background: tuple[int, ...]
+    signals: tuple[tuple[str, tuple[int, ...]], ...]
+    background_label: str  # how tables name the background ("q, g")
+    names: tuple[str, ...] = ()  # every class of the dataset by origin ("q", "g", "W", "Z", "t")
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The signals' names and ``combined`` (every signal against the background)."""
+        return (*(name for name, _ in self.signals), "combined")
+
+
+def for_anomaly(preset: Preset) -> Preset:
+    """The anomaly split of ``preset``: itself for one (``qg``); else its background classes trained on, the others
+    signals, at the qg preset's sizes per background class. A preset without background classes is an error."""
+    if preset.split == "anomaly":
+        return preset
+    if not preset.background:
+        raise PresetError(f"preset {preset.name} declares no background classes: anomaly detection needs them "
+                          "('background' in a preset file)")
+    if len(preset.background) == len(preset.classes):
+        raise PresetError(f"preset {preset.name}: every class is background, so there is no signal to detect")
+    n_bg = len(preset.background)
+    return replace(preset, split="anomaly", sizes=(130_000 * n_bg, 10_000 * n_bg, 0))
+
+
+def groups(preset: Preset) -> Groups:
+    """The anomaly groups of an anomaly preset (``for_anomaly``'s): signals by label, in label order."""
+    background = tuple(preset.origin(c) for c in preset.background)
+    signals: dict[str, list[int]] = {}
+    for c, k in zip(preset.classes, preset.label_of, strict=True):
+        if c not in preset.background:
+            signals.setdefault(preset.labels[k], []).append(preset.origin(c))
+    return Groups(background, tuple((n, tuple(o)) for n, o in signals.items()),
+                  ", ".join(preset.name_of(c) for c in preset.background),
+                  tuple(preset.name_of(c) for c in preset.universe))
+
+
+QG_GROUPS = groups(PRESETS["qg"])

@@ -21,7 +21,7 @@ import numpy as np
 
 from jbot.data.features import PAPER_FEATURES
 from jbot.data.jetnet import DEFAULT_PARTICLES, DataError, JetSet
-from jbot.data.presets import JETNET, SUBSETS, Preset, PresetError, get_preset
+from jbot.data.presets import JETNET, SUBSETS, Preset, PresetError, for_anomaly, get_preset
 from jbot.data.readers import class_sources, load_classes
 from jbot.io import file_hash
 
@@ -167,12 +167,16 @@ def make_split(
     seed: int = 42,
     n_particles: int = DEFAULT_PARTICLES,
     features: tuple[str, ...] = PAPER_FEATURES,
+    anomaly: bool = False,
 ) -> Split:
     """The split of ``preset`` (a name of ``PRESETS`` or a preset file), each jet with ``n_particles`` slots
     (``model.n_particles``: files with more keep the hardest, files with fewer are zero-padded) and the columns of
-    ``features`` (``model.features``)."""
+    ``features`` (``model.features``). ``anomaly``: the preset's anomaly split (``presets.for_anomaly``: train on its
+    background classes, the others in validation and test only)."""
     try:
         chosen = present(get_preset(preset), data_dir)
+        if anomaly:
+            chosen = for_anomaly(chosen)
     except PresetError as exc:
         raise DataError(str(exc)) from None
     data = load_classes(data_dir, chosen.classes, n_particles, features)

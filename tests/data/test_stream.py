@@ -24,7 +24,7 @@ from jbot.data.splits import Split, make_split
 from jbot.data.stream import StreamSource
 from jbot.train.checkpoint import load_checkpoint
 from jbot.train.pretrain import Pretrainer, pretrain
-from tests.conftest import TINY, NewStore
+from tests.conftest import TINY, NewStore, write_jetclass
 
 runner = CliRunner()
 BIN = Path(sys.executable).parent
@@ -174,24 +174,8 @@ def test_bad_shards_name_the_file(tmp_path: Path) -> None:
 
 
 def write_jetclass_root(path: Path, n: int, seed: int) -> dict[str, np.ndarray]:
-    """A ROOT file in JetClass's layout (TTree 'tree', jagged part_* branches, unsorted particles)."""
-    ak = pytest.importorskip("awkward")
-    uproot = pytest.importorskip("uproot")
-    rng = np.random.default_rng(seed)
-    counts = rng.integers(2, 45, n)  # some above 30: cut to the 30 hardest
-    pt = rng.exponential(10.0, counts.sum()) + 0.5
-    deta, dphi = rng.normal(0, 0.2, counts.sum()), rng.normal(0, 0.2, counts.sum())
-    angle = rng.uniform(-np.pi, np.pi, counts.sum())
-    jet_pt = np.add.reduceat(pt, np.r_[0, np.cumsum(counts)[:-1]])
-    part = ak.zip({"deta": ak.unflatten(deta, counts), "dphi": ak.unflatten(dphi, counts),
-                   "px": ak.unflatten(pt * np.cos(angle), counts), "py": ak.unflatten(pt * np.sin(angle), counts)})
-    branches = {"part": part, "jet_pt": jet_pt, "jet_eta": rng.normal(0, 1, n),
-                "jet_sdmass": rng.uniform(10, 200, n), "jet_nparticles": counts.astype(np.float64)}
-    with uproot.recreate(path) as f:  # JetClass's names: part_deta, ... counted by n_part
-        f.mktree("tree", {k: v.type if k == "part" else v.dtype for k, v in branches.items()},
-                 field_name=lambda outer, inner: f"{outer}_{inner}", counter_name=lambda counted: f"n_{counted}")
-        f["tree"].extend(branches)
-    return {"pt": pt, "counts": counts, "deta": deta, "jet_pt": jet_pt}
+    """A ROOT file in JetClass's layout, some jets above 30 particles (cut to the 30 hardest)."""
+    return write_jetclass(path, n, seed)
 
 
 @pytest.mark.integration
