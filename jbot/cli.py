@@ -214,12 +214,13 @@ def data_fetch(
 
 @data_app.command("convert")
 def data_convert(
-    src: Annotated[Path, typer.Option("--from", help="Folder of JetClass ROOT files (<channel>_<nnn>.root)")],
+    src: Annotated[Path, typer.Option("--from", help="Folder of JetClass ROOT or parquet files "
+                                                     "(<channel>_<nnn>.root / .parquet)")],
     out: Annotated[Path, typer.Option(help="Output folder for the HDF5 shards")],
     n_particles: Annotated[int, typer.Option(min=1, help="Particles kept per jet (highest pT first)")] = 30,
     chunk: Annotated[int, typer.Option(min=1, help="Jets read at a time (bounds memory)")] = 100_000,
 ) -> None:
-    """Convert JetClass ROOT files into HDF5 shards for streamed pre-training (data.stream=true)."""
+    """Convert JetClass ROOT or parquet files into HDF5 shards (the paper's features) for streamed pre-training."""
     from jbot.data.convert import convert, root_shards
 
     with user_errors():
@@ -237,7 +238,8 @@ def data_convert(
 
 @data_app.command("info")
 def data_info(
-    data_dir: Annotated[Path, typer.Argument(help="Folder with {q,g,w,z,t}.hdf5")],
+    data_dir: Annotated[Path, typer.Argument(help="Folder with {q,g,w,z,t}.hdf5, or JetClass <channel>_<nnn>.root "
+                                                  "/ .parquet files")],
     html: Annotated[Path | None, typer.Option(help="Where to write the distributions (HTML)")] = None,
 ) -> None:
     """Per-class counts, multiplicity and jet-mass summaries; plotly HTML of the distributions."""

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from jbot.config import ModelConfig
+from jbot.data.features import layout
 from jbot.errors import JbotError
 from jbot.io import atomic_write
 from jbot.train.checkpoint import LoadedModel
@@ -60,6 +62,11 @@ def _quiet_exporter() -> Iterator[None]:
             log.setLevel(level)
 
 
+def schema_metadata(cfg: ModelConfig) -> dict[str, str]:
+    """The input schema an exported file records: the columns of ``jets`` and its particle slots."""
+    return {"jbot.features": ",".join(layout(cfg.features)), "jbot.n_particles": str(cfg.n_particles)}
+
+
 def output_names(loaded: LoadedModel) -> list[str]:
     return ["cls", "particles"] + (["probs"] if loaded.classifier is not None else [])
 
@@ -89,5 +96,16 @@ def export_onnx(loaded: LoadedModel, out: str | Path) -> dict[str, list[str]]:
         raise ExportError(f"cannot export this model to ONNX: {type(exc).__name__}: "
                           f"{str(exc).strip().splitlines()[0][:300]}") from None
     assert program is not None
-    atomic_write(out, lambda tmp: program.save(str(tmp), external_data=False))
+
+    def write(tmp: Path) -> None:  # the graph, then the input schema as its metadata (what `jets` columns are)
+        import onnx
+
+        program.save(str(tmp), external_data=False)
+        proto = onnx.load(str(tmp))
+        for key, value in schema_metadata(cfg).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(tmp))
+
+    atomic_write(out, write)
     return {"inputs": inputs, "outputs": outputs}

@@ -105,7 +105,8 @@ def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, expe
             run.log_artifact(write_html(roc_curves(split.test.y, probs, split.class_names), out_dir / "roc.html"),
                              "plots")
             run.log_artifact(write_test_predictions(split, probs, out_dir), str(Path(PREDICTIONS).parent))
-            model_uri = log_jbot_model(ckpt, split.train.x[:EXAMPLE_JETS], len(split.class_names), classifier=True)
+            model_uri = log_jbot_model(ckpt, split.train.x[:EXAMPLE_JETS], len(split.class_names), classifier=True,
+                                       features=split.features)
     return TrackedResult(run.run_id, model_uri, FinetuneOutcome(metrics, result, ckpt, split.class_names, split))
 
 

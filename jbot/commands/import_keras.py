@@ -32,7 +32,7 @@ def tracked_import(backbone: Path, classifier: Path | None, out: Path, tracking_
         example[:, :5, 3] = 1.0
         has_head = "classifier" in state
         model_uri = log_jbot_model(out, example, len(state["class_names"]) if has_head else cfg.model.d_model,
-                                   classifier=has_head)
+                                   classifier=has_head, features=cfg.model.features)
     version = None
     if register:
         from jbot.tracking.registry import register_model

@@ -25,9 +25,9 @@ def require_data(cfg: JbotConfig, preset: str | None = None, anomaly: bool = Fal
     if cfg.data.stream:
         from jbot.data.shards import find_shards
 
-        find_shards(cfg.data.dir, cfg.model.n_particles)
+        find_shards(cfg.data.dir, cfg.model.features)
         if cfg.data.val_dir is not None:
-            find_shards(cfg.data.val_dir, cfg.model.n_particles)
+            find_shards(cfg.data.val_dir, cfg.model.features)
         return
     from jbot.data.jetnet import DataError, check_data_dir, check_data_folder
     from jbot.data.presets import JETNET, PresetError, for_anomaly, get_preset

@@ -51,14 +51,14 @@ class PretrainInputs:
         if self.source is None or len(self.split.train):
             return self.split.train.x[:n]
         shard = self.source.shards[0]
-        return read_rows(shard, 0, min(n, shard.n), self.source.n_particles)[0]
+        return read_rows(shard, 0, min(n, shard.n), self.source.n_particles, features=self.source.features)[0]
 
 
 def pretrain_inputs(cfg: JbotConfig, device: Any) -> PretrainInputs:
     if not cfg.data.stream:
         return PretrainInputs(load_split(cfg), None)
     d, tc = cfg.data, cfg.pretrain
-    source = open_stream(d.dir, d.window, tc.seed, device, cfg.model.n_particles)
+    source = open_stream(d.dir, d.window, tc.seed, device, cfg.model.n_particles, cfg.model.features)
     return PretrainInputs(monitor_split(source, d.val_dir, KNN_REFERENCE, tc.knn_val_size, tc.seed), source)
 
 
@@ -132,5 +132,5 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: Resume | None = None, experimen
             final["val/knn_acc"] = result.knn_acc
         log_json_and_curves(run, out_dir, "pretrain", final, result.history, result.steps)
         model_uri = log_jbot_model(result.checkpoint, inputs.examples(EXAMPLE_JETS), cfg.model.d_model,
-                                   classifier=False)
+                                   classifier=False, features=cfg.model.features)
     return TrackedResult(run.run_id, model_uri, result)

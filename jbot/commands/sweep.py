@@ -123,7 +123,7 @@ def finish_finetune(sweep: Sweep, outcome: SweepOutcome, register: str | None) -
         for key, value in metrics.items():
             client.log_metric(outcome.parent_run_id, key, float(value))
         log_jbot_model(ckpt, split.train.x[:EXAMPLE_JETS], len(split.class_names), classifier=True,
-                       run_id=best_run)
+                       run_id=best_run, features=split.features)
         summary["test"] = metrics
     if register:
         reg = register_best(client, sweep.mlflow_experiment, sweep.space.objective, register, "max" if

@@ -1,4 +1,5 @@
-"""``jbot data convert``: JetClass ROOT files -> HDF5 shards in the JetNet layout, for the fast streamed path.
+"""``jbot data convert``: JetClass ROOT or parquet files -> HDF5 shards in the JetNet layout, for the fast streamed
+path (the paper's four columns; stream the original files to train on the other declared features).
 
 One shard per ROOT file, same stem (``HToBB_000.root`` -> ``HToBB_000.hdf5``), holding ``particle_features``
 (N, P, 4) and ``jet_features`` (N, 4) and the class in the attribute ``class_name``. Each file is read in chunks
@@ -61,10 +62,10 @@ def convert_shard(shard: Shard, out: Path, n_particles: int, chunk: int,
 
 
 def root_shards(src: str | Path, n_particles: int = 30) -> list[Shard]:
-    """The ROOT files of ``src`` in name order (checked from metadata); an error if there are none."""
-    shards = [s for s in find_shards(src, n_particles) if s.kind == "root"]
+    """The ROOT and parquet files of ``src`` in name order (checked from metadata); an error if there are none."""
+    shards = [s for s in find_shards(src) if s.kind in ("root", "parquet")]
     if not shards:
-        raise DataError(f"{src}: no .root files to convert")
+        raise DataError(f"{src}: no .root or .parquet files to convert")
     return shards
 
 

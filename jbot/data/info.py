@@ -1,4 +1,5 @@
-"""Summaries of a JetNet-layout folder (``jbot data info``)."""
+"""Summaries of a folder of jets (``jbot data info``): JetNet-layout class files, or JetClass ROOT / parquet files
+(``<channel>_<nnn>.root``), one row per class."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def summarize(data_dir: str | Path) -> dict[str, dict[str, Any]]:
     quantiles). Files are read as stored, whatever their P, one at a time (only jet-level arrays are kept)."""
     classes = available_classes(check_data_folder(data_dir))
     if not classes:
-        raise DataError(f"{data_dir}: no class files (q.hdf5, g.hdf5, w.hdf5, z.hdf5, t.hdf5) found")
+        return summarize_jetclass(data_dir)
     check_data_dir(data_dir, classes)
     out: dict[str, dict[str, Any]] = {}
     for name in classes:
@@ -34,6 +35,36 @@ def summarize(data_dir: str | Path) -> dict[str, dict[str, Any]]:
             "mass": _quantiles(mass),
             "pt": _quantiles(pt),
             "arrays": {"mass": mass, "pt": pt, "multiplicity": mult},
+        }
+    return out
+
+
+def summarize_jetclass(data_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """``summarize`` for JetClass files (ROOT or parquet): per channel, from the jet branches alone."""
+    from jbot.data.jetclass import CHANNELS, SUFFIXES, channel_of, read_jet_features
+
+    folder = Path(data_dir)
+    by_channel: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix in SUFFIXES and (channel := channel_of(path)) is not None:
+            by_channel.setdefault(channel, []).append(path)
+    if not by_channel:
+        raise DataError(f"{data_dir}: no class files found: neither JetNet's (q.hdf5, g.hdf5, w.hdf5, z.hdf5, t.hdf5) "
+                        "nor JetClass's (<channel>_<nnn>.root or .parquet, e.g. HToBB_000.root)")
+    out: dict[str, dict[str, Any]] = {}
+    for channel in (c for c in CHANNELS if c in by_channel):
+        parts = []
+        for path in by_channel[channel]:
+            try:
+                parts.append(read_jet_features(path))
+            except Exception as exc:  # uproot and pyarrow raise many kinds on a damaged or foreign file
+                raise DataError(f"{path}: not a readable JetClass file ({str(exc).splitlines()[0][:200]})") from None
+        jets = np.concatenate(parts)
+        mult, mass, pt = jets[:, 3], jets[:, 2], jets[:, 0]
+        out[CHANNELS[channel]] = {
+            "n_jets": len(jets), "n_particles": int(mult.max(initial=0)), "multiplicity": _quantiles(mult),
+            "stored": _quantiles(mult), "mass": _quantiles(mass), "pt": _quantiles(pt),
+            "arrays": {"mass": mass, "pt": pt, "multiplicity": mult}, "files": len(by_channel[channel]),
         }
     return out
 

@@ -141,6 +141,32 @@ def read_parquet(path: Path, n_particles: int, features: Iterable[str] = PAPER_F
     return particle_features(arrays, n_particles, features), _jets(arrays)
 
 
+def read_parquet_rows(path: Path, start: int, stop: int, n_particles: int,
+                      features: Iterable[str] = PAPER_FEATURES) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``[start, stop)`` of a parquet file: only the row groups the range touches are read."""
+    ak = parquet_module()
+    import pyarrow.parquet as pq
+
+    features = tuple(features)
+    meta = pq.ParquetFile(path)
+    bounds = np.cumsum([0] + [meta.metadata.row_group(i).num_rows for i in range(meta.num_row_groups)])
+    groups = [i for i in range(meta.num_row_groups) if bounds[i] < stop and bounds[i + 1] > start]
+    table = meta.read_row_groups(groups, columns=list(branches(features)))
+    first = int(bounds[groups[0]]) if groups else start
+    arrays = ak.from_arrow(table)[start - first:stop - first]
+    return particle_features(arrays, n_particles, features), _jets(arrays)
+
+
+def read_jet_features(path: Path) -> np.ndarray:
+    """The jet features (N, 4) of a ROOT or parquet JetClass file alone (no particle branch read)."""
+    if path.suffix == ".parquet":
+        ak = parquet_module()
+        return _jets(ak.from_parquet(path, columns=list(JET_BRANCHES)))
+    uproot = uproot_module()
+    with uproot.open(path) as f:
+        return _jets(f[TREE].arrays(list(JET_BRANCHES)))
+
+
 def parquet_module() -> Any:
     try:
         import awkward as ak
@@ -164,15 +190,3 @@ def file_columns(path: Path) -> tuple[list[str], int]:
             raise KeyError(TREE)
         tree = f[TREE]
         return list(tree.keys()), int(tree.num_entries)
-
-
-def root_entries(path: Path) -> int:
-    uproot = uproot_module()
-    with uproot.open(path) as f:
-        if TREE not in f:
-            raise KeyError(TREE)
-        tree = f[TREE]
-        missing = [b for b in PARTICLE_BRANCHES + JET_BRANCHES if b not in tree]
-        if missing:
-            raise KeyError(", ".join(missing))
-        return int(tree.num_entries)

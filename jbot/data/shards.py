@@ -1,6 +1,8 @@
 """A folder of jet files read in row ranges: JetNet-layout HDF5 files (one class each, e.g. jbot's own ``q.hdf5``
-... or ``jbot data convert`` output) and JetClass ROOT files. Nothing is read whole: a shard knows its length from
-metadata, and ``read`` returns one validated row range.
+... or ``jbot data convert`` output, any particle count), JetClass ROOT files and parquet files with JetClass's
+columns. Nothing is read whole: a shard knows its length from metadata, and ``read_rows`` returns one validated
+row range with ``n_particles`` slots and the columns of the declared features (a parquet file is read by the row
+groups the range touches).
 """
 
 from __future__ import annotations
@@ -13,8 +15,26 @@ import h5py
 import numpy as np
 
 from jbot.data.classes import CLASS_LABELS, CLASSES
-from jbot.data.jetclass import CHANNELS, MissingReader, channel_of, read_root, root_entries
-from jbot.data.jetnet import JET_KEY, PARTICLE_KEY, DataError, validate_particles
+from jbot.data.features import PAPER_FEATURES, n_columns
+from jbot.data.jetclass import (
+    CHANNELS,
+    MissingReader,
+    channel_of,
+    file_columns,
+    missing_branches,
+    read_parquet_rows,
+    read_root,
+)
+from jbot.data.jetnet import (
+    JET_KEY,
+    N_FEATURES,
+    PARTICLE_KEY,
+    DataError,
+    JetSet,
+    conform_particles,
+    validate_particles,
+    with_features,
+)
 
 HDF5_SUFFIXES = (".hdf5", ".h5")
 CLASS_ATTR = "class_name"  # the class of every jet of a shard written by `jbot data convert`
@@ -23,7 +43,7 @@ CLASS_ATTR = "class_name"  # the class of every jet of a shard written by `jbot 
 @dataclass(frozen=True)
 class Shard:
     path: Path
-    kind: str  # "hdf5" or "root"
+    kind: str  # "hdf5", "root" or "parquet"
     n: int
     label: str | None  # the class of its jets ("q", "Hbb"), None if the name does not say
 
@@ -39,7 +59,7 @@ def _label(path: Path, attr: object = None) -> str | None:
     return CHANNELS[channel] if channel else None
 
 
-def _hdf5_shard(path: Path, n_particles: int) -> Shard:
+def _hdf5_shard(path: Path) -> Shard:
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -49,72 +69,80 @@ def _hdf5_shard(path: Path, n_particles: int) -> Shard:
             have = ", ".join(f.keys()) or "nothing"
             raise DataError(f"{path}: missing dataset '{PARTICLE_KEY}' (the file holds {have})")
         shape = f[PARTICLE_KEY].shape
-        if len(shape) != 3 or shape[1:] != (n_particles, 4):
-            raise DataError(f"{path}: dataset '{PARTICLE_KEY}' has shape {shape}, expected (N, {n_particles}, 4)")
+        if len(shape) != 3 or shape[1] < 1 or shape[2] != N_FEATURES:
+            raise DataError(f"{path}: dataset '{PARTICLE_KEY}' has shape {shape}, expected (N, P, {N_FEATURES})")
         if JET_KEY in f and f[JET_KEY].shape[0] != shape[0]:
             raise DataError(f"{path}: '{JET_KEY}' has {f[JET_KEY].shape[0]} jets, '{PARTICLE_KEY}' {shape[0]}")
         return Shard(path, "hdf5", int(shape[0]), _label(path, f.attrs.get(CLASS_ATTR)))
 
 
-def _root_shard(path: Path) -> Shard:
+def _jetclass_shard(path: Path, features: tuple[str, ...]) -> Shard:
+    kind = path.suffix[1:]
     try:
-        n = root_entries(path)
+        have, n = file_columns(path)
     except MissingReader:
         raise
     except KeyError as exc:
         raise DataError(f"{path}: not a JetClass file: missing {exc.args[0]} in TTree 'tree'") from None
-    except Exception as exc:  # uproot raises many kinds on a damaged file
-        raise DataError(f"{path}: not a readable ROOT file (corrupt or truncated?): {exc}") from None
-    return Shard(path, "root", n, _label(path))
+    except Exception as exc:  # uproot and pyarrow raise many kinds on a damaged file
+        raise DataError(f"{path}: not a readable {kind} file (corrupt or truncated?): {exc}") from None
+    if (lack := missing_branches(have, features)) is not None:
+        raise DataError(f"{path}: not a JetClass file for these features: {lack}")
+    return Shard(path, kind, n, _label(path))
 
 
-def find_shards(folder: str | Path, n_particles: int = 30) -> list[Shard]:
-    """Every HDF5 and ROOT file in ``folder`` (sorted by name), checked from metadata only."""
+STREAMED = (*HDF5_SUFFIXES, ".root", ".parquet")
+
+
+def find_shards(folder: str | Path, features: tuple[str, ...] = PAPER_FEATURES) -> list[Shard]:
+    """Every HDF5, ROOT and parquet file in ``folder`` (sorted by name), checked from metadata only (a JetClass
+    file for the branches ``features`` need)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: data folder not found")
-    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (*HDF5_SUFFIXES, ".root"))
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in STREAMED)
     if not paths:
-        raise DataError(f"{folder}: no .hdf5, .h5 or .root files to stream")
-    shards = [_root_shard(p) if p.suffix == ".root" else _hdf5_shard(p, n_particles) for p in paths]
+        raise DataError(f"{folder}: no .hdf5, .h5, .root or .parquet files to stream")
+    shards = [_hdf5_shard(p) if p.suffix in HDF5_SUFFIXES else _jetclass_shard(p, features) for p in paths]
     empty = [s.path.name for s in shards if s.n == 0]
     if empty:
         raise DataError(f"{folder}: empty files: {', '.join(empty)}")
     return shards
 
 
-def read_rows(shard: Shard, start: int, stop: int, n_particles: int = 30,
-              out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``[start, stop)`` of a shard, validated: particles (N, P, 4) and jet features (N, 4) float32.
-    With ``out`` (at least N rows), the particles are read into its first N rows (no new buffer) and returned
-    as that view."""
+def read_rows(shard: Shard, start: int, stop: int, n_particles: int = 30, out: np.ndarray | None = None,
+              features: tuple[str, ...] = PAPER_FEATURES) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``[start, stop)`` of a shard, validated: particles (N, P, F) with P = ``n_particles`` and F the
+    columns of ``features``, and jet features (N, 4), float32. With ``out`` (at least N rows), the particles are
+    read into its first N rows (no new buffer) and returned as that view."""
     where = f"{shard.path} rows {start}-{stop}"
     n = stop - start
-    if shard.kind == "root":
+    if shard.kind in ("root", "parquet"):
         try:
-            x, jets = read_root(shard.path, start, stop, n_particles)
+            read = read_root if shard.kind == "root" else read_parquet_rows
+            x, jets = read(shard.path, start, stop, n_particles, features)
         except Exception as exc:
             raise DataError(f"{where}: cannot be read ({exc})") from None
-        if out is not None:
-            out[:n] = x
-            x = out[:n]
     else:
         try:
             with h5py.File(shard.path, "r") as f:
                 ds = f[PARTICLE_KEY]
-                if out is not None and ds.dtype == np.float32:
-                    ds.read_direct(out, np.s_[start:stop], np.s_[0:n])
-                    x = out[:n]
-                else:
-                    x = np.asarray(ds[start:stop], dtype=np.float32)
-                    if out is not None:
-                        out[:n] = x
-                        x = out[:n]
                 jets = (np.asarray(f[JET_KEY][start:stop], dtype=np.float32) if JET_KEY in f
                         else np.zeros((n, 4), np.float32))
+                as_stored = ds.shape[1] == n_particles and features == PAPER_FEATURES
+                if out is not None and as_stored and ds.dtype == np.float32:
+                    ds.read_direct(out, np.s_[start:stop], np.s_[0:n])  # the fast path: no copy
+                    validate_particles(where, out[:n], n_particles)
+                    return out[:n], jets
+                x = np.asarray(ds[start:stop], dtype=np.float32)
         except OSError as exc:
             raise DataError(f"{where}: cannot be read (corrupt or truncated file: {exc})") from None
-    validate_particles(where, x, n_particles)
+        validate_particles(where, x, None)
+        x = with_features(where, JetSet(conform_particles(x, n_particles), jets), features).particles
+    if out is not None:
+        out[:n] = x
+        x = out[:n]
+    validate_particles(where, x, n_particles, n_columns=n_columns(features))
     return x, jets
 
 

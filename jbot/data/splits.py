@@ -53,6 +53,7 @@ class Split:
     seed: int
     fingerprint: str
     spec: Preset | None = None  # the preset as used (a subset preset narrowed to the classes present)
+    features: tuple[str, ...] = PAPER_FEATURES  # the declared features the jets were read with (model.features)
 
     @property
     def n_classes(self) -> int:
@@ -196,7 +197,7 @@ def make_split(
     if features != PAPER_FEATURES:
         settings["features"] = list(features)
     fp = fingerprint([p for c in chosen.classes for p in class_sources(data_dir, c)], settings)
-    return Split(chosen.name, train, val, test, chosen.labels, seed, fp, chosen)
+    return Split(chosen.name, train, val, test, chosen.labels, seed, fp, chosen, features)
 
 
 def fingerprint(files: list[Path], extra: dict) -> str:

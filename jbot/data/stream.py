@@ -24,6 +24,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from jbot.data.features import PAPER_FEATURES, n_columns
 from jbot.data.shards import Shard, class_names, find_shards, read_rows, shards_fingerprint
 from jbot.data.splits import Part, Split
 from jbot.errors import JbotError
@@ -76,8 +77,9 @@ class StreamSource:
     """Shards read window by window (see the module docstring); ``window`` = rows per window over all ranks."""
 
     def __init__(self, shards: list[Shard], window: int, seed: int, device: torch.device,
-                 n_particles: int = 30) -> None:
+                 n_particles: int = 30, features: tuple[str, ...] = PAPER_FEATURES) -> None:
         self.shards, self.seed, self.device, self.n_particles = shards, seed, device, n_particles
+        self.features, self.width = features, n_columns(features)  # the declared features, columns per particle
         self.n_jets = sum(s.n for s in shards)
         self.fingerprint = shards_fingerprint(shards)
         self.n_windows = max(1, math.ceil(self.n_jets / window))
@@ -115,10 +117,10 @@ class StreamSource:
         and written into ``out`` when given (buffers of at least N_k rows, reused window after window)."""
         ranges = self._ranges(epoch, k, rank, world)
         n = sum(b - a for _, a, b in ranges)
-        raw = np.empty((n, self.n_particles, 4), np.float32) if raw is None else raw
+        raw = np.empty((n, self.n_particles, self.width), np.float32) if raw is None else raw
         filled = 0
         for shard, a, b in ranges:
-            read_rows(shard, a, b, self.n_particles, out=raw[filled:])
+            read_rows(shard, a, b, self.n_particles, out=raw[filled:], features=self.features)
             filled += b - a
         perm = torch.randperm(n, generator=order_generator(self.seed, epoch, k, rank, torch.device("cpu")))
         if out is None:
@@ -138,15 +140,15 @@ class StreamSource:
                 break
             skip, k0 = skip - size, k0 + 1
         cap = max(sizes)
-        raw = np.empty((cap, self.n_particles, 4), np.float32)  # the reader's, refilled for every window
+        raw = np.empty((cap, self.n_particles, self.width), np.float32)  # the reader's, refilled for every window
         # three windows' slots: the one being trained on, the one waiting in the queue, the one being read
         # (page-locked on CUDA: batches are copied to the GPU asynchronously, the step does not wait for them)
         pinned = self.device.type == "cuda"
-        slots = [torch.empty(cap, self.n_particles, 4, pin_memory=pinned) for _ in range(3)]
+        slots = [torch.empty(cap, self.n_particles, self.width, pin_memory=pinned) for _ in range(3)]
         windows = _Prefetch(lambda k: self.read_window(epoch, k, rank, world, raw, slots[k % 3]),
                             range(k0, self.n_windows))
         try:
-            carry = torch.empty(0, self.n_particles, 4)
+            carry = torch.empty(0, self.n_particles, self.width)
             for i, x in enumerate(windows):
                 x = x[skip:] if i == 0 else x
                 if len(carry):  # the batch that straddles two windows (a small copy)
@@ -215,8 +217,9 @@ class _Prefetch:
         self._thread.join()
 
 
-def open_stream(folder: str, window: int, seed: int, device: torch.device, n_particles: int) -> StreamSource:
-    return StreamSource(find_shards(folder, n_particles), window, seed, device, n_particles)
+def open_stream(folder: str, window: int, seed: int, device: torch.device, n_particles: int,
+                features: tuple[str, ...] = PAPER_FEATURES) -> StreamSource:
+    return StreamSource(find_shards(folder, features), window, seed, device, n_particles, features)
 
 
 def monitor_split(source: StreamSource, val_dir: str | None, n_reference: int, n_val: int, seed: int) -> Split:
@@ -224,16 +227,17 @@ def monitor_split(source: StreamSource, val_dir: str | None, n_reference: int, n
     in-memory sample of ``val_dir`` (rows spread over its files, each file one class), half as reference, half
     as queries. The sample is empty (no monitor) without ``val_dir`` or when a file's class is unknown."""
     n_particles = source.n_particles
-    shards = find_shards(val_dir, n_particles) if val_dir is not None else []
+    shards = find_shards(val_dir, source.features) if val_dir is not None else []
     names = class_names(shards)
-    xs, jets, ys = [np.zeros((0, n_particles, 4), np.float32)], [np.zeros((0, 4), np.float32)], [np.zeros(0, np.int64)]
+    xs, jets = [np.zeros((0, n_particles, source.width), np.float32)], [np.zeros((0, 4), np.float32)]
+    ys = [np.zeros(0, np.int64)]
     if shards and len(names) >= 2 and all(s.label is not None for s in shards):
         rng = np.random.default_rng(seed)
         per = math.ceil((n_reference + n_val) / len(shards))
         for s in shards:
             m = min(per, s.n)
             a = int(rng.integers(s.n - m + 1))
-            x, j = read_rows(s, a, a + m, n_particles)
+            x, j = read_rows(s, a, a + m, n_particles, features=source.features)
             xs.append(x)
             jets.append(j)
             ys.append(np.full(m, names.index(s.label or ""), dtype=np.int64))
@@ -241,4 +245,5 @@ def monitor_split(source: StreamSource, val_dir: str | None, n_reference: int, n
     x, jet, y = np.concatenate(xs)[order], np.concatenate(jets)[order], np.concatenate(ys)[order]
     n_ref = len(y) * n_reference // (n_reference + n_val)
     ref, val = Part(x[:n_ref], jet[:n_ref], y[:n_ref], y[:n_ref]), Part(x[n_ref:], jet[n_ref:], y[n_ref:], y[n_ref:])
-    return Split("stream", ref, val, ref.subset(np.arange(0)), names if len(y) else (), seed, source.fingerprint)
+    return Split("stream", ref, val, ref.subset(np.arange(0)), names if len(y) else (), seed, source.fingerprint,
+                 features=source.features)

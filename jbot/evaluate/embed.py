@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from jbot.data.features import PAPER_FEATURES
 from jbot.io import atomic_write
 from jbot.model.encoder import JetEncoder
 
@@ -66,11 +67,24 @@ def embed(encoder: JetEncoder, x: np.ndarray | torch.Tensor, batch_size: int = 4
     return out.cls, out.particles
 
 
-def read_inputs(path: str | Path, n_particles: int = 30) -> np.ndarray:
-    """Particles (N, P, F), P = ``n_particles`` (the model's ``model.n_particles``), validated: from a JetNet-layout
-    HDF5 file of any particle count (its hardest P, or zero-padded to P: ``read_jetnet``) or from an ``.npz``
-    whose ``x`` has exactly P slots per jet."""
-    from jbot.data.jetnet import DataError, read_jetnet, validate_particles
+def schema_mismatch(where: str | Path, x: np.ndarray, features: tuple[str, ...]) -> str | None:
+    """The one line saying jets ``x`` do not have the columns of ``features`` (the model's schema), or None."""
+    from jbot.data.features import layout
+
+    names = layout(features)
+    if x.ndim == 3 and x.shape[2] != len(names):
+        return (f"{where}: the jets have {x.shape[2]} columns per particle, the model takes {len(names)} "
+                f"({', '.join(names)})")
+    return None
+
+
+def read_inputs(path: str | Path, n_particles: int = 30, features: tuple[str, ...] = PAPER_FEATURES) -> np.ndarray:
+    """Particles (N, P, F), P = ``n_particles`` and F the columns of ``features`` (the model's ``model.n_particles``
+    and ``model.features``), validated: from any file ``jbot.data.readers`` reads (JetNet-layout HDF5 of any
+    particle count, JetClass ROOT or parquet) or from an ``.npz`` whose ``x`` has exactly those slots and columns."""
+    from jbot.data.features import n_columns
+    from jbot.data.jetnet import DataError, validate_particles
+    from jbot.data.readers import read_jets
 
     path = Path(path)
     if path.suffix == ".npz":
@@ -86,16 +100,18 @@ def read_inputs(path: str | Path, n_particles: int = 30) -> np.ndarray:
                 x = np.asarray(raw, dtype=np.float32)
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: not a readable .npz file ({exc})") from None
-        validate_particles(path, x, n_particles, key="x")
+        if (mismatch := schema_mismatch(f"{path}: array 'x'", x, features)) is not None:
+            raise DataError(mismatch)
+        validate_particles(path, x, n_particles, key="x", n_columns=n_columns(features))
         return x
-    return read_jetnet(path, n_particles).particles
+    return read_jets(path, n_particles, features).particles
 
 
 def embed_to_file(model: LoadedModel, inputs: str | Path, out: str | Path, batch_size: int = 4096,
                   device: torch.device | str = "cpu",
                   on_batch: Callable[[int], None] | None = None) -> dict[str, tuple[int, ...]]:
     """Write ``cls`` (N, D), ``particles`` (N, P, D) and, with a classifier, ``probs`` (N, C) to an .npz."""
-    x = read_inputs(inputs, model.encoder.cfg.n_particles)
+    x = read_inputs(inputs, model.encoder.cfg.n_particles, model.encoder.cfg.features)
     result = infer(model.encoder, x, head=model.classifier, particles=True, batch_size=batch_size, device=device,
                    on_batch=on_batch)
     assert result.particles is not None

@@ -21,7 +21,8 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types import Schema, TensorSpec
 
 import jbot
-from jbot.evaluate.embed import infer
+from jbot.data.features import PAPER_FEATURES, layout
+from jbot.evaluate.embed import infer, schema_mismatch
 from jbot.io import scratch_dir
 from jbot.paths import RUN_ID, is_model_source
 from jbot.train.checkpoint import CheckpointError, LoadedModel, load_model
@@ -39,29 +40,36 @@ class JbotPyfunc(PythonModel):
     def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         x = np.asarray(model_input, dtype=np.float32)
         enc = self.model.encoder
-        if x.ndim != 3 or x.shape[2] != enc.cfg.n_features:
+        if x.ndim != 3:
             raise ValueError(f"expected jets (N, P, {enc.cfg.n_features}), got shape {x.shape}")
+        if (mismatch := schema_mismatch("model input", x, enc.cfg.features)) is not None:
+            raise ValueError(mismatch)
         out = infer(enc, x, head=self.model.classifier)
         return out.probs if out.probs is not None else out.cls
 
 
 def log_jbot_model(checkpoint: str | Path, example: np.ndarray, n_out: int, classifier: bool,
-                   run_id: str | None = None) -> str:
+                   run_id: str | None = None, features: tuple[str, ...] = PAPER_FEATURES) -> str:
     """Log ``checkpoint`` as a pyfunc model of the active run, or of the finished run ``run_id`` (its one upload:
     the model holds the file); returns the model URI. ``n_out``: the output width (D for an encoder, C for a
-    classifier), known to the caller that wrote the checkpoint."""
+    classifier), known to the caller that wrote the checkpoint; ``features``: the input schema (``model.features``),
+    recorded as the model's metadata and the tag ``jbot.features`` (its columns, ``valid`` included)."""
     if run_id is not None:
         with mlflow.start_run(run_id=run_id):
-            return log_jbot_model(checkpoint, example, n_out, classifier)
+            return log_jbot_model(checkpoint, example, n_out, classifier, features=features)
     _, n_particles, n_features = example.shape
+    columns = layout(features)
+    if n_features != len(columns):
+        raise ValueError(f"the input example has {n_features} columns, the schema {len(columns)} ({columns})")
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_particles, n_features))]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_particles, n_features), name="jets")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_out))]),
     )
     name = "jbot-classifier" if classifier else "jbot-encoder"
     with _quiet("mlflow.pyfunc"):
-        info = _log_pyfunc(checkpoint, signature, example, name)
-    mlflow.set_tag("jbot.model_uri", info.model_uri)
+        info = _log_pyfunc(checkpoint, signature, example, name, {"jbot.features": ",".join(columns),
+                                                                    "jbot.n_particles": str(n_particles)})
+    mlflow.set_tags({"jbot.model_uri": info.model_uri, "jbot.features": ",".join(columns)})
     return info.model_uri
 
 
@@ -76,10 +84,11 @@ def _quiet(logger: str):  # type: ignore[no-untyped-def]
         log.setLevel(level)
 
 
-def _log_pyfunc(checkpoint: str | Path, signature: ModelSignature, example: np.ndarray, name: str) -> Any:
+def _log_pyfunc(checkpoint: str | Path, signature: ModelSignature, example: np.ndarray, name: str,
+                metadata: dict[str, str]) -> Any:
     return mlflow.pyfunc.log_model(
         name=name, python_model=JbotPyfunc(), artifacts={CHECKPOINT_KEY: str(checkpoint)},
-        signature=signature, input_example=example.astype(np.float32),
+        signature=signature, input_example=example.astype(np.float32), metadata=metadata,
         pip_requirements=[f"jbot=={jbot.__version__}", f"torch=={torch.__version__.split('+')[0]}",
                           f"mlflow=={mlflow.__version__}"],
     )

@@ -158,15 +158,15 @@ def test_bad_shards_name_the_file(tmp_path: Path) -> None:
         find_shards(folder)
     (folder / "junk.hdf5").unlink()
     with h5py.File(folder / "wrong.h5", "w") as f:
-        f[PARTICLE_KEY] = np.zeros((5, 20, 4), np.float32)
-    with pytest.raises(DataError, match=r"wrong.h5: dataset 'particle_features' has shape \(5, 20, 4\)"):
+        f[PARTICLE_KEY] = np.zeros((5, 20, 3), np.float32)
+    with pytest.raises(DataError, match=r"wrong.h5: dataset 'particle_features' has shape \(5, 20, 3\)"):
         find_shards(folder)
     (folder / "wrong.h5").unlink()
     with h5py.File(folder / "part_000.hdf5", "a") as f:
         f[PARTICLE_KEY][7, 0, 2] = np.nan
     with pytest.raises(DataError, match=r"part_000.hdf5 rows 0-100: dataset 'particle_features': NaN"):
         read_rows(find_shards(folder)[0], 0, 100)
-    with pytest.raises(DataError, match="no .hdf5, .h5 or .root files"):
+    with pytest.raises(DataError, match="no .hdf5, .h5, .root or .parquet files"):
         find_shards(tmp_path)
 
 
