@@ -46,7 +46,8 @@ def signal_exposure(state: Mapping[str, Any], classes: Groups = QG_GROUPS) -> tu
     file of another name)."""
     from jbot.model.keras_import import KERAS_LABELS, NAME
 
-    signal_labels = set(classes.columns[:-1])
+    # the signals' class names in their dataset (W, Z, t; Hbb, ...), what a preset's classes are named by too
+    signal_labels = {classes.names[o] for _, origins in classes.signals for o in origins} or set(classes.columns[:-1])
     backbone = (state.get("source") or {}).get("backbone")
     if backbone:  # an imported published backbone: its training data by the prefix of its file name
         match = NAME.match(Path(backbone).name)
@@ -65,10 +66,13 @@ def signal_exposure(state: Mapping[str, Any], classes: Groups = QG_GROUPS) -> tu
     return bool(set(seen_names) & signal_labels), f"pre-trained on the {preset} preset ({', '.join(seen_names)})"
 
 
-def signal_note(how: str) -> str:
+def signal_note(how: str, classes: Groups = QG_GROUPS) -> str:
     """The report's and the console's note on an encoder that saw signal jets (``how``: of ``signal_exposure``)."""
-    return (f"this encoder was {how}: it saw signal jets in training, unlike the paper's unsupervised setting "
-            "(pre-training on q, g alone) behind Table 4's published numbers")
+    if classes == QG_GROUPS:
+        return (f"this encoder was {how}: it saw signal jets in training, unlike the paper's unsupervised setting "
+                "(pre-training on q, g alone) behind Table 4's published numbers")
+    return (f"this encoder was {how}: it saw signal jets in training, so this is not unsupervised anomaly "
+            f"detection (pre-training on the background, {classes.background_label}, alone)")
 
 
 def is_jetnet(result: AnomalyResult) -> bool:

@@ -52,7 +52,7 @@ def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None
     if exposure is not None:
         tags["jbot.encoder_saw_signal"] = str(exposure[0]).lower()
     if exposure is not None and exposure[0]:
-        notes.append(signal_note(exposure[1]))
+        notes.append(signal_note(exposure[1], classes))
         if on_note is not None:
             on_note(notes[-1])
     with tracked_run(cfg, "anomaly", experiment=experiment, tags=tags, run_name=f"anomaly-{cfg.anomaly.score}",

@@ -62,7 +62,7 @@ def log_jbot_model(checkpoint: str | Path, example: np.ndarray, n_out: int, clas
     if n_features != len(columns):
         raise ValueError(f"the input example has {n_features} columns, the schema {len(columns)} ({columns})")
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_particles, n_features), name="jets")]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_particles, n_features))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_out))]),
     )
     name = "jbot-classifier" if classifier else "jbot-encoder"
