@@ -430,7 +430,9 @@ def format_validation_error(err: ValidationError, model: type[BaseModel] = JbotC
         expected = _annotation_at(model, loc)
         got = item.get("input")
         msg = item["msg"].removeprefix("Value error, ")
-        hint = f" (expected {expected}, got {excerpt(got)})" if expected and not isinstance(got, dict) else ""
+        # a validator's own message (value_error) already says what is wrong; a type error gets the hint
+        typed = item["type"] != "value_error" and expected and not isinstance(got, dict)
+        hint = f" (expected {expected}, got {excerpt(got)})" if typed else ""
         lines.append(f"{msg}{hint}" if name == "<root>" else f"{name}: {msg}{hint}")
     return f"{title}:\n  " + "\n  ".join(lines)
 

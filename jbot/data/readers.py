@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jbot.data.features import PAPER_FEATURES, n_columns
+from jbot.data.features import PAPER_FEATURES, layout, n_columns
 from jbot.data.jetnet import (
     DEFAULT_PARTICLES,
     DataError,
@@ -55,8 +55,26 @@ def _jetclass(path: Path, n_particles: int, features: tuple[str, ...]) -> JetSet
             x, jets = jetclass.read_root(path, None, None, n_particles, features)
     except Exception as exc:
         raise DataError(f"{path}: cannot be read ({exc})") from None
+    check_columns(path, x, jets, features)
     validate_jets(path, x, jets, n_particles, n_columns(features))
     return JetSet(x, jets)
+
+
+def check_columns(path: Path, x: np.ndarray, jets: np.ndarray, features: tuple[str, ...]) -> None:
+    """NaN or inf in a JetClass file, named by the feature and the branch it came from, and the rows."""
+    from jbot.data.jetclass import FEATURE_BRANCHES, JET_BRANCHES, PARTICLE_BRANCHES
+
+    for col, name in enumerate(layout(features)):
+        bad = ~np.isfinite(x[..., col]).all(axis=1)
+        if bad.any():
+            source = ", ".join(FEATURE_BRANCHES.get(name, PARTICLE_BRANCHES))
+            raise DataError(f"{path}: feature '{name}' (from {source}): NaN or inf values in {int(bad.sum())} of "
+                            f"{len(bad)} jets (first at row {int(np.flatnonzero(bad)[0])})")
+    for col, branch in enumerate(JET_BRANCHES):
+        bad = ~np.isfinite(jets[:, col])
+        if bad.any():
+            raise DataError(f"{path}: branch '{branch}': NaN or inf values in {int(bad.sum())} of {len(bad)} jets "
+                            f"(first at row {int(np.flatnonzero(bad)[0])})")
 
 
 READERS: dict[str, Reader] = {".hdf5": _hdf5, ".h5": _hdf5, ".root": _jetclass, ".parquet": _jetclass}

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from jbot.cli import app
 from jbot.data.features import layout
-from tests.conftest import TINY, NewStore, one_error_line, set_args, write_jetclass_folder
+from tests.conftest import TINY, NewStore, one_error_line, set_args, write_fake_folder, write_jetclass_folder
 
 pytest.importorskip("uproot")
 pytestmark = pytest.mark.integration
@@ -109,6 +109,15 @@ def test_jetclass_with_declared_features_end_to_end(folders: tuple[Path, Path], 
     assert bad.exit_code == 2
     line = one_error_line(bad.output)
     assert "4 columns per particle, the model takes 15" in line and "charge" in line
+    # JetNet-layout files hold no charge: one line naming the file
+    jetnet = write_fake_folder(tmp_path / "jetnet", 60)
+    bad = runner.invoke(app, ["probe", "--run-id", run, "--data", str(jetnet), "--tracking-uri", store,
+                              *set_args(["data.n_train=100", "data.n_val=20", "data.n_test=40"])])
+    assert bad.exit_code == 2
+    assert "q.hdf5: feature 'charge' is not in a JetNet-layout file" in one_error_line(bad.output)
+    # a feature name that does not exist: one config error naming the field and the choices
+    bad = runner.invoke(app, ["pretrain", "--data", str(root), "--set", "model.features=[eta_rel,phi_rel,pt_rel,pid]"])
+    assert bad.exit_code == 2 and "model.features: unknown particle feature 'pid'; choose from" in bad.output
 
 
 def test_streamed_pretraining_on_declared_features(folders: tuple[Path, Path], tmp_path: Path,

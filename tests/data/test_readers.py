@@ -132,3 +132,18 @@ def test_an_unknown_extension_has_no_reader(tmp_path: Path) -> None:
                                         r"\.parquet\)"):
         read_jets(tmp_path / "q.csv")
     assert set(READERS) == {".hdf5", ".h5", ".root", ".parquet"}
+
+
+def test_a_bad_value_names_the_file_the_feature_and_the_row(tmp_path: Path) -> None:
+    import awkward as ak
+
+    path = tmp_path / "HToCC_000.parquet"
+    write_jetclass(path, 12, seed=4)
+    table = ak.from_parquet(path)
+    charge = ak.to_list(table["part_charge"])
+    charge[5][0] = float("nan")
+    ak.to_parquet(ak.with_field(table, ak.Array(charge), "part_charge"), path)
+    read_jets(path, 30)  # the paper's features do not read the charge
+    with pytest.raises(DataError, match=r"HToCC_000.parquet: feature 'charge' \(from part_charge\): NaN or inf "
+                                        r"values in 1 of 12 jets \(first at row 5\)"):
+        read_jets(path, 30, ("eta_rel", "phi_rel", "pt_rel", "charge"))

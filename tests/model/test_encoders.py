@@ -221,3 +221,23 @@ def test_a_resumed_run_keeps_its_architecture(toy: ModelConfig) -> None:
     del saved["model"]["arch"]
     with pytest.raises(ConfigError, match=r"model\.arch \('transformer', asked 'toy'\)"):
         resume_config(saved, ["model.arch=toy"])
+
+
+def test_an_old_checkpoint_without_a_schema_loads_as_the_papers(tmp_path: Path) -> None:
+    path = tiny_checkpoint(tmp_path / "new.pt", seed=2)
+    state = torch.load(path, weights_only=True)
+    assert state["config"]["model"]["features"] == ["eta_rel", "phi_rel", "pt_rel"]  # every checkpoint records it
+    del state["config"]["model"]["features"]
+    old = save_checkpoint(tmp_path / "old.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    loaded = load_model(old)
+    assert loaded.encoder.cfg.features == ("eta_rel", "phi_rel", "pt_rel") and loaded.encoder.cfg.n_features == 4
+    _same_state(load_model(path).encoder, loaded.encoder)
+
+
+def test_a_declared_schema_widens_the_embedding_and_round_trips(tmp_path: Path) -> None:
+    features = ["eta_rel", "phi_rel", "pt_rel", "charge", "is_photon", "log_pt"]
+    cfg = load_config(None, [*TINY, f"model.features=[{','.join(features)}]"]).model
+    encoder = build_encoder(cfg)
+    assert encoder.embed.in_features == 7 and encoder.feature_scale.tolist() == [10, 10, 10, 1, 1, 1, 1]
+    path = _encoder_checkpoint(tmp_path / "wide.pt", cfg.model_dump(mode="json"), encoder.state_dict())
+    assert load_model(path).encoder.cfg.features == tuple(features)
