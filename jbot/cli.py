@@ -469,8 +469,8 @@ def import_keras_cmd(
 def embed_cmd(
     model: ModelOpt,
     input_: Annotated[Path, typer.Option("--input", help=(
-        "JetNet-layout HDF5 file (any particle count: the hardest P kept, or zero-padded) or .npz holding x "
-        "(N, P, 4); P = the model's model.n_particles"))],
+        "Jets file: JetNet-layout HDF5, JetClass ROOT or parquet (any particle count: the hardest P kept, or "
+        "zero-padded), or .npz holding x (N, P, F); P and F = the model's model.n_particles and model.features"))],
     out: Annotated[Path, typer.Option(help="Output .npz: cls, particles and (classifiers) probs")],
     batch_size: Annotated[int, typer.Option(help="Jets per batch", min=1)] = 4096,
     device: DeviceOpt = None,
@@ -501,9 +501,9 @@ def export_cmd(
     set_: SetOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Export an encoder or classifier for ONNX Runtime: inputs jets (batch, P, 4), P = the model's
-    model.n_particles; outputs cls, particles and, for classifiers, probs, as `jbot embed` writes them (dynamic
-    batch axis)."""
+    """Export an encoder or classifier for ONNX Runtime: inputs jets (batch, P, F), P and F = the model's
+    model.n_particles and the columns of model.features (in the file's metadata, jbot.features); outputs cls,
+    particles and, for classifiers, probs, as `jbot embed` writes them (dynamic batch axis)."""
     with user_errors():
         if format_ != "onnx":
             raise ConfigError(f"--format {format_!r}: only onnx is supported")

@@ -29,10 +29,11 @@ from jbot.data.splits import Split
 from jbot.evaluate.bootstrap import PREDICTIONS, jets_hash, save_predictions
 from jbot.evaluate.metrics import classification_metrics
 from jbot.io import scratch_dir
+from jbot.model.heads import ClassifierHead
 from jbot.plots import roc_curves, write_html
 from jbot.tracking.mlflow import connect, tracked_run
 from jbot.tracking.models import load_from_uri, log_jbot_model
-from jbot.train.checkpoint import CheckpointError, save_checkpoint
+from jbot.train.checkpoint import CheckpointError, LoadedModel, save_checkpoint
 from jbot.train.device import runtime_device
 from jbot.train.finetune import FinetuneResult, classifier_state, finetune, predict_proba
 
@@ -56,6 +57,14 @@ def write_test_predictions(split: Split, probs: np.ndarray, out_dir: Path, kind:
     """The per-jet test outputs (``predictions/test.npz``, float32) a paired bootstrap of two runs reads."""
     return save_predictions(out_dir / PREDICTIONS, split.test.y, probs, fingerprint=split.fingerprint,
                             jets=jets_hash(split.test.jet, split.test.origin), kind=kind)
+
+
+def same_labels(loaded: LoadedModel | None, split: Split) -> ClassifierHead | None:
+    """The loaded classifier head when it was trained on this split's labels (the same names, in order): a head of
+    another task with as many classes is not continued."""
+    if loaded is None or loaded.classifier is None or tuple(loaded.class_names) != tuple(split.class_names):
+        return None
+    return loaded.classifier
 
 
 def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, experiment: str | None = None,
@@ -86,7 +95,7 @@ def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, expe
             return on_epoch(epoch, metrics) if on_epoch is not None else None
 
         result = finetune(cfg, split, loaded.encoder if loaded else None, on_epoch=log_epoch,
-                          head=loaded.classifier if loaded else None, device=device)
+                          head=same_labels(loaded, split), device=device)
         if result.continued_head:
             run.set_tags({"jbot.continued_head": "true"})
         metrics = {"val/best_acc": result.best_val_acc, "train/best_epoch": float(result.best_epoch),
@@ -120,7 +129,8 @@ def evaluate_stored_run(cfg: JbotConfig, run_id: str) -> tuple[dict[str, float],
     client = connect(uri)
     ckpt = Path(client.download_artifacts(run_id, "checkpoints/classifier.pt", str(scratch_dir("best-"))))
     loaded = load_from_uri(str(ckpt), uri)
-    split = load_split(cfg, cfg.finetune.task)
+    cfg = settings_used(cfg, cfg.finetune.task, loaded)  # the classifier's particle count and features
+    split = load_split(cfg)
     probs = infer(loaded.encoder, split.test.x, head=loaded.classifier, device=runtime_device(cfg.runtime)).probs
     if probs is None:
         raise CheckpointError(f"run {run_id}: its checkpoint holds no classifier head")

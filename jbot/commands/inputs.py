@@ -35,7 +35,7 @@ def require_data(cfg: JbotConfig, preset: str | None = None, anomaly: bool = Fal
     from jbot.data.splits import present
 
     try:
-        chosen = present(get_preset(preset or cfg.data.preset), cfg.data.dir)
+        chosen = present(get_preset(preset or cfg.data.preset), cfg.data.dir, anomaly)
         if anomaly:
             for_anomaly(chosen)
     except PresetError as exc:

@@ -143,18 +143,34 @@ def read_parquet(path: Path, n_particles: int, features: Iterable[str] = PAPER_F
 
 def read_parquet_rows(path: Path, start: int, stop: int, n_particles: int,
                       features: Iterable[str] = PAPER_FEATURES) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``[start, stop)`` of a parquet file: only the row groups the range touches are read."""
+    """Rows ``[start, stop)`` of a parquet file: the row groups the range touches, decoded in batches of at most
+    ``PARQUET_BATCH`` rows from the first of them, keeping only the range's (memory: the range and one batch, not
+    a whole row group). A range deep in a large row group decodes the rows before it too."""
     ak = parquet_module()
+    import pyarrow
     import pyarrow.parquet as pq
 
     features = tuple(features)
     meta = pq.ParquetFile(path)
     bounds = np.cumsum([0] + [meta.metadata.row_group(i).num_rows for i in range(meta.num_row_groups)])
     groups = [i for i in range(meta.num_row_groups) if bounds[i] < stop and bounds[i + 1] > start]
-    table = meta.read_row_groups(groups, columns=list(branches(features)))
-    first = int(bounds[groups[0]]) if groups else start
-    arrays = ak.from_arrow(table)[start - first:stop - first]
+    row = int(bounds[groups[0]]) if groups else start
+    kept = []
+    for batch in meta.iter_batches(batch_size=PARQUET_BATCH, row_groups=groups, columns=list(branches(features))):
+        a, b = max(start - row, 0), min(stop - row, batch.num_rows)
+        if b > a:
+            kept.append(batch.slice(a, b - a))
+        row += batch.num_rows
+        if row >= stop:
+            break
+    if kept:
+        arrays = ak.from_arrow(pyarrow.Table.from_batches(kept))
+    else:
+        arrays = ak.from_parquet(path, columns=list(branches(features)))[:0]
     return particle_features(arrays, n_particles, features), _jets(arrays)
+
+
+PARQUET_BATCH = 65_536  # rows decoded at a time from a parquet file
 
 
 def read_jet_features(path: Path) -> np.ndarray:

@@ -7,6 +7,7 @@ place (``--preset my-preset.yaml``, ``data.preset: my-preset.yaml``)::
     dataset: jetclass           # whose class names the keys are: jetnet (q, g, w, z, t) or jetclass (channels)
     classes: {ZJetsToNuNu: QCD, HToBB: Hbb}   # file key -> label; equal labels form one task class
     background: [ZJetsToNuNu]   # optional: the anomaly-detection background
+    split: balanced             # optional: balanced (every label), or anomaly (train on the background alone)
     sizes: [80000, 10000, 20000]               # optional: train, val, test at full size
 
 A class's files are ``<key>.hdf5`` (JetNet layout) or ``<key>_<nnn>.{root,parquet,hdf5}`` (JetClass's naming).
@@ -93,9 +94,13 @@ PRESETS: dict[str, Preset] = {
                           "the anomaly background", "jetclass", tuple(JETCLASS_NAMES), (100_000_000, 5_000_000,
                                                                                           20_000_000),
                           ("ZJetsToNuNu",)),
+    "jetclass-qcd": Preset("jetclass-qcd", "anomaly detection on JetClass: pre-train on QCD alone; the other channels "
+                           "present in validation and test only", "jetclass", tuple(JETCLASS_NAMES),
+                           tuple(JETCLASS_NAMES.values()), tuple(range(10)), ("ZJetsToNuNu",), "anomaly",
+                           (130_000, 10_000, 0)),
 }
 # presets whose folder may hold only some of their classes (a JetClass download is often a few channels)
-SUBSETS = frozenset({"jetclass"})
+SUBSETS = frozenset({"jetclass", "jetclass-qcd"})
 
 
 def is_preset_file(value: str) -> bool:
@@ -126,10 +131,13 @@ def load_preset_file(path: Path) -> Preset:
 def preset_from_tree(tree: Any, where: Path | str) -> Preset:
     if not isinstance(tree, dict):
         raise PresetError(f"{where}: a preset is a mapping with 'classes' (file key -> label)")
-    unknown = sorted(set(tree) - {"name", "doc", "dataset", "classes", "background", "sizes"})
+    unknown = sorted(set(tree) - {"name", "doc", "dataset", "classes", "background", "split", "sizes"})
     if unknown:
         raise PresetError(f"{where}: unknown key '{unknown[0]}' (a preset has name, doc, dataset, classes, "
-                          "background, sizes)")
+                          "background, split, sizes)")
+    split = tree.get("split", "balanced")
+    if split not in ("balanced", "anomaly"):
+        raise PresetError(f"{where}: split {split!r}; choose from balanced, anomaly")
     dataset = tree.get("dataset", "jetclass")
     if dataset not in DATASETS:
         raise PresetError(f"{where}: dataset {dataset!r}; choose from {', '.join(DATASETS)}")
@@ -148,13 +156,17 @@ def preset_from_tree(tree: Any, where: Path | str) -> Preset:
     bad = [b for b in background if b not in classes]
     if bad:
         raise PresetError(f"{where}: background {bad[0]!r} is not one of its classes ({', '.join(keys)})")
-    sizes = tree.get("sizes", (1_000_000, 100_000, 100_000))
+    if split == "anomaly" and not background:
+        raise PresetError(f"{where}: an anomaly split trains on the background: list its 'background' classes")
+    sizes = tree.get("sizes", (1_000_000, 100_000, 100_000) if split == "balanced" else
+                     (130_000 * len(background), 10_000 * len(background), 0))
     if (not isinstance(sizes, (list, tuple)) or len(sizes) != 3
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes)):
-        raise PresetError(f"{where}: 'sizes' must be three positive integers (train, val, test)")
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes)
+            or min(sizes[0], sizes[1]) == 0):
+        raise PresetError(f"{where}: 'sizes' must be three integers (train, val, test), train and val positive")
     name = str(tree.get("name") or Path(str(where)).stem)
     return Preset(name, str(tree.get("doc", f"user preset from {where}")), dataset, keys, labels,
-                  tuple(labels.index(str(classes[k])) for k in keys), background, "balanced",
+                  tuple(labels.index(str(classes[k])) for k in keys), background, split,
                   (sizes[0], sizes[1], sizes[2]))
 
 

@@ -60,21 +60,21 @@ def _jetclass(path: Path, n_particles: int, features: tuple[str, ...]) -> JetSet
     return JetSet(x, jets)
 
 
-def check_columns(path: Path, x: np.ndarray, jets: np.ndarray, features: tuple[str, ...]) -> None:
+def check_columns(path: Path | str, x: np.ndarray, jets: np.ndarray, features: tuple[str, ...]) -> None:
     """NaN or inf in a JetClass file, named by the feature and the branch it came from, and the rows."""
     from jbot.data.jetclass import FEATURE_BRANCHES, JET_BRANCHES, PARTICLE_BRANCHES
 
+    for col, branch in enumerate(JET_BRANCHES):
+        bad = ~np.isfinite(jets[:, col])
+        if bad.any():
+            raise DataError(f"{path}: branch '{branch}': NaN or inf values in {int(bad.sum())} of {len(bad)} jets "
+                            f"(first at row {int(np.flatnonzero(bad)[0])})")
     for col, name in enumerate(layout(features)):
         bad = ~np.isfinite(x[..., col]).all(axis=1)
         if bad.any():
             source = ", ".join(FEATURE_BRANCHES.get(name, PARTICLE_BRANCHES))
             raise DataError(f"{path}: feature '{name}' (from {source}): NaN or inf values in {int(bad.sum())} of "
                             f"{len(bad)} jets (first at row {int(np.flatnonzero(bad)[0])})")
-    for col, branch in enumerate(JET_BRANCHES):
-        bad = ~np.isfinite(jets[:, col])
-        if bad.any():
-            raise DataError(f"{path}: branch '{branch}': NaN or inf values in {int(bad.sum())} of {len(bad)} jets "
-                            f"(first at row {int(np.flatnonzero(bad)[0])})")
 
 
 READERS: dict[str, Reader] = {".hdf5": _hdf5, ".h5": _hdf5, ".root": _jetclass, ".parquet": _jetclass}
@@ -101,7 +101,14 @@ def class_sources(data_dir: str | Path, key: str) -> list[Path]:
     pattern = re.compile(rf"^{re.escape(key)}_\d+$")
     if not data_dir.is_dir():
         return []
-    return sorted(p for p in data_dir.iterdir() if p.suffix in READERS and pattern.match(p.stem))
+    paths = sorted(p for p in data_dir.iterdir() if p.suffix in READERS and pattern.match(p.stem))
+    stems = [p.stem for p in paths]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:  # the same file in two formats (a converted copy beside its source) would read its jets twice
+        both = ", ".join(p.name for p in paths if p.stem == twice[0])
+        raise DataError(f"{data_dir}: {both} are one file in two formats: its jets would be read twice (and "
+                        "could land in both train and test); keep one format per file in the folder")
+    return paths
 
 
 def load_classes(data_dir: str | Path, classes: tuple[str, ...], n_particles: int = DEFAULT_PARTICLES,

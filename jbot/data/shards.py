@@ -35,6 +35,7 @@ from jbot.data.jetnet import (
     validate_particles,
     with_features,
 )
+from jbot.data.readers import check_columns
 
 HDF5_SUFFIXES = (".hdf5", ".h5")
 CLASS_ATTR = "class_name"  # the class of every jet of a shard written by `jbot data convert`
@@ -123,6 +124,7 @@ def read_rows(shard: Shard, start: int, stop: int, n_particles: int = 30, out: n
             x, jets = read(shard.path, start, stop, n_particles, features)
         except Exception as exc:
             raise DataError(f"{where}: cannot be read ({exc})") from None
+        check_columns(where, x, jets, features)  # rows counted from ``start``
     else:
         try:
             with h5py.File(shard.path, "r") as f:

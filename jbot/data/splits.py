@@ -146,8 +146,9 @@ def _assemble(preset: Preset, data: dict[str, JetSet], idx: dict[str, tuple[np.n
     return Part(x[order], np.concatenate(jets)[order], task_labels(preset, o), o)
 
 
-def present(preset: Preset, data_dir: str | Path) -> Preset:
-    """A subset preset (``jetclass``) narrowed to the classes whose files are in ``data_dir`` (at least two)."""
+def present(preset: Preset, data_dir: str | Path, anomaly: bool = False) -> Preset:
+    """A subset preset (``jetclass``) narrowed to the classes whose files are in ``data_dir`` (at least two; with
+    ``anomaly`` or for an anomaly preset, one of its background classes among them)."""
     if preset.name not in SUBSETS:
         return preset
     keys = tuple(c for c in preset.classes if class_sources(data_dir, c))
@@ -155,6 +156,10 @@ def present(preset: Preset, data_dir: str | Path) -> Preset:
         found = ", ".join(keys) or "none"
         raise DataError(f"{data_dir}: preset {preset.name} needs files of at least two of its classes "
                         f"(<channel>_<nnn>.root, .parquet or .hdf5; found {found})")
+    if preset.background and not any(b in keys for b in preset.background):
+        if anomaly or preset.split == "anomaly":
+            raise DataError(f"{data_dir}: preset {preset.name}: none of its background classes "
+                            f"({', '.join(preset.background)}) has files in the folder")
     return replace(preset, classes=keys, labels=tuple(preset.name_of(c) for c in keys),
                    label_of=tuple(range(len(keys))), background=tuple(b for b in preset.background if b in keys))
 
@@ -175,7 +180,7 @@ def make_split(
     ``features`` (``model.features``). ``anomaly``: the preset's anomaly split (``presets.for_anomaly``: train on its
     background classes, the others in validation and test only)."""
     try:
-        chosen = present(get_preset(preset), data_dir)
+        chosen = present(get_preset(preset), data_dir, anomaly)
         if anomaly:
             chosen = for_anomaly(chosen)
     except PresetError as exc:

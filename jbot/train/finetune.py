@@ -148,8 +148,9 @@ def finetune(cfg: JbotConfig, split: Split, encoder: JetEncoder | None,
              on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
              head: ClassifierHead | None = None, device: torch.device | None = None) -> FinetuneResult:
     """``on_epoch(epoch, metrics)`` may return True to stop early (a pruned sweep trial). ``head``: a trained
-    classifier head to continue from (a fine-tuned or imported classifier) when its class count fits the task;
-    otherwise the head starts fresh. ``device``: the command's (picked once from ``cfg.runtime`` when None)."""
+    classifier head to continue from (a fine-tuned or imported classifier trained on the task's labels: the caller
+    checks the names, ``commands.finetune.same_labels``); a head of another class count is not used, the head
+    starts fresh. ``device``: the command's (picked once from ``cfg.runtime`` when None)."""
     ft = cfg.finetune
     if len(split.val) == 0:
         raise ConfigError("fine-tuning needs a validation split for early stopping: set data.n_val > 0")

@@ -76,6 +76,13 @@ def test_jetclass_with_declared_features_end_to_end(folders: tuple[Path, Path], 
        *set_args(SIZES + SMALL))
     (ft,) = client.search_runs([client.get_experiment_by_name("jbot-finetune").experiment_id])
     assert ft.data.params["data.preset"] == "jetclass" and "test/acc" in ft.data.metrics
+    # a fine-tuning study on it: its best trial is evaluated on the test split with the encoder's schema
+    ok("sweep", "finetune", "--model", run, "--trials", "2", "--data", str(root), "--storage",
+       f"sqlite:///{tmp_path / 'optuna.db'}", "--study-name", "jetclass", *set_args(SIZES + SMALL + [
+           "finetune.task=jetclass"]))
+    (parent,) = client.search_runs([client.get_experiment_by_name("jbot-sweep-finetune").experiment_id],
+                                   "tags.`jbot.role` = 'sweep-parent'")
+    assert "test/acc" in parent.data.metrics
     out = ok("anomaly", "--run-id", run, "--data", str(root), "--preset", "jetclass", "--out", str(tmp_path / "an"),
              *set_args(["data.n_train=100", "data.n_val=20", "data.n_test=30"] + SMALL))
     assert "AUC Hbb" in out and "AUC Tbqq" in out and "published" not in out

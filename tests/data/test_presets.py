@@ -86,7 +86,7 @@ def test_a_user_preset_file(tmp_path: Path) -> None:
     ("classes: {ZJetsToNuNu: QCD, HToBB: H}\nbackground: [TTBar]", r"background 'TTBar' is not one of its classes"),
     ("classes: {ZJetsToNuNu: QCD, HToBB: H}\nlabels: 3", r"unknown key 'labels'"),
     ("dataset: cms\nclasses: {q: q, g: g}", r"dataset 'cms'; choose from jetnet, jetclass"),
-    ("classes: {q: q, g: g}\ndataset: jetnet\nsizes: [1, 2]", r"'sizes' must be three positive integers"),
+    ("classes: {q: q, g: g}\ndataset: jetnet\nsizes: [1, 2]", r"'sizes' must be three integers \(train, val, test\), train and val positive"),
     (": : :", r"not a YAML preset"),
 ])
 def test_bad_preset_files_are_one_line(tmp_path: Path, text: str, message: str) -> None:
@@ -104,3 +104,26 @@ def test_a_preset_without_background_has_no_anomaly_split(tmp_path: Path) -> Non
         for_anomaly(get_preset(str(path)))
     with pytest.raises(DataError, match=r"preset jetclass needs files of at least two of its classes"):
         make_split(write_jetclass_folder(tmp_path / "one", 20, ("HToBB",)), "jetclass")
+
+
+def test_anomaly_presets_for_jetclass_and_in_files(tmp_path: Path) -> None:
+    data = write_jetclass_folder(tmp_path / "jets", 100, CHANNELS)
+    qcd = make_split(data, "jetclass-qcd", n_train=60, n_val=20, n_test=20)
+    assert set(np.unique(qcd.train.origin)) == {0}  # pre-training on QCD alone
+    assert groups(qcd.spec).columns == ("Hbb", "Tbqq", "combined")
+    path = tmp_path / "bb.yaml"
+    path.write_text("classes: {ZJetsToNuNu: QCD, HToBB: Hbb}\nbackground: [ZJetsToNuNu]\nsplit: anomaly\n")
+    assert set(np.unique(make_split(data, str(path), n_train=50, n_val=10, n_test=10).train.origin)) == {0}
+    path.write_text("classes: {ZJetsToNuNu: QCD, HToBB: Hbb}\nsplit: anomaly\n")
+    with pytest.raises(PresetError, match="an anomaly split trains on the background"):
+        get_preset(str(path))
+    signals = write_jetclass_folder(tmp_path / "signals", 20, ("HToBB", "TTBar"))
+    with pytest.raises(DataError, match=r"preset jetclass: none of its background classes \(ZJetsToNuNu\) has files"):
+        make_split(signals, "jetclass", anomaly=True)
+
+
+def test_one_file_in_two_formats_is_refused(tmp_path: Path) -> None:
+    data = write_jetclass_folder(tmp_path, 20, CHANNELS)
+    write_jetclass_folder(tmp_path, 20, ("HToBB",), ".parquet")
+    with pytest.raises(DataError, match=r"HToBB_000.parquet, HToBB_000.root are one file in two formats"):
+        make_split(data, "jetclass")
