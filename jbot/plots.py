@@ -111,5 +111,6 @@ def embedding_map(emb: np.ndarray, labels: np.ndarray, class_names: tuple[str, .
         sel = labels[idx] == c
         fig.add_trace(go.Scattergl(x=xy[sel, 0], y=xy[sel, 1], mode="markers", name=name,
                                    marker={"size": 4, "opacity": 0.6, "color": colour(name, CLASS_COLOURS, c)}))
-    fig.update_layout(title=title, template="plotly_white", xaxis_title="t-SNE 1", yaxis_title="t-SNE 2")
+    fig.update_layout(title=f"{title}: t-SNE of {len(idx):,} of its {len(emb):,} jets", template="plotly_white",
+                      xaxis_title="t-SNE 1", yaxis_title="t-SNE 2")
     return fig

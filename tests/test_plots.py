@@ -58,8 +58,9 @@ def result() -> AnomalyResult:
 
 def test_anomaly_report_figures_have_fixed_matching_colours(result: AnomalyResult) -> None:
     roc = roc_figure(result, tuned="gmm")
-    assert len(roc.data) == 16  # 4 scores x 4 panels: more traces than plotly's 10-colour cycle
-    groups = colours_by_group(roc)
+    # 4 scores x 4 panels (more traces than plotly's 10-colour cycle) and the random classifier in each panel
+    assert len(roc.data) == 20 and sum(t.legendgroup == "random" for t in roc.data) == 4
+    groups = {k: c for k, c in colours_by_group(roc).items() if k != "random"}
     assert {k: c.pop() for k, c in groups.items()} == {s: SCORE_COLOURS[s] for s in SCORES}
     tuned = [t for t in roc.data if t.legendgroup == "gmm"]
     assert all(t.line.width == 4 for t in tuned) and tuned[0].name == "gmm (tuned)"

@@ -123,6 +123,7 @@ def roc_figure(result: AnomalyResult, tuned: str | None = None) -> go.Figure:
     columns = result.classes.columns
     fig = make_subplots(rows=1, cols=len(columns),
                         subplot_titles=[f"{c} vs {result.classes.background_label}" for c in columns])
+    eff = np.geomspace(1e-3, 1.0, 60)
     background, masks = group_masks(result.origin, result.classes)
     for col, name in enumerate(columns, start=1):
         is_sig = masks[name]
@@ -137,9 +138,14 @@ def roc_figure(result: AnomalyResult, tuned: str | None = None) -> go.Figure:
                                      showlegend=col == 1,
                                      line={"color": colour(score, SCORE_COLOURS, i), "width": 4 if score == tuned
                                            else 2}), row=1, col=col)
-        fig.update_yaxes(type="log", title_text="1/FPR" if col == 1 else None, row=1, col=col)
-        fig.update_xaxes(title_text="TPR", row=1, col=col)
-    fig.update_layout(title="ROC curves (background rejection, log scale)", template="plotly_white", height=420)
+        fig.add_trace(go.Scatter(x=eff, y=1 / eff, mode="lines", name="random (1/ε_b = 1/ε_s)", legendgroup="random",
+                                 showlegend=col == 1, line={"color": "#999", "dash": "dash", "width": 1}),
+                      row=1, col=col)
+        fig.update_yaxes(type="log", title_text="background rejection 1/ε_b (1/FPR)" if col == 1 else None,
+                         row=1, col=col)
+        fig.update_xaxes(title_text="signal efficiency ε_s (TPR)", row=1, col=col)
+    fig.update_layout(title="ROC curves (background rejection, log scale; combined = every signal against the "
+                      "background)", template="plotly_white", height=420)
     return fig
 
 
@@ -149,16 +155,19 @@ def distributions_figure(result: AnomalyResult) -> go.Figure:
     for col, score in enumerate(names, start=1):
         values = result.scores[score]
         lo, hi = np.quantile(values, [0.001, 0.999])
+        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, 61)  # one set of bins for every class of this score
         for c, label in enumerate(result.classes.names):
             sel = result.origin == c
             if sel.any():
-                fig.add_trace(go.Histogram(x=np.clip(values[sel], lo, hi), name=label, legendgroup=label,
-                                           showlegend=col == 1, marker_color=colour(label, CLASS_COLOURS, c),
-                                           histnorm="probability density", opacity=0.55, nbinsx=60),
+                density, _ = np.histogram(np.clip(values[sel], edges[0], edges[-1]), edges, density=True)
+                fig.add_trace(go.Scatter(x=edges, y=np.r_[density, density[-1]], mode="lines", line_shape="hv",
+                                         name=label, legendgroup=label, showlegend=col == 1,
+                                         line={"color": colour(label, CLASS_COLOURS, c), "width": 2}),
                               row=1, col=col)
         fig.update_xaxes(title_text=f"{score} score (larger = more anomalous)", row=1, col=col)
     fig.update_yaxes(title_text="density", row=1, col=1)
-    fig.update_layout(barmode="overlay", title="score distributions per class", template="plotly_white", height=380)
+    fig.update_layout(title="score distributions per class (shared bins, unit area)", template="plotly_white",
+                      height=380)
     return fig
 
 
@@ -183,11 +192,18 @@ def write_report(result: AnomalyResult, out_dir: str | Path, provenance: dict[st
     header = "".join(f"<th>{html.escape(h)}</th>" for h in
                      ["score", *(f"AUC {c}" for c in classes.columns),
                       *(["published W / Z / t / combined"] if is_jetnet(result) else [])])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in auc_rows(result))
+    def tr(row: list[str]) -> str:  # the score a sweep tuned: its row marked
+        mark = row[0] == tuned
+        cells = "".join(f"<td>{html.escape(c + (' (tuned)' if mark and i == 0 else ''))}</td>"
+                        for i, c in enumerate(row))
+        return f"<tr class='tuned'>{cells}</tr>" if mark else f"<tr>{cells}</tr>"
+
+    body = "".join(tr(row) for row in auc_rows(result))
     parts = [
         "<html><head><meta charset='utf-8'><title>jbot anomaly report</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px}</style></head><body>",
+        "td,th{border:1px solid #ccc;padding:4px 8px}tr.tuned td{background:#fff3cd;font-weight:bold}"
+        "</style></head><body>",
         "<h1>Anomaly detection with a frozen jBOT encoder</h1>",
         "<p>" + ("Encoder trained on signal jets too (see the note): not the paper's setting; " if saw_signal
                  else f"Encoder pre-trained on background ({html.escape(classes.background_label)}) only; ")
@@ -197,6 +213,8 @@ def write_report(result: AnomalyResult, out_dir: str | Path, provenance: dict[st
                               if is_jetnet(result) else "") + "</p>",
         *(f"<p><b>Note:</b> {html.escape(n)}</p>" for n in notes),
         f"<h2>AUC</h2><table><tr>{header}</tr>{body}</table>",
+        f"<p><i>combined</i>: every signal ({html.escape(signals)}) together against the background "
+        f"({html.escape(classes.background_label)}). Chance is an AUC of 0.50.</p>",
         f"<p>{html.escape(sizes_text(result))}</p>",
         "<h2>TPR at fixed FPR</h2><table><tr>" + "".join(
             f"<th>{html.escape(h)}</th>" for h in ["score", "working point", *classes.columns]) + "</tr>" + "".join(

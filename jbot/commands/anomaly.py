@@ -19,6 +19,7 @@ from jbot.anomaly.report import signal_exposure, signal_note, text_table, write_
 from jbot.commands.common import TrackedResult, data_tags, load_split, log_split, settings_used
 from jbot.config import JbotConfig, flatten
 from jbot.data.presets import QG_GROUPS, groups
+from jbot.evaluate.bootstrap import ANOMALY_SCORES, jets_hash, save_anomaly_scores
 from jbot.io import scratch_dir
 from jbot.tracking.mlflow import tracked_run
 from jbot.tracking.models import load_from_uri
@@ -69,4 +70,9 @@ def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None
                              saw_signal=bool(exposure and exposure[0]))
         for path in paths.values():
             run.log_artifact(path, "report")
+        # the per-jet test scores: what a bootstrap of the AUCs (the reproduction's anomaly claim) reads
+        scores = save_anomaly_scores(folder / ANOMALY_SCORES, result.origin, result.scores, classes.background,
+                                     classes.signals, fingerprint=split.fingerprint,
+                                     jets=jets_hash(split.test.jet, split.test.origin))
+        run.log_artifact(scores, str(Path(ANOMALY_SCORES).parent))
     return TrackedResult(run.run_id, None, AnomalyOutcome(result, paths, text_table(result)))

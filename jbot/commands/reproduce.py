@@ -221,7 +221,8 @@ class Step:
 
 
 BASELINE = "(baseline, not in the paper)"
-_WORKING_POINTS = {f"test/eps_s_at_{eps}": (f"eps_s at eps_b = {eps}", "Table 3 (value not recorded in jbot)")
+_WORKING_POINTS = {f"test/eps_s_at_{eps}": (f"eps_s at eps_b = {eps}",
+                                              "Table 3 (the paper's value is not carried in jbot)")
                    for eps in ("0.1", "0.01", "0.001")}
 
 # The reproduction, in the order it runs, and the paper's numbers (JetNet) beside which jbot's are printed
@@ -288,6 +289,8 @@ class Claim:
     steps: tuple[str, ...]
     judge: Callable[..., Verdict]
     paired: Paired | None = None
+    # judged from a step's per-jet outputs instead, when they were kept: (outputs) -> the claim's entry or None
+    per_jet: Callable[[_Outputs], dict[str, Any] | None] | None = None
 
 
 def _pretraining_gain(trained: Metrics, random: Metrics) -> Verdict:
@@ -302,6 +305,28 @@ def _above_scratch(metric: str, text: str) -> Callable[[Metrics, Metrics], Verdi
         margin = max(ft_std, sc_std)
         return ft - sc > margin, text.format(gap=ft - sc, margin=margin)
     return judge
+
+
+ANOMALY_AUC = 0.55  # what the anomaly claim needs of each signal's AUC
+
+
+def _anomalies_bootstrapped(outputs: _Outputs) -> dict[str, Any] | None:
+    """Each signal's k-NN AUC above 0.55, with its bootstrap interval over the test jets (the anomaly run's
+    ``predictions/anomaly.npz``); holds within error when an interval reaches below 0.55."""
+    est = outputs.anomaly_aucs("anomaly", "knn")
+    if est is None or any(name not in est for name in ("W", "Z", "t")):
+        return None
+    aucs = {s: est[s] for s in ("W", "Z", "t")}
+    holds = all(e.value > ANOMALY_AUC for e in aucs.values())
+    clear = all(e.low > ANOMALY_AUC for e in aucs.values())
+    n = next(iter(aucs.values())).n
+    text = ("anomaly (k-NN score, q+g encoder): AUC " + ", ".join(
+        f"{s} {e.value:.3f} ± {e.se:.3f} [{e.low:.3f}, {e.high:.3f}]" for s, e in aucs.items())
+        + f" (needs > {ANOMALY_AUC} each; ± bootstrap SE, 95 % intervals, over each signal's and the background's "
+        f"test jets, {n:,} for W" + ("" if clear or not holds else "; an interval reaches below 0.55: within error")
+        + ")")
+    return {"name": "anomaly", "holds": holds, "within_error": holds and not clear, "text": text,
+            "aucs": {s: e.as_dict() for s, e in aucs.items()}}
 
 
 def _anomalies_found(anomaly: Metrics) -> Verdict:
@@ -326,7 +351,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("top_tagging", ("finetune-tqg-pretrained", "finetune-tqg-scratch"), _above_scratch(
         "test/auc", "top tagging, fine-tuned above from scratch: {gap:+.4f} AUC (fold std {margin:.4f})"),
         Paired("auc", 0.0, "top tagging, fine-tuned above from scratch: {value} AUC")),
-    Claim("anomaly", ("anomaly",), _anomalies_found),
+    Claim("anomaly", ("anomaly",), _anomalies_found, per_jet=_anomalies_bootstrapped),
 )
 
 
@@ -462,7 +487,9 @@ def run_reproduction(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
         summary = collect(client, done)
         summary.update(scale=plan.scale.name, budget=plan.scale.budget, size=plan.size, parent=parent,
                        config=scale_config(plan.scale, plan.size),
-                       seconds=time.perf_counter() - start, data=str(plan.cfg.data.dir))
+                       seconds=time.perf_counter() - start, data=str(plan.cfg.data.dir),
+                       ui=ui_base(str(plan.cfg.tracking.uri)),
+                       experiments={r: client.get_run(r).info.experiment_id for r in (parent, *done.values())})
         report = write_report(plan.out / "reproduce.html", summary)
         atomic_write_text(plan.out / "reproduce.json", json.dumps(summary, indent=2, default=str))
         client.log_artifact(parent, str(report), "report")
@@ -498,6 +525,10 @@ def collect(client: Any, done: dict[str, str]) -> dict[str, Any]:
             diff = outputs.paired(claim)
             if diff is not None:
                 claims.append(paired_verdict(claim, diff))
+                continue
+            entry = claim.per_jet(outputs) if claim.per_jet is not None else None
+            if entry is not None:
+                claims.append(entry)
                 continue
             holds, text = claim.judge(*(Metrics(metrics.get(step, {})) for step in claim.steps))
             claims.append({"name": claim.name, "holds": holds, "text": text})
@@ -570,6 +601,20 @@ class _Outputs:
         except BootstrapError:
             return None
 
+    def anomaly_aucs(self, step: str, score: str) -> dict[str, Any] | None:
+        """The bootstrap of each signal's AUC of ``score`` from the step's per-jet anomaly scores, or None."""
+        download = getattr(self.client, "download_artifacts", None)
+        if download is None or step not in self.done:
+            return None
+        from jbot.evaluate.bootstrap import ANOMALY_SCORES, BootstrapError, anomaly_auc_bootstrap
+        from jbot.tracking.mlflow import MlflowError
+
+        try:
+            path = download(self.done[step], ANOMALY_SCORES, str(self._dst(self.done[step])))
+            return anomaly_auc_bootstrap(path, score)
+        except (MlflowError, OSError, BootstrapError, ValueError, KeyError):
+            return None
+
     def se(self, step: str, key: str) -> float | None:
         """The bootstrap standard error of a row's full-set number, where its step kept the outputs it is from."""
         if key not in _PER_JET:
@@ -593,8 +638,59 @@ ERRORS_TEXT = (
     "the test jets, seed 0). In a claim, ± is the standard error of the paired bootstrap difference: both runs' "
     "per-jet test outputs evaluated on the same 1,000 resamples of the same test jets, with the 95 % percentile "
     "interval. A claim holds when its full-set difference passes its threshold and holds within error when it "
-    "does but the interval does not clear the threshold. A claim without per-jet outputs (the anomaly claim; "
-    "runs of an older jbot) is judged on its full-set numbers against the fold std, as its line says.")
+    "does but the interval does not clear the threshold. The anomaly claim's ± is each AUC's bootstrap standard "
+    "error over the test jets of that signal and the background, with its 95 % interval. A claim without per-jet "
+    "outputs (runs of an older jbot) is judged on its full-set numbers against the fold std, as its line says.")
+
+
+def ui_base(uri: str) -> str:
+    """Where the report's run links point: the tracking server itself, else the address `jbot ui` serves."""
+    from jbot.redaction import redact
+
+    return redact(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+
+def claims_figure(claims: list[dict[str, Any]]) -> Any:
+    """Each paired claim's difference with its 95 % interval, beside the threshold it must clear; None if none."""
+    import plotly.graph_objects as go
+
+    paired = [c for c in claims if "paired" in c]
+    if not paired:
+        return None
+    names = [c["name"] for c in paired]
+    p = [c["paired"] for c in paired]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=[q["value"] for q in p], y=names, mode="markers", name="paired difference (95 % interval)",
+        marker={"size": 10, "color": ["#2ca02c" if c["holds"] and not c.get("within_error") else
+                                      "#ff7f0e" if c["holds"] else "#d62728" for c in paired]},
+        error_x={"type": "data", "symmetric": False, "array": [q["high"] - q["value"] for q in p],
+                 "arrayminus": [q["value"] - q["low"] for q in p]}))
+    fig.add_trace(go.Scatter(x=[q["threshold"] for q in p], y=names, mode="markers", name="threshold to clear",
+                             marker={"symbol": "line-ns-open", "size": 18, "color": "#444"}))
+    fig.update_layout(title="Claims: paired difference on the same test jets (green holds, orange holds within "
+                      "error, red does not)", xaxis_title="difference (pre-trained - baseline)",
+                      template="plotly_white", height=140 + 50 * len(paired), legend={"orientation": "h", "y": -0.3})
+    return fig
+
+
+def numbers_figure(rows: list[dict[str, Any]]) -> Any:
+    """jbot's numbers (with their bootstrap SE where known) beside the paper's; None if no row has a paper value."""
+    import plotly.graph_objects as go
+
+    shown = [r for r in rows if r.get("paper") is not None and r.get("jbot") == r.get("jbot")
+             and r.get("jbot") is not None]
+    if not shown:
+        return None
+    labels = [r["quantity"] for r in shown]
+    fig = go.Figure([
+        go.Bar(x=labels, y=[r["jbot"] for r in shown], name="jbot (this data)",
+               error_y={"type": "data", "array": [r.get("se", 0.0) for r in shown]}),
+        go.Bar(x=labels, y=[r["paper"] for r in shown], name="paper (JetNet, published sizes)"),
+    ])
+    fig.update_layout(barmode="group", title="jbot's numbers beside the paper's (error bars: bootstrap SE)",
+                      template="plotly_white", height=420, yaxis_title="value")
+    return fig
 
 
 def write_report(path: Path, summary: dict[str, Any]) -> Path:
@@ -603,24 +699,39 @@ def write_report(path: Path, summary: dict[str, Any]) -> Path:
     def num(v: float | None, digits: int = 3) -> str:
         return "-" if v is None or v != v else f"{v:.{digits}f}"
 
+    base, experiments = summary.get("ui", "http://127.0.0.1:5000"), summary.get("experiments", {})
+
+    def link(run_id: str) -> str:
+        if not run_id or run_id not in experiments:
+            return f"<code>{esc(str(run_id))}</code>"
+        return (f"<a href='{esc(base)}/#/experiments/{esc(str(experiments[run_id]))}/runs/{esc(run_id)}'>"
+                f"<code>{esc(run_id[:8])}</code></a>")
+
+    figures = [f for f in (claims_figure(summary["claims"]), numbers_figure(summary["rows"])) if f is not None]
+    plots = "".join(fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures))
+    took = summary.get("seconds")
+    took_text = f" This run took {took / 60:.1f} min." if isinstance(took, (int, float)) else ""
+
     claims = "".join(f"<li><b>{verdict(c)}</b>: {esc(c['text'])}</li>" for c in summary["claims"])
     rows = "".join(
         f"<tr><td>{esc(r['quantity'])}</td><td>{num(r['jbot'])} "
         + (f"(not resolved: {r['unresolved']} background jets)" if "unresolved" in r else f"± {num(r['std'])}")
         + (f" (SE {num(r['se'])})" if "se" in r else "")
-        + f"</td><td><code>{esc(str(r['run']))}"
-        f"</code></td><td>{num(r['paper'])}</td><td>{esc(r['paper_source'])}</td></tr>" for r in summary["rows"])
+        + f"</td><td>{link(str(r['run']))}"
+        f"</td><td>{num(r['paper'])}</td><td>{esc(r['paper_source'])}</td></tr>" for r in summary["rows"])
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>jbot reproduce: {esc(summary['scale'])}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
 <h1>The paper's claims at the {esc(summary['scale'])} scale (jBOT-{esc(summary['size'])})</h1>
-<p>Scale: {esc(summary['scale'])} ({esc(summary['budget'])}); config <code>{esc(summary.get('config', ''))}</code>
-with the scale's sizes on top; data: <code>{esc(summary['data'])}</code>; MLflow parent
-run <code>{esc(summary['parent'])}</code> (experiment {EXPERIMENT}). jbot's numbers are on jbot's test split of these
+<p>Scale: {esc(summary['scale'])} ({esc(summary['budget'])}).{took_text} Config
+<code>{esc(summary.get('config', ''))}</code> with the scale's sizes on top; data: <code>{esc(summary['data'])}</code>;
+MLflow parent run {link(str(summary['parent']))} (experiment {EXPERIMENT}; run links open the MLflow UI at
+<code>{esc(base)}</code>: start it with <code>jbot ui</code>). jbot's numbers are on jbot's test split of these
 jets; the paper's are on JetNet at the published sizes, so they compare the method, not these numbers one for
 one.</p>
 <p>{esc(ERRORS_TEXT)}</p>
 <h2>Claims</h2><ul>{claims}</ul>
+{plots}
 <h2>Numbers</h2>
 <table><tr><th>quantity</th><th>jbot</th><th>jbot run</th><th>paper</th><th>paper source</th></tr>{rows}</table>
 </body></html>"""

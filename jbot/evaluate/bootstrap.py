@@ -208,6 +208,44 @@ class Predictions:
         return self.jets == other.jets and np.array_equal(self.y, other.y)
 
 
+ANOMALY_SCORES = "predictions/anomaly.npz"  # the artifact path of an anomaly run's per-jet test scores
+
+
+def save_anomaly_scores(path: Path, origin: np.ndarray, scores: dict[str, np.ndarray], background: tuple[int, ...],
+                        signals: tuple[tuple[str, tuple[int, ...]], ...], *, fingerprint: str, jets: str) -> Path:
+    """``predictions/anomaly.npz``: each test jet's ``origin`` and every score (``score_<name>``, float32), with
+    the background's and each signal's origins: what a bootstrap of the anomaly AUCs reads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = [n for n, _ in signals]
+    arrays: dict[str, Any] = {
+        "origin": np.asarray(origin, dtype=np.int16), "background": np.asarray(background),
+        "signal_names": np.array(names), "fingerprint": np.array(fingerprint), "jets": np.array(jets),
+        **{f"signal_{i}": np.asarray(o) for i, (_, o) in enumerate(signals)},
+        **{f"score_{k}": np.asarray(v, dtype=np.float32) for k, v in scores.items()}}
+    with path.open("wb") as f:
+        np.savez_compressed(f, **arrays)
+    return path
+
+
+def anomaly_auc_bootstrap(path: str | Path, score: str, resamples: int = RESAMPLES, seed: int = SEED,
+                          level: float = LEVEL) -> dict[str, Estimate]:
+    """Per signal (and ``combined``): the AUC of ``score`` against the background, with its bootstrap error,
+    resampling that signal's and the background's test jets."""
+    with np.load(path, allow_pickle=False) as z:
+        if f"score_{score}" not in z.files:
+            raise BootstrapError(f"{path}: no scores of {score!r}")
+        origin, values, background = z["origin"].astype(np.int64), z[f"score_{score}"], z["background"]
+        signals = {str(n): z[f"signal_{i}"] for i, n in enumerate(z["signal_names"])}
+    bg = np.isin(origin, background)
+    groups = {**signals, "combined": np.concatenate(list(signals.values()))}
+    out = {}
+    for name, origins in groups.items():
+        sig = np.isin(origin, origins)
+        keep = bg | sig
+        out[name] = bootstrap(sig[keep].astype(np.int64), values[keep], "auc", resamples, seed, level)
+    return out
+
+
 def load_predictions(path: str | Path) -> Predictions:
     with np.load(path, allow_pickle=False) as z:
         missing = {"y", "probs", "pred", "fingerprint", "jets", "kind"} - set(z.files)

@@ -64,8 +64,16 @@ def test_reproduce_runs_every_step_once_and_resumes(tmp_path: Path, monkeypatch:
                                                       "top_tagging", "anomaly"}
     for row in summary["rows"]:  # every number names its run; the paper's, its table
         assert row["run"] in steps.values() and row["paper_source"]
+    # the anomaly claim from the anomaly run's per-jet scores: each AUC with its bootstrap interval, and the
+    # full-set AUC the run logged
+    (anomaly,) = (c for c in summary["claims"] if c["name"] == "anomaly")
+    assert "bootstrap SE" in anomaly["text"] and set(anomaly["aucs"]) == {"W", "Z", "t"}
+    logged = client.get_run(steps["anomaly"]).data.metrics
+    for s, est in anomaly["aucs"].items():
+        assert est["value"] == pytest.approx(logged[f"test/knn/{s}/auc"], abs=1e-6) and est["low"] <= est["value"]
     report = (tmp_path / "out" / "reproduce.html").read_text()
     assert "Table 2, jBOT-S k-NN" in report and "0.710" in report and "demo" in report
+    assert "This run took" in report and "#/experiments/" in report and "plotly" in report
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
         "report/reproduce.html", "report/reproduce.json"}
 
