@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import pytest
 
 from jbot.anomaly.detect import AnomalyResult
-from jbot.anomaly.report import distributions_figure, roc_figure, write_report
+from jbot.anomaly.report import distributions_figure, roc_figure, sic_figure, write_report
 from jbot.plots import CLASS_COLOURS, SCORE_COLOURS, data_distributions, embedding_map, learning_curves, roc_curves
 
 CLASSES = ("q", "g", "W", "Z", "t")
@@ -64,6 +64,10 @@ def test_anomaly_report_figures_have_fixed_matching_colours(result: AnomalyResul
     assert {k: c.pop() for k, c in groups.items()} == {s: SCORE_COLOURS[s] for s in SCORES}
     tuned = [t for t in roc.data if t.legendgroup == "gmm"]
     assert all(t.line.width == 4 for t in tuned) and tuned[0].name == "gmm (tuned)"
+    sic = sic_figure(result, tuned="gmm")  # the SIC panels share the ROC's fixed score colours and legend
+    assert {k: c.pop() for k, c in colours_by_group(sic).items() if k != "random"} == {
+        s: SCORE_COLOURS[s] for s in SCORES}
+    assert sum(t.legendgroup == "random" for t in sic.data) == 4 and sic.layout.yaxis.title.text.startswith("SIC")
     hist = distributions_figure(result)
     assert len(hist.data) == 20
     assert_legend_matches(hist, CLASS_COLOURS)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from jbot.anomaly.scores import AnomalyScore, l2_normalise, make_score, make_scores
+from jbot.anomaly.sculpting import has_mass, max_sic, sculpting_metrics
 from jbot.config import AnomalyConfig
 from jbot.data.presets import QG_GROUPS, Groups, groups
 from jbot.data.splits import Part, Split
@@ -58,6 +59,7 @@ def signal_metrics(scores: np.ndarray, origin: np.ndarray, n_folds: int = 10, se
         for key, fn in named.items():
             out[f"{name}/{key}"] = fn(everything)
             out[f"{name}/{key}_std"] = fold_std(fn, strat, n_folds, seed)
+        out[f"{name}/max_sic"] = max_sic(sig, s)
         out[f"{name}/n_signal"], out[f"{name}/n_background"] = float(sig.sum()), float((~sig).sum())
         for f in FPR_TARGETS:
             mark_working_point(out, f"{name}/tpr_at_fpr_{f:g}", int((~sig).sum()), f)
@@ -73,6 +75,7 @@ class AnomalyResult:
     reference_size: int
     extra: dict[str, str] = field(default_factory=dict)
     classes: Groups = QG_GROUPS  # background and signals by origin
+    mass: np.ndarray | None = None  # the test jets' mass, when the data has one
 
 
 def reference_order(n_train: int, seed: int) -> np.ndarray:
@@ -87,8 +90,10 @@ def reference_set(train: Part, size: int, seed: int) -> Part:
 
 
 def evaluate_scores(scores: list[AnomalyScore], ref_emb: np.ndarray, ref_labels: np.ndarray, test_emb: np.ndarray,
-                    origin: np.ndarray, n_folds: int, seed: int = 0, classes: Groups = QG_GROUPS
-                    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+                    origin: np.ndarray, n_folds: int, seed: int = 0, classes: Groups = QG_GROUPS,
+                    mass: np.ndarray | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Fit and evaluate each score: its signal metrics and, with a usable jet ``mass`` of the evaluated jets, its
+    mass sculpting (``anomaly.sculpting``)."""
     metrics: dict[str, float] = {}
     values: dict[str, np.ndarray] = {}
     for score in scores:
@@ -96,6 +101,10 @@ def evaluate_scores(scores: list[AnomalyScore], ref_emb: np.ndarray, ref_labels:
         values[score.name] = score.score(test_emb)
         for key, v in signal_metrics(values[score.name], origin, n_folds, seed, classes).items():
             metrics[f"{score.name}/{key}"] = v
+        if mass is not None and has_mass(mass):
+            for key, v in sculpting_metrics(values[score.name], origin, mass, classes.background,
+                                            classes.names).items():
+                metrics[f"{score.name}/{key}"] = v
     return metrics, values
 
 
@@ -110,6 +119,7 @@ class Embedded:
     target: np.ndarray  # (N, D)
     target_origin: np.ndarray  # (N,)
     classes: Groups = QG_GROUPS
+    target_mass: np.ndarray | None = None  # (N,) the evaluated jets' mass (jet_features column 2)
 
     def references(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """The reference set R of ``size`` jets: ``reference_set``'s jets, in its (file) order."""
@@ -127,7 +137,8 @@ def embed_split(encoder: JetEncoder, split: Split, part: str, largest: int, seed
     target: Part = getattr(split, part)
     ref_emb = l2_normalise(embed(encoder.to(device), split.train.x[order], device=device)[0])
     target_emb = l2_normalise(embed(encoder, target.x, device=device)[0])
-    return Embedded(ref_emb, split.train.origin[order], order, target_emb, target.origin, groups(split.spec))
+    return Embedded(ref_emb, split.train.origin[order], order, target_emb, target.origin, groups(split.spec),
+                    target.jet[:, 2].astype(np.float64))
 
 
 def score_anomalies(embedded: Embedded, cfg: AnomalyConfig, names: list[str] | None = None,
@@ -138,9 +149,9 @@ def score_anomalies(embedded: Embedded, cfg: AnomalyConfig, names: list[str] | N
     ref_emb, ref_origin = embedded.references(cfg.reference_size)
     chosen = make_scores(cfg, cfg.seed) if names is None else [make_score(n, cfg, cfg.seed) for n in names]
     metrics, values = evaluate_scores(chosen, ref_emb, ref_origin, embedded.target, embedded.target_origin,
-                                      n_folds, cfg.seed, embedded.classes)
+                                      n_folds, cfg.seed, embedded.classes, embedded.target_mass)
     return AnomalyResult(metrics, values, embedded.target_origin, embedded.target, len(ref_emb),
-                         classes=embedded.classes)
+                         classes=embedded.classes, mass=embedded.target_mass)
 
 
 def run_anomaly(encoder: JetEncoder, split: Split, cfg: AnomalyConfig, device: torch.device | str = "cpu",

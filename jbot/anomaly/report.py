@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 from sklearn.metrics import roc_curve
 
 from jbot.anomaly.detect import FPR_TARGETS, AnomalyResult, group_masks
+from jbot.anomaly.sculpting import JSD_INV_CAP, SCULPT_EPS_B, has_mass, mass_edges, sic_curve
 from jbot.data.presets import QG_GROUPS, Groups, PresetError, get_preset
 from jbot.evaluate.metrics import MIN_BACKGROUND, shown
 from jbot.io import atomic_write_text
@@ -109,13 +110,47 @@ def sizes_text(result: AnomalyResult) -> str:
             "resolved")
 
 
+def sculpting_header(result: AnomalyResult) -> list[str]:
+    rho = [f"ρ(score, m) {result.classes.names[o]}" for o in result.classes.background]
+    return ["score", *(f"max SIC {c}" for c in result.classes.columns), *rho,
+            *(f"1/JSD at ε_b = {e:g}" for e in SCULPT_EPS_B)]
+
+
+def sculpting_rows(result: AnomalyResult) -> list[list[str]]:
+    """Per score: max SIC per signal, ρ(score, mass) per background class, 1/JSD of the background's mass after
+    cuts ("-" where the data has no mass or a cut keeps too few jets)."""
+    def cell(key: str, digits: int = 2) -> str:
+        v = result.metrics.get(key)
+        if v is None or v != v:
+            return "-"
+        return f"> {JSD_INV_CAP:.0e}" if v >= JSD_INV_CAP else f"{v:.{digits}f}"
+
+    rows = []
+    for score in result.scores:
+        rows.append([score, *(cell(f"{score}/{c}/max_sic") for c in result.classes.columns),
+                     *(cell(f"{score}/mass_rho/{result.classes.names[o]}") for o in result.classes.background),
+                     *(cell(f"{score}/mass_jsd_inv/eps_b_{e:g}", 1) for e in SCULPT_EPS_B)])
+    return rows
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
+
+
 def text_table(result: AnomalyResult) -> str:
     header = ["score", *(f"AUC {c}" for c in result.classes.columns),
               *(["published W / Z / t / comb. (JetNet)"] if is_jetnet(result) else [])]
-    rows = [header, *auc_rows(result)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join([*lines, sizes_text(result)] if sizes_text(result) else lines)
+    lines = _aligned([header, *auc_rows(result)])
+    if sizes_text(result):
+        lines.append(sizes_text(result))
+    lines += ["", *_aligned([sculpting_header(result), *sculpting_rows(result)])]
+    if not has_mass(result.mass):
+        lines.append(NO_MASS)
+    return "\n".join(lines)
+
+
+NO_MASS = "this data has no jet mass (jet_features column 2 is missing or all zero): no mass-sculpting figures"
 
 
 def roc_figure(result: AnomalyResult, tuned: str | None = None) -> go.Figure:
@@ -146,6 +181,63 @@ def roc_figure(result: AnomalyResult, tuned: str | None = None) -> go.Figure:
         fig.update_xaxes(title_text="signal efficiency ε_s (TPR)", row=1, col=col)
     fig.update_layout(title="ROC curves (background rejection, log scale; combined = every signal against the "
                       "background)", template="plotly_white", height=420)
+    return fig
+
+
+def sic_figure(result: AnomalyResult, tuned: str | None = None) -> go.Figure:
+    """SIC = ε_s / √ε_b against ε_s per signal, one fixed colour per score (as the ROC), the random score's √ε_s."""
+    columns = result.classes.columns
+    fig = make_subplots(rows=1, cols=len(columns),
+                        subplot_titles=[f"{c} vs {result.classes.background_label}" for c in columns])
+    background, masks = group_masks(result.origin, result.classes)
+    eff = np.linspace(0.01, 1.0, 60)
+    for col, name in enumerate(columns, start=1):
+        keep = background | masks[name]
+        for i, (score, values) in enumerate(result.scores.items()):
+            eps_s, eps_b, sic = sic_curve(masks[name][keep], values[keep])
+            floor = eps_b >= 1.0 / max(int(background.sum()), 1)
+            label = f"{score} (tuned)" if score == tuned else score
+            fig.add_trace(go.Scatter(x=eps_s[floor], y=sic[floor], mode="lines", name=label, legendgroup=score,
+                                     showlegend=col == 1,
+                                     line={"color": colour(score, SCORE_COLOURS, i), "width": 4 if score == tuned
+                                           else 2}), row=1, col=col)
+        fig.add_trace(go.Scatter(x=eff, y=np.sqrt(eff), mode="lines", name="random (SIC = √ε_s)",
+                                 legendgroup="random", showlegend=col == 1,
+                                 line={"color": "#999", "dash": "dash", "width": 1}), row=1, col=col)
+        fig.update_xaxes(title_text="signal efficiency ε_s", row=1, col=col)
+    fig.update_yaxes(title_text="SIC = ε_s / √ε_b", row=1, col=1)
+    fig.update_layout(title="Significance improvement (larger is better; above √ε_s the cut helps a search)",
+                      template="plotly_white", height=400)
+    return fig
+
+
+def mass_figure(result: AnomalyResult) -> go.Figure | None:
+    """The background's jet mass before and after cuts keeping ε_b of it, per score (shared bins, unit area);
+    None without a usable mass."""
+    if not has_mass(result.mass):
+        return None
+    assert result.mass is not None
+    background, _ = group_masks(result.origin, result.classes)
+    mass = result.mass[background]
+    edges = mass_edges(mass, 40)
+    names = list(result.scores)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names)
+    shades = {1.0: "#222", 0.5: "#1f77b4", 0.1: "#ff7f0e", 0.01: "#d62728"}
+    for col, score in enumerate(names, start=1):
+        order = np.argsort(-result.scores[score][background], kind="mergesort")
+        for e, shade in shades.items():
+            kept = mass[order[:int(np.floor(e * len(mass)))]]
+            if len(kept) < 10:
+                continue
+            density, _ = np.histogram(kept, edges, density=True)
+            fig.add_trace(go.Scatter(x=edges, y=np.r_[density, density[-1]], mode="lines", line_shape="hv",
+                                     name="all background" if e == 1.0 else f"after a cut at ε_b = {e:g}",
+                                     legendgroup=str(e), showlegend=col == 1,
+                                     line={"color": shade, "width": 2}), row=1, col=col)
+        fig.update_xaxes(title_text="jet mass [GeV]", row=1, col=col)
+    fig.update_yaxes(title_text="density", row=1, col=1)
+    fig.update_layout(title="Background jet mass before and after a cut on each score (the same shape = no "
+                      "sculpting)", template="plotly_white", height=380)
     return fig
 
 
@@ -186,7 +278,9 @@ def write_report(result: AnomalyResult, out_dir: str | Path, provenance: dict[st
     out.mkdir(parents=True, exist_ok=True)
     classes = result.classes
     signals = ", ".join(classes.columns[:-1])
-    figures = [roc_figure(result, tuned), distributions_figure(result),
+    mass_fig = mass_figure(result)
+    figures = [roc_figure(result, tuned), sic_figure(result, tuned), *([mass_fig] if mass_fig else []),
+               distributions_figure(result),
                embedding_map(result.test_embedding, result.origin, classes.names,
                              f"embedding map: {classes.background_label} vs {signals}")]
     header = "".join(f"<th>{html.escape(h)}</th>" for h in
@@ -216,6 +310,16 @@ def write_report(result: AnomalyResult, out_dir: str | Path, provenance: dict[st
         f"<p><i>combined</i>: every signal ({html.escape(signals)}) together against the background "
         f"({html.escape(classes.background_label)}). Chance is an AUC of 0.50.</p>",
         f"<p>{html.escape(sizes_text(result))}</p>",
+        "<h2>Sensitivity and mass sculpting</h2><table><tr>" + "".join(
+            f"<th>{html.escape(h)}</th>" for h in sculpting_header(result)) + "</tr>" + "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in sculpting_rows(result))
+        + "</table>",
+        "<p>Max SIC: the largest ε_s / √ε_b at ε_b of at least one test background jet and 1e-4 (larger is "
+        "better; a random score reaches 1). ρ(score, m): Spearman correlation of the score with the jet mass within "
+        "each background class (near 0 is good: a cut keeps the mass spectrum). 1/JSD: the background's mass "
+        "histogram after a cut keeping ε_b of it against before, 1 / Jensen-Shannon divergence (larger is better; "
+        "- where the cut keeps fewer than 10 jets).</p>"
+        + ("" if has_mass(result.mass) else f"<p><b>Note:</b> {html.escape(NO_MASS)}.</p>"),
         "<h2>TPR at fixed FPR</h2><table><tr>" + "".join(
             f"<th>{html.escape(h)}</th>" for h in ["score", "working point", *classes.columns]) + "</tr>" + "".join(
             "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in working_point_rows(result))
