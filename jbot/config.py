@@ -278,6 +278,17 @@ class AnomalyConfig(Section):
     chunk_size: int = Field(default=256, gt=0, le=MAX_BATCH)  # queries per k-NN block (memory ~ 32768 x this floats)
     # draws the reference set and initialises the GMM, in `jbot anomaly` and its sweep alike
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    # `jbot anomaly` re-runs every score with this fraction of the reference set replaced by signal jets (from the
+    # validation split): each signal alone and all mixed (docs/method.md §8.5); [] turns it off
+    contamination: tuple[float, ...] = (0.001, 0.01, 0.05)
+
+    @field_validator("contamination")
+    @classmethod
+    def _fractions(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [f for f in value if not 0.0 < f < 0.5]
+        if bad:
+            raise ValueError(f"each fraction must lie in (0, 0.5): {bad[0]:g} does not")
+        return value
 
     @field_validator("score")
     @classmethod

@@ -17,6 +17,7 @@ import torch
 from jbot.anomaly.scores import AnomalyScore, l2_normalise, make_score, make_scores
 from jbot.anomaly.sculpting import has_mass, max_sic, sculpting_metrics
 from jbot.config import AnomalyConfig
+from jbot.data.jetnet import DataError
 from jbot.data.presets import QG_GROUPS, Groups, groups
 from jbot.data.splits import Part, Split
 from jbot.evaluate.embed import embed
@@ -152,6 +153,60 @@ def score_anomalies(embedded: Embedded, cfg: AnomalyConfig, names: list[str] | N
                                       n_folds, cfg.seed, embedded.classes, embedded.target_mass)
     return AnomalyResult(metrics, values, embedded.target_origin, embedded.target, len(ref_emb),
                          classes=embedded.classes, mass=embedded.target_mass)
+
+
+@dataclass
+class Contamination:
+    """Every score re-fit on references with signal jets mixed in: ``metrics`` ``{score}/contaminated_{f}/{signal}/
+    {auc,max_sic}`` (``combined``: all signals mixed in, scored on all), ``notes`` for fractions the validation
+    split holds too few signal jets for."""
+
+    metrics: dict[str, float]
+    notes: list[str]
+    fractions: tuple[float, ...]
+
+
+def contamination_study(encoder: JetEncoder, split: Split, embedded: Embedded, cfg: AnomalyConfig,
+                        device: torch.device | str = "cpu") -> Contamination:
+    """The reference set of ``cfg.reference_size`` background jets with the fraction f of it replaced by signal
+    jets drawn from the validation split (never the test jets scored), each signal alone and all mixed; each score
+    re-fit and evaluated on the test jets (the contaminants carry a background label, as unlabelled data would)."""
+    classes = embedded.classes
+    origins = {name: list(o) for name, o in classes.signals}
+    everything = [o for name in origins for o in origins[name]]
+    pool = np.flatnonzero(np.isin(split.val.origin, everything))
+    if not cfg.contamination:
+        return Contamination({}, [], ())
+    if len(pool) == 0:
+        raise DataError("anomaly.contamination: the validation split holds no signal jets to contaminate the "
+                        "reference set with (raise data.n_val, or set anomaly.contamination=[] to skip it)")
+    pool_emb = l2_normalise(embed(encoder.to(device), split.val.x[pool], device=device)[0])
+    pool_origin = split.val.origin[pool]
+    ref_emb, ref_origin = embedded.references(cfg.reference_size)
+    rng = np.random.default_rng(cfg.seed)
+    background, masks = group_masks(embedded.target_origin, classes)
+    metrics: dict[str, float] = {}
+    notes: list[str] = []
+    for f in cfg.contamination:
+        n = max(1, int(round(f * len(ref_emb))))
+        for name in (*origins, "combined"):
+            take = np.flatnonzero(np.isin(pool_origin, everything if name == "combined" else origins[name]))
+            if len(take) < n:
+                notes.append(f"contamination {f:g} with {name}: needs {n} signal jets in the reference, the "
+                             f"validation split holds {len(take)}")
+                continue
+            pick = rng.choice(take, n, replace=False)
+            refs = np.concatenate([ref_emb[:len(ref_emb) - n], pool_emb[pick]])
+            labels = np.concatenate([ref_origin[:len(ref_emb) - n],
+                                     rng.choice(np.asarray(classes.background), n)])  # unlabelled: background
+            keep = background | masks[name]
+            for score in make_scores(cfg, cfg.seed):
+                score.fit(refs, labels)
+                values = score.score(embedded.target)[keep]
+                sig = masks[name][keep]
+                metrics[f"{score.name}/contaminated_{f:g}/{name}/auc"] = auc(sig, values)
+                metrics[f"{score.name}/contaminated_{f:g}/{name}/max_sic"] = max_sic(sig, values)
+    return Contamination(metrics, notes, tuple(cfg.contamination))
 
 
 def run_anomaly(encoder: JetEncoder, split: Split, cfg: AnomalyConfig, device: torch.device | str = "cpu",

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from jbot.anomaly.detect import AnomalyResult, run_anomaly
+from jbot.anomaly.detect import AnomalyResult, contamination_study, embed_split, score_anomalies
 from jbot.anomaly.report import signal_exposure, signal_note, text_table, write_report
 from jbot.commands.common import TrackedResult, data_tags, load_split, log_split, settings_used
 from jbot.config import JbotConfig, flatten
@@ -61,7 +61,14 @@ def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None
                                  "background)",
                      parent_run_id=parent_run_id) as run:
         log_split(run, cfg, split)
-        result = run_anomaly(loaded.encoder, split, cfg.anomaly, device, n_folds=cfg.evaluate.n_folds)
+        embedded = embed_split(loaded.encoder, split, "test", cfg.anomaly.reference_size, cfg.anomaly.seed, device)
+        result = score_anomalies(embedded, cfg.anomaly, n_folds=cfg.evaluate.n_folds)
+        contaminated = contamination_study(loaded.encoder, split, embedded, cfg.anomaly, device)
+        result.metrics.update(contaminated.metrics)
+        for text in contaminated.notes:
+            notes.append(text)
+            if on_note is not None:
+                on_note(text)
         run.log_metrics({f"test/{k}": v for k, v in result.metrics.items()})
         prov = {"model": source, **{k.removeprefix("jbot."): v for k, v in tags.items()}, "mlflow_run": run.run_id}
         folder = out_dir or scratch_dir("anomaly-")

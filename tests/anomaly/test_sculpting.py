@@ -96,3 +96,33 @@ def test_jbot_anomaly_logs_and_prints_sic_and_sculpting(tmp_path: Path, new_stor
     report = (tmp_path / "an" / "anomaly_report.html").read_text()
     assert "Sensitivity and mass sculpting" in report and "Significance improvement" in report
     assert "Background jet mass before and after" in report
+    # the contaminated reference sets (defaults 0.001, 0.01, 0.05 of 100 references: 1, 1 and 5 signal jets)
+    for f in ("0.001", "0.01", "0.05"):
+        for name in ("W", "Z", "t", "combined"):
+            assert 0 <= metrics[f"knn/contaminated_{f}/{name}/auc"] <= 1
+            assert f"gmm/contaminated_{f}/{name}/max_sic" in metrics
+    assert "contaminated reference set" in result.output and "Contaminated reference set" in report
+
+
+@pytest.mark.integration
+def test_contamination_needs_signal_jets_and_fractions_in_range(tmp_path: Path, new_store: NewStore) -> None:
+    data = write_fake_folder(tmp_path / "jets", 200)
+    encoder = tiny_checkpoint(tmp_path / "enc.pt", seed=4)
+    store = new_store(tmp_path / "store")
+    base = ["anomaly", "--model", str(encoder), "--data", str(data), "--tracking-uri", store, "--out",
+            str(tmp_path / "an")]
+    small = ["data.n_train=100", "data.n_test=60", "evaluate.n_folds=2", "anomaly.reference_size=80",
+             "anomaly.knn_k=5", "anomaly.cosine_k=5", "anomaly.gmm_components=2", "tracking.log_system_metrics=false"]
+    # a fraction that needs more signal jets than the validation split holds: said, the others still run
+    ok = runner.invoke(app, [*base, *set_args([*small, "data.n_val=20", "anomaly.contamination=[0.01,0.3]"])])
+    assert ok.exit_code == 0, ok.output
+    assert "contamination 0.3 with W: needs 24 signal jets in the reference, the validation split holds 10" in ok.output
+    metrics = json.loads((tmp_path / "an" / "anomaly_metrics.json").read_text())
+    assert "knn/contaminated_0.01/W/auc" in metrics and "knn/contaminated_0.3/W/auc" not in metrics
+    bad = runner.invoke(app, [*base, *set_args([*small, "data.n_val=20", "anomaly.contamination=[0.5]"])])
+    assert bad.exit_code == 2 and "anomaly.contamination: each fraction must lie in (0, 0.5): 0.5 does not" in (
+        bad.output)
+    none = runner.invoke(app, [*base, *set_args([*small, "data.n_val=0"])])
+    assert none.exit_code == 2 and "the validation split holds no signal jets" in none.output, none.output
+    off = runner.invoke(app, [*base, *set_args([*small, "data.n_val=0", "anomaly.contamination=[]"])])
+    assert off.exit_code == 0, off.output
