@@ -281,6 +281,8 @@ class AnomalyConfig(Section):
     # `jbot anomaly` re-runs every score with this fraction of the reference set replaced by signal jets (from the
     # validation split): each signal alone and all mixed (docs/method.md §8.5); [] turns it off
     contamination: tuple[float, ...] = (0.001, 0.01, 0.05)
+    # lambda of the decorrelated objective combined/auc_decorrelated = combined AUC - lambda * max |rho(score, mass)|
+    decorrelation: float = Field(default=1.0, ge=0.0)
 
     @field_validator("contamination")
     @classmethod

@@ -92,9 +92,11 @@ def reference_set(train: Part, size: int, seed: int) -> Part:
 
 def evaluate_scores(scores: list[AnomalyScore], ref_emb: np.ndarray, ref_labels: np.ndarray, test_emb: np.ndarray,
                     origin: np.ndarray, n_folds: int, seed: int = 0, classes: Groups = QG_GROUPS,
-                    mass: np.ndarray | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+                    mass: np.ndarray | None = None, decorrelation: float = 1.0
+                    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Fit and evaluate each score: its signal metrics and, with a usable jet ``mass`` of the evaluated jets, its
-    mass sculpting (``anomaly.sculpting``)."""
+    mass sculpting (``anomaly.sculpting``) and ``combined/auc_decorrelated`` = combined AUC - ``decorrelation`` x
+    the largest |ρ(score, mass)| over the background classes."""
     metrics: dict[str, float] = {}
     values: dict[str, np.ndarray] = {}
     for score in scores:
@@ -103,9 +105,13 @@ def evaluate_scores(scores: list[AnomalyScore], ref_emb: np.ndarray, ref_labels:
         for key, v in signal_metrics(values[score.name], origin, n_folds, seed, classes).items():
             metrics[f"{score.name}/{key}"] = v
         if mass is not None and has_mass(mass):
-            for key, v in sculpting_metrics(values[score.name], origin, mass, classes.background,
-                                            classes.names).items():
+            sculpted = sculpting_metrics(values[score.name], origin, mass, classes.background, classes.names)
+            for key, v in sculpted.items():
                 metrics[f"{score.name}/{key}"] = v
+            rhos = [abs(v) for k, v in sculpted.items() if k.startswith("mass_rho/") and v == v]
+            if rhos:  # the decorrelation-penalised objective a study may choose
+                metrics[f"{score.name}/combined/auc_decorrelated"] = (
+                    metrics[f"{score.name}/combined/auc"] - decorrelation * max(rhos))
     return metrics, values
 
 
@@ -150,7 +156,7 @@ def score_anomalies(embedded: Embedded, cfg: AnomalyConfig, names: list[str] | N
     ref_emb, ref_origin = embedded.references(cfg.reference_size)
     chosen = make_scores(cfg, cfg.seed) if names is None else [make_score(n, cfg, cfg.seed) for n in names]
     metrics, values = evaluate_scores(chosen, ref_emb, ref_origin, embedded.target, embedded.target_origin,
-                                      n_folds, cfg.seed, embedded.classes, embedded.target_mass)
+                                      n_folds, cfg.seed, embedded.classes, embedded.target_mass, cfg.decorrelation)
     return AnomalyResult(metrics, values, embedded.target_origin, embedded.target, len(ref_emb),
                          classes=embedded.classes, mass=embedded.target_mass)
 

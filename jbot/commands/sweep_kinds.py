@@ -34,9 +34,11 @@ class Option:
 
 
 # What `jbot.anomaly.detect.signal_metrics` reports per signal (W, Z, t and combined), named here without loading
-# torch: `<signal>/auc` and `<signal>/tpr_at_fpr_<f>` for its FPR_TARGETS
-SIGNAL_METRICS = tuple(f"{signal}/{metric}" for signal in (*(CLASS_LABELS[s] for s in SIGNALS), "combined")
-                       for metric in ("auc", "tpr_at_fpr_0.1", "tpr_at_fpr_0.01", "tpr_at_fpr_0.001"))
+# torch: `<signal>/auc`, `<signal>/tpr_at_fpr_<f>` for its FPR_TARGETS and `<signal>/max_sic`; and the
+# decorrelation-penalised `combined/auc_decorrelated` (data with a jet mass)
+SIGNAL_METRICS = (*(f"{signal}/{metric}" for signal in (*(CLASS_LABELS[s] for s in SIGNALS), "combined")
+                    for metric in ("auc", "tpr_at_fpr_0.1", "tpr_at_fpr_0.01", "tpr_at_fpr_0.001", "max_sic")),
+                  "combined/auc_decorrelated")
 
 
 @dataclass(frozen=True)

@@ -126,3 +126,43 @@ def test_contamination_needs_signal_jets_and_fractions_in_range(tmp_path: Path, 
     assert none.exit_code == 2 and "the validation split holds no signal jets" in none.output, none.output
     off = runner.invoke(app, [*base, *set_args([*small, "data.n_val=0", "anomaly.contamination=[]"])])
     assert off.exit_code == 0, off.output
+
+
+def test_a_study_may_optimise_max_sic_or_a_decorrelated_auc() -> None:
+    from jbot.commands.sweep_kinds import KINDS
+
+    for objective in ("val/combined/auc", "val/combined/max_sic", "val/W/max_sic", "val/combined/auc_decorrelated"):
+        KINDS["anomaly"].check_objective(objective, "space.yaml")
+    assert "val/anomaly/combined/auc_decorrelated" in KINDS["pretrain"].objectives
+    from jbot.anomaly.detect import evaluate_scores
+    from jbot.anomaly.scores import make_score
+    from jbot.config import load_config
+
+    cfg = load_config(None, ["anomaly.knn_k=3", "anomaly.decorrelation=0.5"]).anomaly
+    rng = np.random.default_rng(5)
+    origin = np.repeat(np.arange(5), 60)
+    target = rng.normal(size=(300, 4)) + (origin >= 2)[:, None]
+    mass = rng.uniform(10, 200, 300)
+    metrics, _ = evaluate_scores([make_score("knn", cfg, 0)], rng.normal(size=(100, 4)), rng.integers(0, 2, 100),
+                                 target, origin, 2, 0, mass=mass, decorrelation=cfg.decorrelation)
+    worst = max(abs(metrics["knn/mass_rho/q"]), abs(metrics["knn/mass_rho/g"]))
+    assert metrics["knn/combined/auc_decorrelated"] == pytest.approx(metrics["knn/combined/auc"] - 0.5 * worst)
+
+
+@pytest.mark.integration
+def test_an_anomaly_study_on_max_sic(tmp_path: Path, new_store: NewStore) -> None:
+    import optuna
+
+    data = write_fake_folder(tmp_path / "jets", 200)
+    encoder = tiny_checkpoint(tmp_path / "enc.pt", seed=5)
+    space = tmp_path / "sic.yaml"
+    space.write_text("objective: val/combined/max_sic\ndirection: maximize\nparams:\n"
+                     "  anomaly.knn_k: {type: int, low: 3, high: 10}\n")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    result = runner.invoke(app, ["sweep", "anomaly", "--model", str(encoder), "--trials", "2", "--data", str(data),
+                                 "--space", str(space), "--storage", storage, "--study-name", "sic",
+                                 "--tracking-uri", new_store(tmp_path / "store"),
+                                 *set_args(["anomaly.reference_size=80", "tracking.log_system_metrics=false"])])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="sic", storage=storage)
+    assert study.metric_names == ["val/combined/max_sic"] and study.best_value > 0
