@@ -165,7 +165,8 @@ def test_a_sweep_needs_at_least_one_trial(fake_data: Path, tmp_path: Path, trial
 
 @pytest.mark.parametrize(("kind", "objective", "named"), [
     ("finetune", "test/acc", "val/best_acc, train/best_epoch"),
-    ("anomaly", "val/acc_", "val/W/auc, val/Z/auc, val/t/auc, val/combined/auc")])
+    ("anomaly", "val/acc_", "val/W/auc, val/W/max_sic, val/Z/auc, val/Z/max_sic, val/t/auc, val/t/max_sic, "
+                            "val/combined/auc, val/combined/max_sic, val/combined/auc_decorrelated")])
 def test_a_sweep_objective_no_trial_reports_is_refused(fake_data: Path, tmp_path: Path, kind: str, objective: str,
                                                        named: str) -> None:
     encoder = tiny_checkpoint(tmp_path / "enc.pt", 0)
