@@ -296,6 +296,22 @@ def jet_batch(n: int = 64, seed: int = 0) -> Any:
     return x
 
 
+def cli_ok(store: str) -> Callable[..., str]:
+    """``ok(*args)``: a jbot command against the tracking store ``store`` that must succeed; returns its output."""
+    from typer.testing import CliRunner
+
+    from jbot.cli import app
+
+    runner = CliRunner()
+
+    def ok(*args: str) -> str:
+        result = runner.invoke(app, [*args, "--tracking-uri", store])
+        assert result.exit_code == 0, f"{args[:2]}: {result.output}"
+        return result.output
+
+    return ok
+
+
 def set_args(items: list[str]) -> list[str]:
     """``["a.b=1", ...]`` -> ``["--set", "a.b=1", ...]``."""
     return [a for item in items for a in ("--set", item)]

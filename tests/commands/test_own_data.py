@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from jbot.cli import app
 from jbot.data.features import layout
-from tests.conftest import TINY, NewStore, one_error_line, set_args, write_fake_folder, write_jetclass_folder
+from tests.conftest import TINY, NewStore, cli_ok, one_error_line, set_args, write_fake_folder, write_jetclass_folder
 
 pytest.importorskip("uproot")
 pytestmark = pytest.mark.integration
@@ -46,11 +46,7 @@ def test_jetclass_with_declared_features_end_to_end(folders: tuple[Path, Path], 
     root, parquet = folders
     store = new_store(tmp_path / "store")
     client = MlflowClient(store)
-
-    def ok(*args: str) -> str:
-        result = runner.invoke(app, [*args, "--tracking-uri", store])
-        assert result.exit_code == 0, f"{args[:2]}: {result.output}"
-        return result.output
+    ok = cli_ok(store)
 
     info = runner.invoke(app, ["data", "info", str(root), "--html", str(tmp_path / "info.html")])
     assert info.exit_code == 0 and "QCD" in info.output and "Tbqq" in info.output, info.output
@@ -149,11 +145,7 @@ def test_a_user_preset_through_pretrain_probe_anomaly(folders: tuple[Path, Path]
     preset = tmp_path / "resonances.yaml"
     preset.write_text("dataset: jetclass\nclasses: {ZJetsToNuNu: QCD, HToBB: resonance, TTBar: resonance}\n"
                       "background: [ZJetsToNuNu]\n")
-
-    def ok(*args: str) -> str:
-        result = runner.invoke(app, [*args, "--tracking-uri", store])
-        assert result.exit_code == 0, f"{args[:2]}: {result.output}"
-        return result.output
+    ok = cli_ok(store)
 
     sizes = ["data.n_train=160", "data.n_val=30", "data.n_test=60"]  # QCD: half of every set
     ok("pretrain", "--data", str(root), "--preset", str(preset), "--out", str(tmp_path / "pt"),

@@ -17,7 +17,7 @@ from jbot.cli import app
 from jbot.data.classes import CLASSES, PT, VALID
 from jbot.data.jetnet import JET_KEY, PARTICLE_KEY, DataError, class_file, read_jetnet
 from jbot.data.splits import make_split
-from tests.conftest import TINY, NewStore, fake_jets, set_args
+from tests.conftest import TINY, NewStore, cli_ok, fake_jets, set_args
 
 runner = CliRunner()
 
@@ -153,11 +153,7 @@ def test_cli_end_to_end_on_jetnet150(folder_150: Path, tmp_path: Path, new_store
     ort = pytest.importorskip("onnxruntime", reason="install the export extra: pip install 'jbot[export]'")
     store = new_store(tmp_path / "store")
     client = MlflowClient(store)
-
-    def ok(*args: str) -> str:
-        result = runner.invoke(app, [*args, "--tracking-uri", store])
-        assert result.exit_code == 0, f"{args[:2]}: {result.output}"
-        return result.output
+    ok = cli_ok(store)
 
     info = runner.invoke(app, ["data", "info", str(folder_150), "--html", str(tmp_path / "info.html")])
     assert info.exit_code == 0 and "240" in info.output and "W" in info.output, info.output
