@@ -332,7 +332,9 @@ def pretrain_cmd(
                 tracked = tracked_pretrain(cfg, resume=start.resume, experiment=experiment,
                                            allow_other_data=allow_other_data, on_step=lambda i: bar.advance(task),
                                            on_epoch=on_epoch,
-                                           on_notice=lambda text: bar.console.print(f"note: {text}"))
+                                           on_notice=lambda text: bar.console.print(f"note: {text}"),
+                                           on_warning=lambda text: err_console.print(f"warning: {text}",
+                                                                                     highlight=False))
             except KeyboardInterrupt as exc:
                 ckpt = Path(cfg.pretrain.out_dir) / "checkpoint.pt"
                 bar.stop()

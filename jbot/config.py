@@ -221,6 +221,13 @@ class PretrainConfig(Section):
     knn_every: int = Field(default=5, ge=0, le=MAX_EPOCHS)
     knn_val_size: int = Field(default=5000, gt=0, le=MAX_JETS)
     knn_k: int = Field(default=30, gt=0, le=MAX_K)
+    # representation health each epoch on this many fixed training jets (docs/method.md §5.7); a collapse is
+    # the [CLS] effective rank below collapse_rank, or the teacher sending the jets to collapse_dims of its K
+    # projection dimensions or fewer, for collapse_patience epochs in a row (a warning; a sweep prunes the trial)
+    health_jets: int = Field(default=512, ge=2, le=MAX_JETS)
+    collapse_rank: float = Field(default=1.5, ge=0.0)
+    collapse_dims: int = Field(default=1, ge=0)
+    collapse_patience: int = Field(default=3, ge=1, le=MAX_EPOCHS)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     out_dir: str = "runs/pretrain"
 
@@ -283,6 +290,9 @@ class AnomalyConfig(Section):
     contamination: tuple[float, ...] = (0.001, 0.01, 0.05)
     # lambda of the decorrelated objective combined/auc_decorrelated = combined AUC - lambda * max |rho(score, mass)|
     decorrelation: float = Field(default=1.0, ge=0.0)
+    # the mass-sculpting metrics need the jets' mass (jet_features column 2): data whose mass is missing, all zero
+    # or not finite is refused (exit 2) unless this is false, which scores without them
+    sculpting: bool = True
 
     @field_validator("contamination")
     @classmethod

@@ -155,10 +155,24 @@ def score_anomalies(embedded: Embedded, cfg: AnomalyConfig, names: list[str] | N
     trial alike."""
     ref_emb, ref_origin = embedded.references(cfg.reference_size)
     chosen = make_scores(cfg, cfg.seed) if names is None else [make_score(n, cfg, cfg.seed) for n in names]
+    mass = embedded.target_mass if cfg.sculpting else None
     metrics, values = evaluate_scores(chosen, ref_emb, ref_origin, embedded.target, embedded.target_origin,
-                                      n_folds, cfg.seed, embedded.classes, embedded.target_mass, cfg.decorrelation)
+                                      n_folds, cfg.seed, embedded.classes, mass, cfg.decorrelation)
     return AnomalyResult(metrics, values, embedded.target_origin, embedded.target, len(ref_emb),
-                         classes=embedded.classes, mass=embedded.target_mass)
+                         classes=embedded.classes, mass=mass)
+
+
+def require_mass(split: Split, part: str, cfg: AnomalyConfig, where: str) -> None:
+    """With ``anomaly.sculpting`` on, refuse jets whose mass (jet_features column 2) cannot be used: missing (a
+    format stores zeros), all zero or not finite. ``where`` names the data in the message."""
+    if not cfg.sculpting:
+        return
+    mass = getattr(split, part).jet[:, 2]
+    if has_mass(mass):
+        return
+    why = "is not finite for some jets" if len(mass) and np.any(mass != 0) else "is missing or all zero"
+    raise DataError(f"the jet mass (jet_features column 2) of {where}'s {part} jets {why}: the mass-sculpting "
+                    "metrics need it; set anomaly.sculpting=false to score without them")
 
 
 @dataclass

@@ -182,7 +182,7 @@ def text_table(result: AnomalyResult) -> str:
     return "\n".join(lines)
 
 
-NO_MASS = "this data has no jet mass (jet_features column 2 is missing or all zero): no mass-sculpting figures"
+NO_MASS = "mass sculpting was not measured (anomaly.sculpting=false): no mass-sculpting figures"
 
 
 def roc_figure(result: AnomalyResult, tuned: str | None = None) -> go.Figure:

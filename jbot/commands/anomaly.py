@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from jbot.anomaly.detect import AnomalyResult, contamination_study, embed_split, score_anomalies
+from jbot.anomaly.detect import AnomalyResult, contamination_study, embed_split, require_mass, score_anomalies
 from jbot.anomaly.report import signal_exposure, signal_note, text_table, write_report
 from jbot.commands.common import TrackedResult, data_tags, load_split, log_split, settings_used
 from jbot.config import JbotConfig, flatten
@@ -45,6 +45,7 @@ def tracked_anomaly(cfg: JbotConfig, source: str, *, out_dir: Path | None = None
     loaded = load_from_uri(source, str(cfg.tracking.uri))
     cfg = settings_used(cfg, preset, loaded)
     split = load_split(cfg, anomaly=True)
+    require_mass(split, "test", cfg.anomaly, str(cfg.data.dir))
     classes = groups(split.spec) if split.spec is not None else QG_GROUPS
     device = runtime_device(cfg.runtime)
     tags = {**data_tags(split, str(device)), **loaded.provenance}

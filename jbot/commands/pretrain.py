@@ -71,9 +71,11 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: Resume | None = None, experimen
                      parent_run_id: str | None = None, tags: dict[str, str] | None = None,
                      on_start: Callable[[str], None] | None = None, allow_other_data: bool = False,
                      run_name: str | None = None,
-                     on_notice: Callable[[str], None] | None = None) -> TrackedResult[PretrainResult]:
+                     on_notice: Callable[[str], None] | None = None,
+                     on_warning: Callable[[str], None] | None = None) -> TrackedResult[PretrainResult]:
     """Pre-train as one MLflow run (``on_notice`` hears what the user should know, e.g. a batch size cut to the
-    training set). With ``resume``, training continues from it on the same data (its fingerprint must match
+    training set; ``on_warning``, a collapse of the representation, by default on standard error). With
+    ``resume``, training continues from it on the same data (its fingerprint must match
     unless ``allow_other_data``) and in its MLflow run when that run is in this store; the checkpoint is written
     under ``cfg.pretrain.out_dir`` only."""
     comm, device = setup(cfg.runtime)
@@ -113,7 +115,7 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: Resume | None = None, experimen
         try:
             result: PretrainResult = pretrain(cfg, split, out_dir, run, resume_path, on_step, on_epoch,
                                               meta={"mlflow_run_id": run.run_id}, source=inputs.source, comm=comm,
-                                              resume_state=resume_state, device=device)
+                                              resume_state=resume_state, device=device, on_warning=on_warning)
         except KeyboardInterrupt as exc:
             ckpt = out_dir / "checkpoint.pt"
             if ckpt.is_file():  # the last completed epoch or, after a stop signal, the step it stopped at

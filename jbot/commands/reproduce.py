@@ -244,6 +244,9 @@ STEPS: tuple[Step, ...] = (
          unrecorded=_WORKING_POINTS),
     Step("pretrain-qg", _pretrain("qg")),
     Step("anomaly", _anomaly("qg", "pretrain-qg"),
+         baseline=("test/knn/combined/max_sic", "test/knn/mass_rho/q", "test/knn/mass_rho/g",
+                   *(f"test/knn/mass_jsd_inv/eps_b_{e}" for e in ("0.5", "0.1", "0.01")),
+                   "test/knn/contaminated_0.01/combined/auc", "test/knn/contaminated_0.01/combined/max_sic"),
          paper={f"test/knn/{s}/auc": ("Table 4, k-NN", v) for s, v in (("W", 0.807), ("Z", 0.836), ("t", 0.836),
                                                                         ("combined", 0.826))}),
 )
@@ -719,6 +722,11 @@ def write_report(path: Path, summary: dict[str, Any]) -> Path:
         + (f" (SE {num(r['se'])})" if "se" in r else "")
         + f"</td><td>{link(str(r['run']))}"
         f"</td><td>{num(r['paper'])}</td><td>{esc(r['paper_source'])}</td></tr>" for r in summary["rows"])
+    anomaly_text = ("<p>The anomaly step's own report, with each score's SIC curve, the background's jet mass before "
+                    "and after cuts and the contaminated-reference table: <a href='anomaly/anomaly_report.html'>"
+                    "anomaly/anomaly_report.html</a> (also in that run's artifacts). Its max SIC, &rho;(score, mass) "
+                    "and 1/JSD rows are below (max SIC and 1/JSD: higher is better; |&rho;| near 0 sculpts "
+                    "least).</p>" if "anomaly" in summary.get("runs", {}) else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>jbot reproduce: {esc(summary['scale'])}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
@@ -732,6 +740,7 @@ one.</p>
 <p>{esc(ERRORS_TEXT)}</p>
 <h2>Claims</h2><ul>{claims}</ul>
 {plots}
+{anomaly_text}
 <h2>Numbers</h2>
 <table><tr><th>quantity</th><th>jbot</th><th>jbot run</th><th>paper</th><th>paper source</th></tr>{rows}</table>
 </body></html>"""

@@ -141,7 +141,7 @@ def anomaly_objective(sweep: Sweep, source: str) -> Callable[[optuna.Trial, str]
     """Embeddings are computed once per worker (the largest reference set the space allows, and the validation
     jets); each trial scores them by the one scoring route (``score_anomalies``) with its settings and evaluates
     the combined AUC on the validation split (labelled W, Z, t: as the paper tuned)."""
-    from jbot.anomaly.detect import embed_split, score_anomalies
+    from jbot.anomaly.detect import embed_split, require_mass, score_anomalies
     from jbot.commands.common import load_split, settings_used
     from jbot.tracking.mlflow import tracked_run
     from jbot.tracking.models import load_from_uri
@@ -149,6 +149,7 @@ def anomaly_objective(sweep: Sweep, source: str) -> Callable[[optuna.Trial, str]
 
     loaded = load_from_uri(source, str(sweep.cfg.tracking.uri))
     split = load_split(settings_used(sweep.cfg, "qg", loaded))  # at the encoder's particle count
+    require_mass(split, "val", sweep.cfg.anomaly, str(sweep.cfg.data.dir))
     spec = sweep.space.params.get("anomaly.reference_size")
     largest = int(max(spec.high or 0, sweep.cfg.anomaly.reference_size)) if spec is not None \
         else sweep.cfg.anomaly.reference_size
@@ -184,6 +185,7 @@ def pretrain_objective(sweep: Sweep, work_dir: Path) -> Callable[[optuna.Trial, 
     objective ``val/anomaly/<signal>/<metric>`` that metric of ``anomaly.score`` on the validation split after
     q+g pre-training (``data.preset=qg``; measured once, at the end: no pruning)."""
     from jbot.commands.pretrain import tracked_pretrain
+    from jbot.train.pretrain import EpochReport
 
     on_anomaly = sweep.space.objective.startswith(ANOMALY_PREFIX)
     if on_anomaly and sweep.cfg.data.preset != "qg":
@@ -195,10 +197,18 @@ def pretrain_objective(sweep: Sweep, work_dir: Path) -> Callable[[optuna.Trial, 
             cfg = with_overrides(cfg, {"pretrain.out_dir": str(work_dir / f"trial-{trial.number}")})
             flag = {"pruned": False}
             report = _reporter(trial, "val/knn_acc", flag)
+
+            def on_epoch(r: EpochReport) -> bool:
+                if r.collapsed:  # pruned whatever the objective: a collapsed run learns nothing more
+                    trial.set_user_attr("pruned_because", f"representation collapse (epoch {r.epoch})")
+                    flag["pruned"] = True
+                    return True
+                return False if on_anomaly else report(r.epoch, r.metrics)
+
             res = tracked_pretrain(cfg, experiment=sweep.mlflow_experiment, run_name=f"trial-{trial.number:03d}",
                                    parent_run_id=parent, tags=tags,
                                    on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
-                                   on_epoch=None if on_anomaly else lambda r: report(r.epoch, r.metrics))
+                                   on_epoch=on_epoch)
             if flag["pruned"]:
                 raise optuna.TrialPruned()
             if scored is not None:

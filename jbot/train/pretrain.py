@@ -41,10 +41,17 @@ from jbot.ssl.teacher import ema_update, make_teacher
 from jbot.train.checkpoint import load_checkpoint, save_checkpoint
 from jbot.train.device import autocast, runtime_device, use_compile, use_cuda_graphs
 from jbot.train.graphs import GraphStep
+from jbot.train.health import CollapseDetector, HealthMonitor
 from jbot.train.tracker import NullTracker, Tracker
 
 KNN_REFERENCE = 20_000
 STOP_POLL = 16  # under torchrun, steps between the ranks' checks for a stop signal (one small collective each)
+
+
+def _warn(text: str) -> None:
+    import sys
+
+    print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
 class TrainingDiverged(JbotError, RuntimeError):
@@ -66,6 +73,7 @@ class EpochReport:
     epoch: int
     epochs: int
     metrics: dict[str, float]
+    collapsed: bool = False  # the collapse detector's verdict (``train.health``) as of this epoch
 
 
 def build_networks(cfg: JbotConfig) -> tuple[JBOTNetwork, JBOTNetwork]:
@@ -184,10 +192,11 @@ def make_step(parts: StepParts, lr: np.ndarray, momentum: np.ndarray, compile: b
 class Pretrainer:
     def __init__(self, cfg: JbotConfig, split: Split, out_dir: str | Path, tracker: Tracker | None = None,
                  meta: dict[str, str] | None = None, source: BatchSource | None = None, comm: Comm = SINGLE,
-                 device: torch.device | None = None) -> None:
-        """``split`` feeds the k-NN monitor and names the data (its train part is also the training set unless
-        ``source`` is given; then its fingerprint is the source's). ``device``: the one the command picked (with
-        torchrun's process group), else picked here from ``cfg.runtime``."""
+                 device: torch.device | None = None, on_warning: Callable[[str], None] | None = None) -> None:
+        """``split`` feeds the k-NN and health monitors and names the data (its train part is also the training set
+        unless ``source`` is given; then its fingerprint is the source's). ``device``: the one the command picked (with
+        torchrun's process group), else picked here from ``cfg.runtime``. ``on_warning`` hears a collapse warning
+        (default: standard error)."""
         self.cfg, self.split, self.tracker, self.comm = cfg, split, tracker or NullTracker(), comm
         self.meta = dict(meta or {})  # kept in the checkpoint as is (e.g. the MLflow run id)
         self.out_dir = Path(out_dir)
@@ -227,6 +236,9 @@ class Pretrainer:
         self.parts = StepParts(self.method, self.student, self.teacher, self.centers, self.optimizer, self.gen, comm,
                                self.device, cfg.runtime.precision, tc.grad_clip, student_forward, self.teacher,
                                self.method.losses)
+        self.health = HealthMonitor(split.train.x, tc, self.device)
+        self.collapse = CollapseDetector.of(tc, cfg.model.d_proj)
+        self.on_warning = on_warning or _warn
         self.step_fn: Step = make_step(self.parts, self.lr, self.momentum,
                                        compile=use_compile(self.device, cfg.runtime.compile), graphs=graphs,
                                        required=cfg.runtime.cuda_graphs == "on")
@@ -268,6 +280,7 @@ class Pretrainer:
         saved_steps = state.get("history_steps") or {}
         self.history_steps = {k: list(saved_steps.get(k) or range(1, len(v) + 1)) for k, v in self.history.items()}
         self.resumed_from = Path(path)
+        self.collapse.replay(self.history)
 
     # ------------------------------------------------------------------ training
     def train_step(self, xb: torch.Tensor, it: int) -> torch.Tensor:
@@ -396,6 +409,12 @@ class Pretrainer:
                     knn = self.knn_accuracy()
                     if knn is not None:
                         metrics["val/knn_acc"] = knn
+                if self.comm.is_main:  # rank 0 alone monitors, as for the k-NN
+                    metrics.update(self.health.measure(self.student, self.teacher, self.centers.cls))
+                    alarm = self.collapse.update(metrics, self.epoch)
+                    if alarm is not None:
+                        self.tracker.set_tags({"jbot.collapse": f"epoch {self.epoch}"})
+                        self.on_warning(alarm)
                 for k, v in metrics.items():
                     self.history.setdefault(k, []).append(v)
                     self.history_steps.setdefault(k, []).append(self.epoch)
@@ -403,7 +422,8 @@ class Pretrainer:
                 self._save(None)
                 if self._stop_requested(boundary=True):
                     self._stop()
-                if on_epoch is not None and on_epoch(EpochReport(self.epoch, tc.epochs, metrics)):
+                if on_epoch is not None and on_epoch(EpochReport(self.epoch, tc.epochs, metrics,
+                                                             self.collapse.collapsed)):
                     break
         return PretrainResult(self.checkpoint_path, self.epoch, self.history, knn, time.perf_counter() - start,
                               self.history_steps)
@@ -414,10 +434,10 @@ def pretrain(cfg: JbotConfig, split: Split, out_dir: str | Path, tracker: Tracke
              on_epoch: Callable[[EpochReport], bool | None] | None = None,
              meta: dict[str, str] | None = None, source: BatchSource | None = None,
              comm: Comm = SINGLE, *, resume_state: dict[str, Any] | None = None,
-             device: torch.device | None = None) -> PretrainResult:
+             device: torch.device | None = None, on_warning: Callable[[str], None] | None = None) -> PretrainResult:
     """Train (or continue from ``resume``, whose contents ``resume_state`` may hold already) and return the final
     checkpoint and monitors."""
-    trainer = Pretrainer(cfg, split, out_dir, tracker, meta, source, comm, device)
+    trainer = Pretrainer(cfg, split, out_dir, tracker, meta, source, comm, device, on_warning)
     if resume is not None:
         trainer.restore(resume, resume_state)
     return trainer.fit(on_step, on_epoch)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
@@ -126,6 +127,26 @@ def test_contamination_needs_signal_jets_and_fractions_in_range(tmp_path: Path, 
     assert none.exit_code == 2 and "the validation split holds no signal jets" in none.output, none.output
     off = runner.invoke(app, [*base, *set_args([*small, "data.n_val=0", "anomaly.contamination=[]"])])
     assert off.exit_code == 0, off.output
+    # jets without a usable mass: refused in one line, unless the sculpting metrics are turned off
+    quick = [*small, "data.n_val=20", "anomaly.contamination=[]"]
+    # (a NaN mass is refused earlier, by the reader, which names the dataset)
+    for value, why in ((np.nan, "dataset 'jet_features': NaN or inf"), (0.0, "is missing or all zero")):
+        for c in ("q", "g", "w", "z", "t"):
+            with h5py.File(data / f"{c}.hdf5", "r+") as f:
+                jets = f["jet_features"][...]
+                jets[:, 2] = 0.0
+                jets[::7, 2] = value
+                f["jet_features"][...] = jets
+        refused = runner.invoke(app, [*base, *set_args(quick)])
+        assert refused.exit_code == 2, refused.output
+        lines = refused.output.strip().splitlines()
+        assert len(lines) == 1 and why in lines[0], refused.output
+    assert "set anomaly.sculpting=false" in lines[0], refused.output
+    scored = runner.invoke(app, [*base, *set_args([*quick, "anomaly.sculpting=false"])])
+    assert scored.exit_code == 0, scored.output
+    metrics = json.loads((tmp_path / "an" / "anomaly_metrics.json").read_text())
+    assert "knn/combined/auc" in metrics and not any("mass_" in k for k in metrics)
+    assert "anomaly.sculpting=false" in (tmp_path / "an" / "anomaly_report.html").read_text()
 
 
 def test_a_study_may_optimise_max_sic_or_a_decorrelated_auc() -> None:

@@ -71,7 +71,15 @@ def test_reproduce_runs_every_step_once_and_resumes(tmp_path: Path, monkeypatch:
     logged = client.get_run(steps["anomaly"]).data.metrics
     for s, est in anomaly["aucs"].items():
         assert est["value"] == pytest.approx(logged[f"test/knn/{s}/auc"], abs=1e-6) and est["low"] <= est["value"]
+    # the anomaly step's sensitivity and sculpting figures: rows of the report, and a link to the step's own report
+    sculpted = {r["quantity"].removeprefix("anomaly: "): r["jbot"] for r in summary["rows"]
+                if r["quantity"].startswith("anomaly: test/knn/") and r["paper"] is None}
+    assert {"test/knn/combined/max_sic", "test/knn/mass_rho/q", "test/knn/mass_rho/g",
+            "test/knn/mass_jsd_inv/eps_b_0.1"} <= set(sculpted), sculpted
+    for key in ("test/knn/combined/max_sic", "test/knn/mass_rho/q", "test/knn/mass_rho/g"):
+        assert sculpted[key] == pytest.approx(logged[key]), key
     report = (tmp_path / "out" / "reproduce.html").read_text()
+    assert "href='anomaly/anomaly_report.html'" in report and (tmp_path / "out" / "anomaly" / "anomaly_report.html").exists()
     assert "Table 2, jBOT-S k-NN" in report and "0.710" in report and "demo" in report
     assert "This run took" in report and "#/experiments/" in report and "plotly" in report
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {

@@ -466,3 +466,34 @@ def test_dashboard_serves_the_study_storage(tmp_path: Path) -> None:
         assert page in printed and "GET /" not in printed  # its link, and no request log without --verbose
     finally:
         _stop([proc])
+
+
+@pytest.mark.integration
+def test_a_collapsing_pretrain_trial_is_pruned(inputs: tuple[Path, Path], tmp_path: Path,
+                                                new_store: NewStore) -> None:
+    """The collapse detector prunes a trial whatever its objective says (median pruning off here): every trial with
+    the centring off (center_momentum=1.0) ends PRUNED at the epoch the collapse is seen, the others COMPLETE."""
+    data, _ = inputs
+    space = tmp_path / "space.yaml"
+    space.write_text("objective: val/knn_acc\ndirection: maximize\nparams:\n"
+                     "  pretrain.center_momentum: {type: categorical, choices: [0.9, 1.0]}\n")
+    storage, tracking = f"sqlite:///{tmp_path / 'optuna.db'}", new_store(tmp_path / "mlruns")
+    sets = ["pretrain.epochs=4", "pretrain.batch_size=64", "pretrain.knn_every=1", "pretrain.knn_val_size=100",
+            "pretrain.collapse_patience=2", "model.d_model=16", "model.n_heads=2", "model.n_layers=1",
+            "model.d_proj=8", "sweep.sampler=random", "sweep.pruner=none", "sweep.seed=3",
+            "tracking.log_system_metrics=false", "data.n_train=300", "data.n_val=100", "data.n_test=100"]
+    result = runner.invoke(app, ["sweep", "pretrain", "--space", str(space), "--trials", "3", "--data", str(data),
+                                 "--storage", storage, "--study-name", "collapse", "--tracking-uri", tracking,
+                                 *[a for item in sets for a in ("--set", item)]])
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="collapse", storage=storage).trials
+    by_centre = {c: [t for t in trials if t.params["pretrain.center_momentum"] == c] for c in (0.9, 1.0)}
+    assert by_centre[0.9] and by_centre[1.0], [t.params for t in trials]  # both kinds drawn (seeded)
+    client = MlflowClient(tracking)
+    for t in by_centre[1.0]:
+        assert t.state == optuna.trial.TrialState.PRUNED
+        assert t.user_attrs["pruned_because"].startswith("representation collapse (epoch ")
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.data.tags["jbot.trial_state"] == "PRUNED" and run.data.tags["jbot.collapse"].startswith("epoch ")
+        assert len(client.get_metric_history(run.info.run_id, "health/teacher_occupancy")) < 4  # stopped early
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in by_centre[0.9])
