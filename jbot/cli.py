@@ -638,19 +638,25 @@ def reproduce_cmd(
     data: Annotated[Path, typer.Option(help="Jets; generated here (demo, cpu) when the folder has none")]
     = Path("data/jets"),
     out: Annotated[Path | None, typer.Option(help="Folder for checkpoints and the report "
-                                                  "(default runs/reproduce-<scale>-<size>)")] = None,
+                                                  "(default runs/reproduce-<scale>-<size>, for a study "
+                                                  "runs/<study>-<scale>-<size>)")] = None,
     set_: SetOpt = None,
     workers: Annotated[int, typer.Option(help="Generation processes", min=1)] = 2,
     seed: Annotated[int, typer.Option(help="Generation seed (when jets are generated)", min=0)] = 2026,
+    study: Annotated[str, typer.Option(help="paper (the paper's claims) | ablation (each piece of the method "
+                                            "removed in turn)")] = "paper",
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """The paper's protocol end to end at a scale your machine allows: probes, fine-tuning vs scratch, top
-    tagging, anomaly detection; one MLflow parent run, resumable (finished steps are skipped on re-run)."""
+    tagging, anomaly detection; one MLflow parent run, resumable (finished steps are skipped on re-run).
+    `--study ablation`: the full method against each variant (particle loss only, [CLS] loss only, no KoLeo, no
+    masking) on the same jets."""
     with user_errors():
         from jbot.commands.reproduce import ensure_data, plan_for, run_reproduction, verdict
+        from jbot.commands.studies import study as find_study
 
-        folder = out or Path(f"runs/reproduce-{scale}-{size}")
-        plan = plan_for(scale, size, data, folder, list(set_ or []), resolve_tracking_uri(tracking_uri))
+        folder = out or Path(f"runs/{find_study(study).folder}-{scale}-{size}")
+        plan = plan_for(scale, size, data, folder, list(set_ or []), resolve_tracking_uri(tracking_uri), study)
         ensure_data(plan, workers, seed, console.print)
         try:
             summary = run_reproduction(plan, lambda text: console.print(f"[bold]{escape(text)}[/]", markup=True))

@@ -114,3 +114,32 @@ def embedding_map(emb: np.ndarray, labels: np.ndarray, class_names: tuple[str, .
     fig.update_layout(title=f"{title}: t-SNE of {len(idx):,} of its {len(emb):,} jets", template="plotly_white",
                       xaxis_title="t-SNE 1", yaxis_title="t-SNE 2")
     return fig
+
+
+def write_map_points(fig: go.Figure, path: str | Path) -> Path:
+    """An ``embedding_map`` figure's points as an .npz, one (n, 2) float32 array per class: what a report that
+    puts several maps side by side reads back."""
+    arrays = {str(t.name): np.c_[np.asarray(t.x, dtype=np.float32), np.asarray(t.y, dtype=np.float32)]
+              for t in fig.data}
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez_compressed(f, **arrays)
+    return atomic_write(path, write, suffix=".tmp.npz")
+
+
+def maps_side_by_side(maps: dict[str, dict[str, np.ndarray]], title: str) -> go.Figure:
+    """Several ``write_map_points`` maps (panel title -> class -> points), one panel each in a row, one legend."""
+    fig = make_subplots(rows=1, cols=max(1, len(maps)), subplot_titles=list(maps))
+    seen: set[str] = set()
+    for col, points in enumerate(maps.values(), start=1):
+        for c, (name, xy) in enumerate(points.items()):
+            fig.add_trace(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, legendgroup=name,
+                                       showlegend=name not in seen,
+                                       marker={"size": 3, "opacity": 0.6, "color": colour(name, CLASS_COLOURS, c)}),
+                          row=1, col=col)
+            seen.add(name)
+        fig.update_xaxes(showticklabels=False, row=1, col=col)
+        fig.update_yaxes(showticklabels=False, row=1, col=col)
+    fig.update_layout(title=title, template="plotly_white", height=380, width=max(600, 300 * len(maps)))
+    return fig

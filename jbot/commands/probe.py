@@ -13,10 +13,12 @@ from jbot.config import JbotConfig
 from jbot.evaluate.bootstrap import PREDICTIONS, jets_hash, save_predictions
 from jbot.evaluate.probe import ProbeResult, run_probe
 from jbot.io import scratch_dir
-from jbot.plots import embedding_map, write_html
+from jbot.plots import embedding_map, write_html, write_map_points
 from jbot.tracking.mlflow import tracked_run
 from jbot.tracking.models import load_from_uri
 from jbot.train.device import runtime_device
+
+MAP_POINTS = Path("plots/embedding_map.npz")  # the t-SNE map's points, per class (an ablation report reads them)
 
 
 def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | None = None,
@@ -36,6 +38,7 @@ def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | 
         log_json_and_curves(run, folder, "probe", result.metrics)
         fig = embedding_map(result.test_embedding, split.test.y, split.class_names, "frozen [CLS] (test jets)")
         run.log_artifact(write_html(fig, folder / "embedding_map.html"), "plots")
+        run.log_artifact(write_map_points(fig, folder / MAP_POINTS.name), str(MAP_POINTS.parent))
         # the k-NN probe's per-jet test outputs (vote fractions, float32): what a paired bootstrap of two probes reads
         knn = save_predictions(folder / PREDICTIONS, split.test.y, result.knn_probs, fingerprint=split.fingerprint,
                                jets=jets_hash(split.test.jet, split.test.origin), kind="knn")

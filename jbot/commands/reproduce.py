@@ -90,7 +90,8 @@ class Plan:
     cfg: JbotConfig
     out: Path
     key: str
-    steps: list[tuple[str, Runner]] = field(default_factory=list)  # (name, runner), in the order of STEPS
+    study: Study
+    steps: list[tuple[str, Runner]] = field(default_factory=list)  # (name, runner), in the order of the study's
 
 
 @dataclass
@@ -116,16 +117,21 @@ def make_config(scale: Scale, size: str, data: Path, overrides: list[str], track
     return with_overrides(cfg, {"tracking.uri": tracking_uri})
 
 
-def plan_for(scale_name: str, size: str, data: Path, out: Path, overrides: list[str], tracking_uri: str) -> Plan:
+def plan_for(scale_name: str, size: str, data: Path, out: Path, overrides: list[str], tracking_uri: str,
+             study_name: str = "paper") -> Plan:
+    from jbot.commands.studies import study
+
     if scale_name not in SCALES:
         raise ReproduceError(f"--scale is one of {', '.join(SCALES)}, not {scale_name!r}")
-    check_tables()
+    chosen = study(study_name)
+    check_tables(chosen)
     scale = SCALES[scale_name]
     cfg = make_config(scale, size, data, overrides, tracking_uri)
-    blob = json.dumps({"scale": scale.name, "size": size, "config": flatten(cfg), "out": str(out.resolve())},
-                      sort_keys=True, default=str)
-    plan = Plan(scale, size, cfg, out, hashlib.sha1(blob.encode()).hexdigest()[:12])
-    for step in STEPS:  # in order: a step's runner may take the run id of one listed before it
+    identity = {"scale": scale.name, "size": size, "config": flatten(cfg), "out": str(out.resolve()),
+                **({"study": chosen.name} if chosen.name != "paper" else {})}
+    blob = json.dumps(identity, sort_keys=True, default=str)
+    plan = Plan(scale, size, cfg, out, hashlib.sha1(blob.encode()).hexdigest()[:12], chosen)
+    for step in chosen.steps:  # in order: a step's runner may take the run id of one listed before it
         plan.steps.append((step.name, step.run(plan, step.name)))
     return plan
 
@@ -134,9 +140,12 @@ def _cfg(plan: Plan, **fields: Any) -> JbotConfig:
     return with_overrides(plan.cfg, fields)
 
 
-def _trained_on(plan: Plan, preset: str) -> JbotConfig:
-    """The plan's config on ``preset``, pre-training into ``<out>/pretrain-<preset>``."""
-    return _cfg(plan, **{"data.preset": preset, "pretrain.out_dir": str(plan.out / f"pretrain-{preset}")})
+def _trained_on(plan: Plan, preset: str, variant: Variant | None = None) -> JbotConfig:
+    """The plan's config on ``preset``, pre-training into ``<out>/pretrain-<preset>`` (with a ``variant``, its
+    fields on top and ``-<variant>`` after the folder's name)."""
+    folder = f"pretrain-{preset}" + ("" if variant is None else f"-{variant.name}")
+    return _cfg(plan, **{"data.preset": preset, "pretrain.out_dir": str(plan.out / folder),
+                         **({} if variant is None else dict(variant.fields))})
 
 
 def _earlier(plan: Plan, name: str, step: str) -> str:
@@ -146,11 +155,22 @@ def _earlier(plan: Plan, name: str, step: str) -> str:
     return step
 
 
-def _pretrain(preset: str) -> StepFactory:
-    """Pre-training on ``preset``."""
+@dataclass(frozen=True)
+class Variant:
+    """The method with some fields changed (an ablation): ``name`` in step and folder names, ``removes`` in words
+    ("the [CLS] loss"), ``fields`` the config fields it sets."""
+
+    name: str
+    removes: str
+    fields: tuple[tuple[str, Any], ...] = ()
+
+
+def _pretrain(preset: str, variant: Variant | None = None) -> StepFactory:
+    """Pre-training on ``preset`` (of ``variant``: the method with its fields changed)."""
     def make(plan: Plan, name: str) -> Runner:
-        cfg = _trained_on(plan, preset)
-        run_name = f"pretrain-{model_label(cfg.model)}-{preset}-e{cfg.pretrain.epochs}"
+        cfg = _trained_on(plan, preset, variant)
+        run_name = f"pretrain-{model_label(cfg.model)}-{preset}-e{cfg.pretrain.epochs}" + (
+            "" if variant is None else f"-{variant.name}")
 
         def run(ctx: Context) -> str:
             from jbot.commands.pretrain import tracked_pretrain
@@ -392,11 +412,42 @@ def verdict(claim: Mapping[str, Any]) -> str:
     return "holds, within error" if claim.get("within_error") else "holds"
 
 
-def check_tables() -> None:
+@dataclass(frozen=True)
+class Study:
+    """What one ``jbot reproduce --study`` runs (``jbot.commands.studies.STUDIES``): its ``steps`` and ``claims``
+    (for the paper's protocol, ``STEPS`` and ``CLAIMS``), the presets its steps read (a param of the parent),
+    ``title`` (the report's heading and the parent's note) and, optionally, ``section``: more of the report from
+    the collected numbers (``Collected`` -> entries added to the summary, "claims" appended to its claims) with
+    ``html`` (the summary -> the section's HTML)."""
+
+    name: str
+    title: str
+    steps: tuple[Step, ...]
+    claims: tuple[Claim, ...]
+    presets: str
+    section: Callable[[Collected], dict[str, Any]] | None = None
+    html: Callable[[dict[str, Any]], str] | None = None
+
+    @property
+    def folder(self) -> str:
+        """The default output folder's stem: runs/<stem>-<scale>-<size>."""
+        return "reproduce" if self.name == "paper" else self.name
+
+
+@dataclass
+class Collected:
+    """What a study's ``section`` reads: each step's metrics, the steps' per-jet outputs and the claims so far."""
+
+    metrics: dict[str, dict[str, float]]
+    outputs: _Outputs
+    claims: list[dict[str, Any]]
+
+
+def check_tables(study: Study) -> None:
     """Step names unique; every claim on steps of the table."""
-    names = [s.name for s in STEPS]
+    names = [s.name for s in study.steps]
     twice = sorted({n for n in names if names.count(n) > 1})
-    unknown = sorted({f"{c.name}: {s}" for c in CLAIMS for s in c.steps if s not in names})
+    unknown = sorted({f"{c.name}: {s}" for c in study.claims for s in c.steps if s not in names})
     if twice or unknown:
         raise ReproduceError("the reproduce tables are inconsistent: " + "; ".join(
             [*(f"step {n!r} listed twice" for n in twice), *(f"claim {u!r} is not a step" for u in unknown)]))
@@ -457,13 +508,15 @@ def _parent(plan: Plan) -> tuple[str, dict[str, str]]:
         done = {name: run.data.tags[step_tag(name)] for name, _ in plan.steps if step_tag(name) in run.data.tags}
         finished = {s: r for s, r in done.items() if client.get_run(r).info.status == "FINISHED"}
         return run.info.run_id, finished
-    run = client.create_run(exp, run_name=f"reproduce-{plan.scale.name}-{plan.size}", tags={
+    study = plan.study
+    run = client.create_run(exp, run_name=f"{study.folder}-{plan.scale.name}-{plan.size}", tags={
         "jbot.reproduce_key": plan.key, "jbot.role": "reproduce-parent", "jbot.git_commit": git_commit(),
-        "mlflow.note.content":
-        f"The paper's protocol at the {plan.scale.name} scale ({plan.scale.budget}), jBOT-{plan.size}"})
+        "jbot.study": study.name,
+        "mlflow.note.content": f"{study.title} at the {plan.scale.name} scale ({plan.scale.budget}), jBOT-{plan.size}"})
     # its steps run on several splits: the parent names them all instead of one data.preset
     params = {k: v for k, v in flatten(public_config(plan.cfg)).items() if k != "data.preset"}
-    MlflowRun(client, run.info.run_id).log_params({**params, "reproduce.presets": "5class, tqg, qg",
+    MlflowRun(client, run.info.run_id).log_params({**params, "reproduce.presets": study.presets,
+                                                   "reproduce.study": study.name,
                                                    "tracking.uri": redact(uri),
                                                    "reproduce.scale": plan.scale.name, "reproduce.size": plan.size,
                                                    "reproduce.config": scale_config(plan.scale, plan.size)})
@@ -487,14 +540,16 @@ def run_reproduction(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
             say(f"{i}/{len(plan.steps)} {name}")
             done[name] = step(ctx)
             client.set_tag(parent, step_tag(name), done[name])
-        summary = collect(client, done)
-        summary.update(scale=plan.scale.name, budget=plan.scale.budget, size=plan.size, parent=parent,
+        summary = collect(client, done, plan.study)
+        summary.update(study=plan.study.name, title=plan.study.title, scale=plan.scale.name,
+                       budget=plan.scale.budget, size=plan.size, parent=parent,
                        config=scale_config(plan.scale, plan.size),
                        seconds=time.perf_counter() - start, data=str(plan.cfg.data.dir),
                        ui=ui_base(str(plan.cfg.tracking.uri)),
                        experiments={r: client.get_run(r).info.experiment_id for r in (parent, *done.values())})
         report = write_report(plan.out / "reproduce.html", summary)
-        atomic_write_text(plan.out / "reproduce.json", json.dumps(summary, indent=2, default=str))
+        atomic_write_text(plan.out / "reproduce.json", json.dumps(
+            {k: v for k, v in summary.items() if not k.startswith("_")}, indent=2, default=str))
         client.log_artifact(parent, str(report), "report")
         client.log_artifact(parent, str(plan.out / "reproduce.json"), "report")
         for claim in summary["claims"]:
@@ -513,18 +568,23 @@ def run_reproduction(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
     return summary
 
 
-def collect(client: Any, done: dict[str, str]) -> dict[str, Any]:
+def collect(client: Any, done: dict[str, str], study: Study | None = None) -> dict[str, Any]:
     """Every step's test metrics (by step), the claims and the rows of the report: the baselines, then the paper's
-    numbers, then the paper's quantities jbot does not record, each in the order of STEPS."""
+    numbers, then the paper's quantities jbot does not record, each in the order of the study's steps (default:
+    the paper's protocol); then the study's own section."""
     import tempfile
 
     from jbot.evaluate.metrics import unresolved
 
+    if study is None:
+        from jbot.commands.studies import study as find
+
+        study = find("paper")
     metrics = {name: dict(client.get_run(run_id).data.metrics) for name, run_id in done.items()}
     with tempfile.TemporaryDirectory(prefix="jbot-reproduce-") as folder:
         outputs = _Outputs(client, done, Path(folder))
         claims = []
-        for claim in CLAIMS:
+        for claim in study.claims:
             diff = outputs.paired(claim)
             if diff is not None:
                 claims.append(paired_verdict(claim, diff))
@@ -544,11 +604,14 @@ def collect(client: Any, done: dict[str, str]) -> dict[str, Any]:
                     "paper": paper, "paper_source": source, **({"se": se} if se is not None else {}),
                     **({"unresolved": int(m.get(f"{key}_n_bkg", 0))} if unresolved(m, key) else {})}
 
-        rows = [row(s.name, key, key, None, BASELINE) for s in STEPS for key in s.baseline]
-        rows += [row(s.name, key, key, paper, source) for s in STEPS for key, (source, paper) in s.paper.items()]
-        rows += [row(s.name, key, label, None, source) for s in STEPS
+        rows = [row(s.name, key, key, None, BASELINE) for s in study.steps for key in s.baseline]
+        rows += [row(s.name, key, key, paper, source) for s in study.steps
+                 for key, (source, paper) in s.paper.items()]
+        rows += [row(s.name, key, label, None, source) for s in study.steps
                  for key, (label, source) in s.unrecorded.items()]
-    return {"claims": claims, "rows": rows, "runs": done, "errors": ERRORS_TEXT}
+        extra = {} if study.section is None else study.section(Collected(metrics, outputs, claims))
+    claims += extra.pop("claims", [])
+    return {"claims": claims, "rows": rows, "runs": done, "errors": ERRORS_TEXT, **extra}
 
 
 # a row's metric -> (the bootstrap metric, the kind of per-jet outputs it is computed from)
@@ -602,6 +665,18 @@ class _Outputs:
             first, second = ((p.pred if metric == "accuracy" else p.probs) for p in (a, b))
             return paired_bootstrap(a.y, first, second, metric)
         except BootstrapError:
+            return None
+
+    def artifact(self, step: str, path: str) -> Path | None:
+        """The step's artifact ``path``, downloaded; None where the run has none (or the client cannot download)."""
+        download = getattr(self.client, "download_artifacts", None)
+        if download is None or step not in self.done:
+            return None
+        from jbot.tracking.mlflow import MlflowError
+
+        try:
+            return Path(download(self.done[step], path, str(self._dst(self.done[step]))))
+        except (MlflowError, OSError):
             return None
 
     def anomaly_aucs(self, step: str, score: str) -> dict[str, Any] | None:
@@ -696,6 +771,14 @@ def numbers_figure(rows: list[dict[str, Any]]) -> Any:
     return fig
 
 
+def plotly_js() -> str:
+    """plotly.js itself, inlined once in a report's head (the report renders offline; its figures and a study's
+    section add only their divs)."""
+    from plotly.offline import get_plotlyjs
+
+    return str(get_plotlyjs())
+
+
 def write_report(path: Path, summary: dict[str, Any]) -> Path:
     esc = html.escape
 
@@ -710,8 +793,11 @@ def write_report(path: Path, summary: dict[str, Any]) -> Path:
         return (f"<a href='{esc(base)}/#/experiments/{esc(str(experiments[run_id]))}/runs/{esc(run_id)}'>"
                 f"<code>{esc(run_id[:8])}</code></a>")
 
+    from jbot.commands.studies import study as find
+
+    section = find(summary.get("study", "paper")).html
     figures = [f for f in (claims_figure(summary["claims"]), numbers_figure(summary["rows"])) if f is not None]
-    plots = "".join(fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures))
+    plots = "".join(fig.to_html(full_html=False, include_plotlyjs=False) for fig in figures)
     took = summary.get("seconds")
     took_text = f" This run took {took / 60:.1f} min." if isinstance(took, (int, float)) else ""
 
@@ -727,10 +813,13 @@ def write_report(path: Path, summary: dict[str, Any]) -> Path:
                     "anomaly/anomaly_report.html</a> (also in that run's artifacts). Its max SIC, &rho;(score, mass) "
                     "and 1/JSD rows are below (max SIC and 1/JSD: higher is better; |&rho;| near 0 sculpts "
                     "least).</p>" if "anomaly" in summary.get("runs", {}) else "")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>jbot reproduce: {esc(summary['scale'])}</title>
+    name, title = esc(summary.get("study", "paper")), esc(summary.get("title", "The paper's claims"))
+    scale = esc(summary["scale"])
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>jbot reproduce {name}: {scale}</title>
+<script>{plotly_js()}</script>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
-<h1>The paper's claims at the {esc(summary['scale'])} scale (jBOT-{esc(summary['size'])})</h1>
+<h1>{title} at the {esc(summary['scale'])} scale (jBOT-{esc(summary['size'])})</h1>
 <p>Scale: {esc(summary['scale'])} ({esc(summary['budget'])}).{took_text} Config
 <code>{esc(summary.get('config', ''))}</code> with the scale's sizes on top; data: <code>{esc(summary['data'])}</code>;
 MLflow parent run {link(str(summary['parent']))} (experiment {EXPERIMENT}; run links open the MLflow UI at
@@ -741,6 +830,7 @@ one.</p>
 <h2>Claims</h2><ul>{claims}</ul>
 {plots}
 {anomaly_text}
+{'' if section is None else section(summary)}
 <h2>Numbers</h2>
 <table><tr><th>quantity</th><th>jbot</th><th>jbot run</th><th>paper</th><th>paper source</th></tr>{rows}</table>
 </body></html>"""

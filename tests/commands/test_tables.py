@@ -84,14 +84,18 @@ def test_the_reports_rows_keep_their_order_and_paper_numbers(tmp_path: Path) -> 
     metrics["run-finetune-tqg-scratch"] = {"test/eps_s_at_0.001": 0.0, "test/eps_s_at_0.001_unresolved": 1.0,
                                            "test/eps_s_at_0.001_n_bkg": 12.0}
     rows = reproduce.collect(FakeClient(metrics), done)["rows"]
+    sculpting = ["test/knn/combined/max_sic", "test/knn/mass_rho/q", "test/knn/mass_rho/g",
+                 *(f"test/knn/mass_jsd_inv/eps_b_{e}" for e in ("0.5", "0.1", "0.01")),
+                 "test/knn/contaminated_0.01/combined/auc", "test/knn/contaminated_0.01/combined/max_sic"]
     assert [r["quantity"] for r in rows] == [
-        "probe-random: test/knn_acc", "probe-5class: test/knn_acc", "probe-5class: test/linear_acc",
+        "probe-random: test/knn_acc", *(f"anomaly: {key}" for key in sculpting), "probe-5class: test/knn_acc", "probe-5class: test/linear_acc",
         "finetune-10%-pretrained: test/acc", "finetune-10%-scratch: test/acc", "finetune-100%-pretrained: test/acc",
         "finetune-100%-scratch: test/acc", "probe-tqg: test/knn_auc", "finetune-tqg-pretrained: test/auc",
         "finetune-tqg-scratch: test/auc", "anomaly: test/knn/W/auc", "anomaly: test/knn/Z/auc",
         "anomaly: test/knn/t/auc", "anomaly: test/knn/combined/auc",
         *(f"{step}: eps_s at eps_b = {eps}" for step in ("finetune-tqg-pretrained", "finetune-tqg-scratch")
           for eps in ("0.1", "0.01", "0.001"))]
+    rows = rows[:1] + rows[1 + len(sculpting):]  # the anomaly step's baselines: no paper number
     assert [r["paper"] for r in rows[:14]] == [None, 0.710, 0.674, 0.743, 0.725, 0.764, 0.760, 0.945, 0.958, 0.957,
                                                0.807, 0.836, 0.836, 0.826]
     assert rows[0]["paper_source"] == "(baseline, not in the paper)" and rows[1]["paper_source"] == \
