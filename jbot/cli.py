@@ -644,13 +644,15 @@ def reproduce_cmd(
     workers: Annotated[int, typer.Option(help="Generation processes", min=1)] = 2,
     seed: Annotated[int, typer.Option(help="Generation seed (when jets are generated)", min=0)] = 2026,
     study: Annotated[str, typer.Option(help="paper (the paper's claims) | ablation (each piece of the method "
-                                            "removed in turn)")] = "paper",
+                                            "removed in turn) | label-fraction (fine-tuning gain against the "
+                                            "labelled fraction, evaluate.label_fractions)")] = "paper",
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """The paper's protocol end to end at a scale your machine allows: probes, fine-tuning vs scratch, top
     tagging, anomaly detection; one MLflow parent run, resumable (finished steps are skipped on re-run).
     `--study ablation`: the full method against each variant (particle loss only, [CLS] loss only, no KoLeo, no
-    masking) on the same jets."""
+    masking) on the same jets; `--study label-fraction`: pre-trained against from-scratch fine-tuning at each
+    labelled fraction."""
     with user_errors():
         from jbot.commands.reproduce import ensure_data, plan_for, run_reproduction, verdict
         from jbot.commands.studies import study as find_study

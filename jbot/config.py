@@ -343,6 +343,18 @@ class EvaluateConfig(Section):
     """Settings shared by every evaluation (probes, fine-tuned taggers, anomaly scores)."""
 
     n_folds: int = Field(default=10, ge=2, le=1000)  # stratified folds behind every metric's ± (its std over folds)
+    # the fractions of the labels `jbot reproduce --study label-fraction` fine-tunes with (pre-trained and scratch)
+    label_fractions: tuple[float, ...] = (0.01, 0.05, 0.1, 0.5, 1.0)
+
+    @field_validator("label_fractions")
+    @classmethod
+    def _label_fractions(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [f for f in value if not 0.0 < f <= 1.0]
+        if bad:
+            raise ValueError(f"each fraction must lie in (0, 1]: {bad[0]:g} does not")
+        if not value:
+            raise ValueError("give at least one fraction")
+        return tuple(sorted(set(value)))
 
 
 class TrackingConfig(Section):

@@ -123,10 +123,10 @@ def plan_for(scale_name: str, size: str, data: Path, out: Path, overrides: list[
 
     if scale_name not in SCALES:
         raise ReproduceError(f"--scale is one of {', '.join(SCALES)}, not {scale_name!r}")
-    chosen = study(study_name)
-    check_tables(chosen)
     scale = SCALES[scale_name]
     cfg = make_config(scale, size, data, overrides, tracking_uri)
+    chosen = study(study_name, cfg)
+    check_tables(chosen)
     identity = {"scale": scale.name, "size": size, "config": flatten(cfg), "out": str(out.resolve()),
                 **({"study": chosen.name} if chosen.name != "paper" else {})}
     blob = json.dumps(identity, sort_keys=True, default=str)

@@ -6,6 +6,9 @@
   pre-trained again on q+g for its anomaly AUC; a claim per variant ("removing X costs k-NN accuracy") judged by
   the paired bootstrap of the two probes' per-jet outputs, and the paper's load-bearing claim, that the
   combination of both losses is what clusters the jets;
+- ``label-fraction``: fine-tuning from the 5-class pre-trained encoder and from scratch with each fraction of the
+  labels in ``evaluate.label_fractions`` (1, 5, 10, 50, 100 %), on 5 classes and on top tagging; a claim per
+  fraction (paired bootstrap), the curves with fold-std bands and the fraction where pre-training stops helping.
 
 A study is steps and claims built from ``reproduce``'s step factories; adding one is an entry here (and its test).
 """
@@ -20,6 +23,8 @@ import numpy as np
 
 from jbot.commands import reproduce as r
 from jbot.commands.reproduce import Claim, Collected, Paired, ReproduceError, Step, Study, Variant
+from jbot.config import EvaluateConfig, JbotConfig
+from jbot.evaluate.metrics import EPS_S_TARGETS
 
 # ------------------------------------------------------------------------------------------------ ablation
 
@@ -133,23 +138,171 @@ def ablation_html(summary: dict[str, Any]) -> str:
             f"<table>{head}{body}</table>{figure}")
 
 
-def ablation() -> Study:
-    return Study("ablation", "The ablation study", _ablation_steps(), tuple(_without(v) for v in VARIANTS[1:]),
-                 "5class, qg", ablation_section, ablation_html)
+# ------------------------------------------------------------------------------------------ label fraction
+
+TASKS = (("5class", "test/acc", "accuracy"), ("tqg", "test/auc", "auc"))  # task, its claim's metric, bootstrap's
+REJECTIONS = tuple(f"test/rejection_at_{e:g}" for e in EPS_S_TARGETS)
+
+
+def pct(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def claim_name(task: str, fraction: float) -> str:
+    """``5class_10pct``: the claim (and the parent's tag ``claim.<name>``, which takes no "%")."""
+    return f"{task}_{fraction * 100:g}pct"
+
+
+def _fraction_steps(fractions: tuple[float, ...]) -> tuple[Step, ...]:
+    steps = [Step("pretrain-5class", r._pretrain("5class"))]
+    for task, metric, _ in TASKS:
+        rows = ("test/acc", *((metric, *REJECTIONS) if task == "tqg" else ()))
+        for f in fractions:
+            steps += [Step(f"finetune-{task}-{pct(f)}-pretrained", r._finetune(task, f, "pretrain-5class"),
+                           baseline=rows),
+                      Step(f"finetune-{task}-{pct(f)}-scratch", r._finetune(task, f), baseline=rows)]
+    return tuple(steps)
+
+
+def _fraction_claims(fractions: tuple[float, ...]) -> tuple[Claim, ...]:
+    claims = []
+    for task, metric, paired in TASKS:
+        what = "5-class accuracy" if task == "5class" else "top-tagging AUC"
+        for f in fractions:
+            lead = f"{task}, {pct(f)} of the labels: fine-tuned above from scratch by"
+            claims.append(Claim(
+                claim_name(task, f), (f"finetune-{task}-{pct(f)}-pretrained", f"finetune-{task}-{pct(f)}-scratch"),
+                r._above_scratch(metric, lead + f" {{gap:+.4f}} {what} (fold std {{margin:.4f}})"),
+                Paired(paired, 0.0, lead + f" {{value}} {what}")))
+    return tuple(claims)
+
+
+def _fractions_run(got: Collected) -> dict[str, tuple[float, ...]]:
+    """Each task's fractions, as its finished steps name them (the report reads what ran)."""
+    out: dict[str, tuple[float, ...]] = {}
+    for task, _, _ in TASKS:
+        prefix = f"finetune-{task}-"
+        found = {float(name[len(prefix):].split("%")[0]) / 100 for name in got.metrics
+                 if name.startswith(prefix) and name.endswith("-pretrained")}
+        out[task] = tuple(sorted(found))
+    return out
+
+
+def crossover(helps: list[tuple[float, bool]]) -> str:
+    """Where pre-training stops helping, from (fraction, clearly helps) in increasing fraction: in words."""
+    if not helps:
+        return "no fraction ran"
+    if all(h for _, h in helps):
+        return f"pre-training helps clearly at every fraction, up to {pct(helps[-1][0])}"
+    last_help = max((i for i, (_, h) in enumerate(helps) if h), default=-1)
+    if last_help < 0:
+        return "pre-training helps clearly at no fraction"
+    return (f"pre-training helps clearly up to {pct(helps[last_help][0])} of the labels; from "
+            f"{pct(helps[last_help + 1][0])} on it does not (the crossover)")
+
+
+def fraction_section(got: Collected) -> dict[str, Any]:
+    """Per task, a row per fraction (pre-trained and scratch with fold std, the gain and its verdict, and for top
+    tagging the rejections) and the crossover."""
+    claims = {c["name"]: c for c in got.claims}
+    curves: dict[str, Any] = {}
+    for task, metric, _ in TASKS:
+        rows, helps = [], []
+        for f in _fractions_run(got)[task]:
+            name = f"finetune-{task}-{pct(f)}"
+            keys = ("test/acc", *((metric, *REJECTIONS) if task == "tqg" else ()))
+            row: dict[str, Any] = {"fraction": f, **{
+                f"{side}/{key.removeprefix('test/')}": _value(got.metrics, f"{name}-{side}", key)
+                for side in ("pretrained", "scratch") for key in keys}}
+            claim = claims.get(claim_name(task, f))
+            row["verdict"] = r.verdict(claim) if claim else "-"
+            row["gain"] = row[f"pretrained/{metric.removeprefix('test/')}"][0] - \
+                row[f"scratch/{metric.removeprefix('test/')}"][0]
+            helps.append((f, bool(claim and claim["holds"] and not claim.get("within_error"))))
+            rows.append(row)
+        curves[task] = {"metric": metric.removeprefix("test/"), "rows": rows, "crossover": crossover(helps)}
+    return {"label_fraction": curves}
+
+
+def fraction_figure(curves: dict[str, Any]) -> Any:
+    """Accuracy (both tasks) and top tagging's 1/eps_b at eps_s = 0.3 and 0.5 against the labelled fraction,
+    pre-trained and from scratch, each with a band of ± the fold std."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    panels = [("5class", "acc", "5-class accuracy"), ("tqg", "acc", "top tagging: accuracy"),
+              *(("tqg", f"rejection_at_{e:g}", f"top tagging: 1/εb at εs = {e:g}") for e in EPS_S_TARGETS)]
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, _, t in panels])
+    colours = {"pretrained": "#1F77B4", "scratch": "#D62728"}
+    for col, (task, key, _) in enumerate(panels, start=1):
+        rows = curves.get(task, {}).get("rows", [])
+        x = [row["fraction"] for row in rows]
+        for side, c in colours.items():
+            value = np.array([row[f"{side}/{key}"][0] for row in rows], dtype=float)
+            std = np.nan_to_num(np.array([row[f"{side}/{key}"][1] for row in rows], dtype=float))
+            fig.add_trace(go.Scatter(x=x + x[::-1], y=list(value + std) + list((value - std)[::-1]), fill="toself",
+                                     fillcolor=c, opacity=0.15, line={"width": 0}, hoverinfo="skip",
+                                     showlegend=False, legendgroup=side), row=1, col=col)
+            fig.add_trace(go.Scatter(x=x, y=value, mode="lines+markers", name=f"{side} (± fold std)",
+                                     line_color=c, legendgroup=side, showlegend=col == 1), row=1, col=col)
+        fig.update_xaxes(type="log", title_text="labelled fraction", row=1, col=col)
+        if key.startswith("rejection"):
+            fig.update_yaxes(type="log", row=1, col=col)
+    fig.update_layout(title="Fine-tuning from the pre-trained encoder and from scratch against the labelled fraction",
+                      template="plotly_white", height=420)
+    return fig
+
+
+def fraction_html(summary: dict[str, Any]) -> str:
+    esc = html.escape
+    curves = summary.get("label_fraction", {})
+    parts = ["<h2>Label fraction</h2><p>Each fraction is a class-balanced subset of the training labels drawn by "
+             "finetune.seed; pre-trained and from scratch share it. The gain is pre-trained minus scratch on the "
+             "task's metric (5-class: accuracy, top tagging: AUC), judged by the paired bootstrap of the two "
+             "classifiers on the same test jets; pre-training helps clearly where that interval excludes 0.</p>"]
+    for task, curve in curves.items():
+        metric = curve["metric"]
+        extra = [k.split("/", 1)[1] for k in (curve["rows"][0] if curve["rows"] else {})
+                 if k.startswith("pretrained/")]
+        head = "".join(f"<th>pre-trained {esc(k)}</th><th>scratch {esc(k)}</th>" for k in extra)
+        body = "".join(
+            f"<tr><td>{pct(row['fraction'])}</td>"
+            + "".join(f"<td>{_num(row[f'pretrained/{k}'][0])} ± {_num(row[f'pretrained/{k}'][1])}</td>"
+                      f"<td>{_num(row[f'scratch/{k}'][0])} ± {_num(row[f'scratch/{k}'][1])}</td>" for k in extra)
+            + f"<td>{_num(row['gain'], 4)}</td><td>{esc(row['verdict'])}</td></tr>" for row in curve["rows"])
+        parts.append(f"<h3>{esc(task)}</h3><p><b>{esc(curve['crossover'])}</b> (on {esc(metric)}).</p>"
+                     f"<table><tr><th>labels</th>{head}<th>gain ({esc(metric)})</th><th>verdict</th></tr>{body}"
+                     "</table>")
+    if curves:
+        parts.append(fraction_figure(curves).to_html(full_html=False, include_plotlyjs=False))
+    return "".join(parts)
+
+
+def label_fraction(cfg: JbotConfig | None) -> Study:
+    fractions = (cfg.evaluate if cfg is not None else EvaluateConfig()).label_fractions
+    return Study("label-fraction", "The label-fraction study", _fraction_steps(fractions),
+                 _fraction_claims(fractions), "5class, tqg", fraction_section, fraction_html)
 
 
 # ------------------------------------------------------------------------------------------------ the registry
 
 
-def paper() -> Study:
+def paper(cfg: JbotConfig | None = None) -> Study:
     """The paper's protocol; read from ``reproduce``'s tables when asked for (a test may extend them)."""
     return Study("paper", "The paper's claims", r.STEPS, r.CLAIMS, "5class, tqg, qg")
 
 
-STUDIES: dict[str, Callable[[], Study]] = {"paper": paper, "ablation": ablation}
+def ablation(cfg: JbotConfig | None = None) -> Study:
+    return Study("ablation", "The ablation study", _ablation_steps(), tuple(_without(v) for v in VARIANTS[1:]),
+                 "5class, qg", ablation_section, ablation_html)
 
 
-def study(name: str) -> Study:
+# a study from the resolved config (None: its defaults; a report reads only its name and HTML)
+STUDIES: dict[str, Callable[[JbotConfig | None], Study]] = {
+    "paper": paper, "ablation": ablation, "label-fraction": label_fraction}
+
+
+def study(name: str, cfg: JbotConfig | None = None) -> Study:
     if name not in STUDIES:
         raise ReproduceError(f"--study is one of {', '.join(STUDIES)}, not {name!r}")
-    return STUDIES[name]()
+    return STUDIES[name](cfg)

@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import StratifiedKFold
 
 EPS_B_TARGETS = (0.1, 0.01, 0.001)
+EPS_S_TARGETS = (0.3, 0.5)  # the background rejection 1/eps_b at these signal efficiencies (two-class tasks)
 # A working point at a fixed background efficiency eps_b stands on floor(N_b x eps_b) background jets of the test
 # set. Below this many it is not resolved: logged with ``{name}_unresolved`` = 1 and without a fold std.
 MIN_BACKGROUND = 10
@@ -34,6 +35,17 @@ def eps_s_at_eps_b(is_signal: np.ndarray, score: np.ndarray, eps_b: float) -> fl
     return float(tpr[ok].max()) if ok.any() else 0.0
 
 
+def rejection_at_eps_s(is_signal: np.ndarray, score: np.ndarray, eps_s: float) -> float:
+    """1/eps_b at the first threshold whose true-positive rate reaches ``eps_s``: the background rejection there.
+    No background jet passing gives 1/eps_b > N_b; it is reported as N_b (a lower bound)."""
+    if is_signal.all() or not is_signal.any():
+        return float("nan")
+    fpr, tpr, _ = roc_curve(is_signal, score)
+    at = fpr[np.argmax(tpr >= eps_s)]
+    n_b = int((~is_signal).sum())
+    return float(n_b) if at <= 0 else float(1.0 / at)
+
+
 def fold_std(metric: Callable[[np.ndarray], float], y: np.ndarray, n_folds: int = 10, seed: int = 0) -> float:
     """Std of ``metric(index)`` over ``n_folds`` disjoint stratified folds of the test set."""
     counts = np.bincount(y)
@@ -47,10 +59,13 @@ def fold_std(metric: Callable[[np.ndarray], float], y: np.ndarray, n_folds: int 
 
 def classification_metrics(y: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...], n_folds: int = 10,
                            seed: int = 0) -> dict[str, float]:
-    """Stable names: ``acc``, ``auc_{class}`` (one-vs-rest) and, for two classes, ``auc`` and
-    ``eps_s_at_{eps_b}``; each with ``{name}_std`` over folds."""
+    """Stable names: ``acc``, ``auc_{class}`` (one-vs-rest) and, for two classes, ``auc``, ``eps_s_at_{eps_b}``
+    and ``rejection_at_{eps_s}`` (1/eps_b); each with ``{name}_std`` over folds."""
     def eps_s(target: float) -> Callable[[np.ndarray], float]:
         return lambda i: eps_s_at_eps_b(y[i] == 1, probs[i, 1], target)
+
+    def rejection(target: float) -> Callable[[np.ndarray], float]:
+        return lambda i: rejection_at_eps_s(y[i] == 1, probs[i, 1], target)
 
     def auc_of(c: int) -> Callable[[np.ndarray], float]:
         return lambda i: auc(y[i] == c, probs[i, c])
@@ -60,6 +75,8 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, class_names: tuple[
         named["auc"] = auc_of(1)
         for target in EPS_B_TARGETS:
             named[f"eps_s_at_{target:g}"] = eps_s(target)
+        for target in EPS_S_TARGETS:
+            named[f"rejection_at_{target:g}"] = rejection(target)
     else:
         for c, name in enumerate(class_names):
             named[f"auc_{name}"] = auc_of(c)

@@ -167,3 +167,16 @@ def test_finetuning_is_repeatable_whatever_ran_before(fake_data: Path) -> None:
     assert first.history == second.history
     for a, b in zip(first.model.parameters(), second.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_clustering_of_separated_and_of_mixed_classes() -> None:
+    from jbot.config import ProbeConfig
+    from jbot.evaluate.clustering import clustering_metrics
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 200)
+    centres = np.array([[0.0, 0.0], [50.0, 0.0], [0.0, 50.0]])
+    apart = clustering_metrics(centres[y] + rng.normal(size=(600, 2)), y, 3, ProbeConfig(silhouette_samples=300))
+    assert apart["purity"] == 1.0 and apart["ari"] == pytest.approx(1.0) and apart["nmi"] == pytest.approx(1.0)
+    mixed = clustering_metrics(rng.normal(size=(600, 2)), y, 3, ProbeConfig(silhouette_samples=300))
+    assert mixed["nmi"] < 0.05 and abs(mixed["ari"]) < 0.05 and mixed["purity"] < 0.45

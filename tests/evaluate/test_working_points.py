@@ -7,12 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from jbot.anomaly.detect import signal_metrics
 from jbot.cli import app
-from jbot.evaluate.metrics import MIN_BACKGROUND, classification_metrics, shown
+from jbot.evaluate.metrics import MIN_BACKGROUND, classification_metrics, rejection_at_eps_s, shown
 from tests.conftest import NewStore
 
 runner = CliRunner()
@@ -37,6 +38,21 @@ def test_each_working_point_knows_its_background_jets() -> None:
     assert a["W/n_background"] == 300 and a["W/n_signal"] == 40
     assert a["W/tpr_at_fpr_0.1_n_bkg"] == 30 and "W/tpr_at_fpr_0.1_std" in a
     assert a["combined/tpr_at_fpr_0.01_unresolved"] == 1 and "combined/tpr_at_fpr_0.01_std" not in a
+
+
+def test_background_rejection_at_fixed_signal_efficiency_by_hand() -> None:
+    # 4 signal jets scored 0.9, 0.8, 0.4, 0.2 and 5 background jets 0.7, 0.5, 0.3, 0.1, 0.05: reaching 50 % of the
+    # signal (score >= 0.8) passes no background jet; 75 % (>= 0.4) passes 2 of 5
+    sig = np.r_[np.ones(4, bool), np.zeros(5, bool)]
+    score = np.r_[0.9, 0.8, 0.4, 0.2, 0.7, 0.5, 0.3, 0.1, 0.05]
+    assert rejection_at_eps_s(sig, score, 0.5) == 5.0  # none passes: reported as N_b, a lower bound
+    assert rejection_at_eps_s(sig, score, 0.75) == pytest.approx(5 / 2)
+    assert rejection_at_eps_s(sig, score, 1.0) == pytest.approx(5 / 3)
+    rng = np.random.default_rng(1)
+    big = np.r_[np.ones(20_000, bool), np.zeros(20_000, bool)]
+    assert rejection_at_eps_s(big, rng.uniform(size=40_000), 0.3) == pytest.approx(1 / 0.3, rel=0.05)  # random
+    m = classification_metrics(big.astype(int), np.c_[1 - (s := rng.uniform(size=40_000)), s], ("q", "t"), 3)
+    assert {"rejection_at_0.3", "rejection_at_0.5", "rejection_at_0.5_std"} <= set(m)
 
 
 def test_a_small_top_tagging_test_set_is_marked_in_console_and_run(fake_data: Path, tmp_path: Path,
