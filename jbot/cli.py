@@ -394,7 +394,7 @@ def probe_cmd(
     m = result.metrics
     console.print(results_table(f"frozen-encoder probes ({preset})", result.rows(), result.class_names))
     console.print(f"clustering (k-means, {len(result.class_names)} clusters): purity {m['test/purity']:.4f}, "
-                  f"ARI {m['test/ari']:.4f}, silhouette {m['test/silhouette']:.4f}")
+                  f"ARI {m['test/ari']:.4f}, NMI {m['test/nmi']:.4f}, silhouette {m['test/silhouette']:.4f}")
     console.print(f"MLflow run {tracked.run_id}" + (f"; metrics in {out / 'probe.json'}" if out else ""))
 
 

@@ -418,7 +418,7 @@ class Study:
     (for the paper's protocol, ``STEPS`` and ``CLAIMS``), the presets its steps read (a param of the parent),
     ``title`` (the report's heading and the parent's note) and, optionally, ``section``: more of the report from
     the collected numbers (``Collected`` -> entries added to the summary, "claims" appended to its claims) with
-    ``html`` (the summary -> the section's HTML)."""
+    ``html`` (the summary -> the section's HTML); ``difference`` says what its paired claims subtract."""
 
     name: str
     title: str
@@ -427,6 +427,7 @@ class Study:
     presets: str
     section: Callable[[Collected], dict[str, Any]] | None = None
     html: Callable[[dict[str, Any]], str] | None = None
+    difference: str = "pre-trained - baseline"  # what its paired claims subtract (the claims plot's axis)
 
     @property
     def folder(self) -> str:
@@ -728,7 +729,7 @@ def ui_base(uri: str) -> str:
     return redact(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
 
 
-def claims_figure(claims: list[dict[str, Any]]) -> Any:
+def claims_figure(claims: list[dict[str, Any]], difference: str = "pre-trained - baseline") -> Any:
     """Each paired claim's difference with its 95 % interval, beside the threshold it must clear; None if none."""
     import plotly.graph_objects as go
 
@@ -747,7 +748,7 @@ def claims_figure(claims: list[dict[str, Any]]) -> Any:
     fig.add_trace(go.Scatter(x=[q["threshold"] for q in p], y=names, mode="markers", name="threshold to clear",
                              marker={"symbol": "line-ns-open", "size": 18, "color": "#444"}))
     fig.update_layout(title="Claims: paired difference on the same test jets (green holds, orange holds within "
-                      "error, red does not)", xaxis_title="difference (pre-trained - baseline)",
+                      "error, red does not)", xaxis_title=f"difference ({difference})",
                       template="plotly_white", height=140 + 50 * len(paired), legend={"orientation": "h", "y": -0.3})
     return fig
 
@@ -795,8 +796,10 @@ def write_report(path: Path, summary: dict[str, Any]) -> Path:
 
     from jbot.commands.studies import study as find
 
-    section = find(summary.get("study", "paper")).html
-    figures = [f for f in (claims_figure(summary["claims"]), numbers_figure(summary["rows"])) if f is not None]
+    chosen = find(summary.get("study", "paper"))
+    section = chosen.html
+    figures = [f for f in (claims_figure(summary["claims"], chosen.difference), numbers_figure(summary["rows"]))
+               if f is not None]
     plots = "".join(fig.to_html(full_html=False, include_plotlyjs=False) for fig in figures)
     took = summary.get("seconds")
     took_text = f" This run took {took / 60:.1f} min." if isinstance(took, (int, float)) else ""

@@ -24,7 +24,7 @@ import numpy as np
 from jbot.commands import reproduce as r
 from jbot.commands.reproduce import Claim, Collected, Paired, ReproduceError, Step, Study, Variant
 from jbot.config import EvaluateConfig, JbotConfig
-from jbot.evaluate.metrics import EPS_S_TARGETS
+from jbot.evaluate.metrics import EPS_S_TARGETS, unresolved
 
 # ------------------------------------------------------------------------------------------------ ablation
 
@@ -189,16 +189,21 @@ def _fractions_run(got: Collected) -> dict[str, tuple[float, ...]]:
 
 
 def crossover(helps: list[tuple[float, bool]]) -> str:
-    """Where pre-training stops helping, from (fraction, clearly helps) in increasing fraction: in words."""
+    """Where pre-training stops helping, from (fraction, clearly helps) in increasing fraction: in words. The
+    crossover is the smallest fraction from which on it helps clearly at no larger one."""
     if not helps:
         return "no fraction ran"
-    if all(h for _, h in helps):
-        return f"pre-training helps clearly at every fraction, up to {pct(helps[-1][0])}"
-    last_help = max((i for i, (_, h) in enumerate(helps) if h), default=-1)
-    if last_help < 0:
+    last = max((i for i, (_, h) in enumerate(helps) if h), default=-1)
+    if last < 0:
         return "pre-training helps clearly at no fraction"
-    return (f"pre-training helps clearly up to {pct(helps[last_help][0])} of the labels; from "
-            f"{pct(helps[last_help + 1][0])} on it does not (the crossover)")
+    below = [pct(f) for f, h in helps[:last] if not h]
+    if last == len(helps) - 1 and not below:
+        return f"pre-training helps clearly at every fraction, up to {pct(helps[-1][0])}"
+    text = f"pre-training helps clearly up to {pct(helps[last][0])} of the labels" + (
+        f" (not at {', '.join(below)})" if below else "")
+    if last == len(helps) - 1:
+        return text
+    return text + f"; from {pct(helps[last + 1][0])} on it does not (the crossover)"
 
 
 def fraction_section(got: Collected) -> dict[str, Any]:
@@ -211,9 +216,13 @@ def fraction_section(got: Collected) -> dict[str, Any]:
         for f in _fractions_run(got)[task]:
             name = f"finetune-{task}-{pct(f)}"
             keys = ("test/acc", *((metric, *REJECTIONS) if task == "tqg" else ()))
-            row: dict[str, Any] = {"fraction": f, **{
-                f"{side}/{key.removeprefix('test/')}": _value(got.metrics, f"{name}-{side}", key)
-                for side in ("pretrained", "scratch") for key in keys}}
+            row: dict[str, Any] = {"fraction": f}
+            for side in ("pretrained", "scratch"):
+                for key in keys:
+                    short, m = f"{side}/{key.removeprefix('test/')}", got.metrics.get(f"{name}-{side}", {})
+                    row[short] = _value(got.metrics, f"{name}-{side}", key)
+                    if unresolved(m, key):  # a working point on fewer than 10 background jets
+                        row[f"{short}_n_bkg"] = int(m.get(f"{key}_n_bkg", 0))
             claim = claims.get(claim_name(task, f))
             row["verdict"] = r.verdict(claim) if claim else "-"
             row["gain"] = row[f"pretrained/{metric.removeprefix('test/')}"][0] - \
@@ -263,12 +272,17 @@ def fraction_html(summary: dict[str, Any]) -> str:
     for task, curve in curves.items():
         metric = curve["metric"]
         extra = [k.split("/", 1)[1] for k in (curve["rows"][0] if curve["rows"] else {})
-                 if k.startswith("pretrained/")]
+                 if k.startswith("pretrained/") and not k.endswith("_n_bkg")]
         head = "".join(f"<th>pre-trained {esc(k)}</th><th>scratch {esc(k)}</th>" for k in extra)
+
+        def cell(row: dict[str, Any], key: str) -> str:
+            value, std = row[key]
+            if f"{key}_n_bkg" in row:
+                return f"<td>{_num(value)} (not resolved: {row[f'{key}_n_bkg']} bkg jets)</td>"
+            return f"<td>{_num(value)} ± {_num(std)}</td>"
         body = "".join(
             f"<tr><td>{pct(row['fraction'])}</td>"
-            + "".join(f"<td>{_num(row[f'pretrained/{k}'][0])} ± {_num(row[f'pretrained/{k}'][1])}</td>"
-                      f"<td>{_num(row[f'scratch/{k}'][0])} ± {_num(row[f'scratch/{k}'][1])}</td>" for k in extra)
+            + "".join(cell(row, f"pretrained/{k}") + cell(row, f"scratch/{k}") for k in extra)
             + f"<td>{_num(row['gain'], 4)}</td><td>{esc(row['verdict'])}</td></tr>" for row in curve["rows"])
         parts.append(f"<h3>{esc(task)}</h3><p><b>{esc(curve['crossover'])}</b> (on {esc(metric)}).</p>"
                      f"<table><tr><th>labels</th>{head}<th>gain ({esc(metric)})</th><th>verdict</th></tr>{body}"
@@ -281,7 +295,8 @@ def fraction_html(summary: dict[str, Any]) -> str:
 def label_fraction(cfg: JbotConfig | None) -> Study:
     fractions = (cfg.evaluate if cfg is not None else EvaluateConfig()).label_fractions
     return Study("label-fraction", "The label-fraction study", _fraction_steps(fractions),
-                 _fraction_claims(fractions), "5class, tqg", fraction_section, fraction_html)
+                 _fraction_claims(fractions), "5class, tqg", fraction_section, fraction_html,
+                 "pre-trained - from scratch")
 
 
 # ------------------------------------------------------------------------------------------------ the registry
@@ -294,7 +309,7 @@ def paper(cfg: JbotConfig | None = None) -> Study:
 
 def ablation(cfg: JbotConfig | None = None) -> Study:
     return Study("ablation", "The ablation study", _ablation_steps(), tuple(_without(v) for v in VARIANTS[1:]),
-                 "5class, qg", ablation_section, ablation_html)
+                 "5class, qg", ablation_section, ablation_html, "full method - variant")
 
 
 # a study from the resolved config (None: its defaults; a report reads only its name and HTML)

@@ -89,6 +89,10 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, class_names: tuple[
         out["n_background"] = float((y != 1).sum())
         for target in EPS_B_TARGETS:
             mark_working_point(out, f"eps_s_at_{target:g}", int((y != 1).sum()), target)
+        for target in EPS_S_TARGETS:  # 1/eps_b stands on the background jets that pass: N_b / (1/eps_b)
+            key = f"rejection_at_{target:g}"
+            if np.isfinite(out[key]) and out[key] > 0:
+                mark_working_point(out, key, int((y != 1).sum()), 1.0 / out[key])
     return out
 
 

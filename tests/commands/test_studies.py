@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -19,6 +20,33 @@ from tests.commands.test_reproduce import QUICK
 from tests.conftest import NewStore, write_fake_folder
 
 runner = CliRunner()
+
+
+def study_args(tmp_path: Path, study: str, store: str, sets: list[str]) -> list[str]:
+    """``jbot reproduce --study`` on 400 fake jets per class, into ``tmp_path / study``."""
+    data = write_fake_folder(tmp_path / "jets", 400)
+    return ["reproduce", "--study", study, "--scale", "demo", "--data", str(data), "--out", str(tmp_path / study),
+            "--tracking-uri", store, *[a for item in sets for a in ("--set", item)]]
+
+
+def fails_once_then_resumes(monkeypatch: pytest.MonkeyPatch, module: Any, command: str, step: str,
+                            args: list[str]) -> str:
+    """Run ``args`` with ``module.command`` failing on the step whose out_dir is ``step`` (exit 2, its message),
+    then again as it is; returns the second run's output."""
+    real = getattr(module, command)
+
+    def broken(cfg: object, source: object, **kwargs: object) -> object:
+        if Path(str(kwargs["out_dir"])).name == step:
+            raise JbotError(f"step {step} broke")
+        return real(cfg, source, **kwargs)
+
+    monkeypatch.setattr(module, command, broken)
+    first = runner.invoke(app, args)
+    assert first.exit_code == 2 and f"step {step} broke" in first.output, first.output
+    monkeypatch.undo()
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    return second.output
 
 
 def test_every_study_is_consistent_and_the_option_names_the_registry() -> None:
@@ -44,28 +72,13 @@ def test_every_study_is_consistent_and_the_option_names_the_registry() -> None:
 @pytest.mark.integration
 def test_ablation_runs_each_variant_once_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       new_store: NewStore) -> None:
-    data = write_fake_folder(tmp_path / "jets", 400)
-    store = new_store(tmp_path / "mlruns")
-    out = tmp_path / "ablation"
-    args = ["reproduce", "--study", "ablation", "--scale", "demo", "--data", str(data), "--out", str(out),
-            "--tracking-uri", store, *[a for item in QUICK for a in ("--set", item)]]
+    store, out = new_store(tmp_path / "mlruns"), tmp_path / "ablation"
+    args = study_args(tmp_path, "ablation", store, [*QUICK, "pretrain.epochs=1"])
 
     import jbot.commands.anomaly
 
-    real = jbot.commands.anomaly.tracked_anomaly
-
-    def broken_last(cfg: object, source: str, **kwargs: object) -> object:
-        if Path(str(kwargs["out_dir"])).name == "anomaly-no-mask":
-            raise JbotError("the last anomaly step broke")
-        return real(cfg, source, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(jbot.commands.anomaly, "tracked_anomaly", broken_last)
-    first = runner.invoke(app, args)
-    assert first.exit_code == 2 and "the last anomaly step broke" in first.output, first.output
-    monkeypatch.undo()
-    second = runner.invoke(app, args)
-    assert second.exit_code == 0, second.output
-    assert second.output.count("done earlier") == 19 and "20/20 anomaly-no-mask" in second.output, second.output
+    output = fails_once_then_resumes(monkeypatch, jbot.commands.anomaly, "tracked_anomaly", "anomaly-no-mask", args)
+    assert output.count("done earlier") == 19 and "20/20 anomaly-no-mask" in output, output
 
     client = MlflowClient(store)
     exp = client.get_experiment_by_name("jbot-reproduce")
@@ -76,10 +89,10 @@ def test_ablation_runs_each_variant_once_and_resumes(tmp_path: Path, monkeypatch
     assert len(children) == 20 and all(c.info.status == "FINISHED" for c in children)
     runs = {c.info.run_name: c for c in children}
     # each variant pre-trained with its own switch, on the same jets and seed
-    assert runs["pretrain-D16L1-5class-e2-part-only"].data.params["pretrain.use_cls_loss"] == "False"
-    assert runs["pretrain-D16L1-5class-e2-cls-only"].data.params["pretrain.use_part_loss"] == "False"
-    assert runs["pretrain-D16L1-qg-e2-no-koleo"].data.params["pretrain.koleo_weight"] == "0.0"
-    assert runs["pretrain-D16L1-5class-e2-no-mask"].data.params["mask.enabled"] == "False"
+    assert runs["pretrain-D16L1-5class-e1-part-only"].data.params["pretrain.use_cls_loss"] == "False"
+    assert runs["pretrain-D16L1-5class-e1-cls-only"].data.params["pretrain.use_part_loss"] == "False"
+    assert runs["pretrain-D16L1-qg-e1-no-koleo"].data.params["pretrain.koleo_weight"] == "0.0"
+    assert runs["pretrain-D16L1-5class-e1-no-mask"].data.params["mask.enabled"] == "False"
     fingerprints = {c.data.tags["jbot.data_fingerprint"] for name, c in runs.items() if "-5class-" in name}
     assert len(fingerprints) == 1
 
@@ -106,34 +119,23 @@ def test_crossover_names_where_pretraining_stops_helping() -> None:
         "pre-training helps clearly up to 10% of the labels; from 100% on it does not (the crossover)")
     assert studies.crossover([(0.01, True), (1.0, True)]) == "pre-training helps clearly at every fraction, up to 100%"
     assert studies.crossover([(0.01, False), (1.0, False)]) == "pre-training helps clearly at no fraction"
+    assert studies.crossover([(0.01, False), (0.1, True), (1.0, False)]) == (
+        "pre-training helps clearly up to 10% of the labels (not at 1%); from 100% on it does not (the crossover)")
+    assert studies.crossover([(0.01, False), (1.0, True)]) == "pre-training helps clearly up to 100% of the labels " \
+        "(not at 1%)"
 
 
 @pytest.mark.integration
 def test_label_fraction_runs_each_fraction_once_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                             new_store: NewStore) -> None:
-    data = write_fake_folder(tmp_path / "jets", 400)
-    store = new_store(tmp_path / "mlruns")
-    out = tmp_path / "fractions"
-    sets = [*QUICK, "evaluate.label_fractions=[0.25,1.0]"]
-    args = ["reproduce", "--study", "label-fraction", "--scale", "demo", "--data", str(data), "--out", str(out),
-            "--tracking-uri", store, *[a for item in sets for a in ("--set", item)]]
+    store, out = new_store(tmp_path / "mlruns"), tmp_path / "label-fraction"
+    args = study_args(tmp_path, "label-fraction", store, [*QUICK, "evaluate.label_fractions=[0.25,1.0]"])
 
     import jbot.commands.finetune
 
-    real = jbot.commands.finetune.tracked_finetune
-
-    def broken(cfg: object, source: object, **kwargs: object) -> object:
-        if Path(str(kwargs["out_dir"])).name == "finetune-tqg-25%-scratch":
-            raise JbotError("a fine-tuning step broke")
-        return real(cfg, source, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(jbot.commands.finetune, "tracked_finetune", broken)
-    first = runner.invoke(app, args)
-    assert first.exit_code == 2 and "a fine-tuning step broke" in first.output, first.output
-    monkeypatch.undo()
-    second = runner.invoke(app, args)
-    assert second.exit_code == 0, second.output
-    assert second.output.count("done earlier") == 6 and "7/9 finetune-tqg-25%-scratch" in second.output
+    output = fails_once_then_resumes(monkeypatch, jbot.commands.finetune, "tracked_finetune",
+                                     "finetune-tqg-25%-scratch", args)
+    assert output.count("done earlier") == 6 and "7/9 finetune-tqg-25%-scratch" in output, output
 
     client = MlflowClient(store)
     exp = client.get_experiment_by_name("jbot-reproduce")
@@ -152,6 +154,9 @@ def test_label_fraction_runs_each_fraction_once_and_resumes(tmp_path: Path, monk
     top = curves["tqg"]["rows"][0]
     assert top["pretrained/auc"][0] == pytest.approx(quarter.data.metrics["test/auc"])
     assert top["pretrained/rejection_at_0.5"][0] == pytest.approx(quarter.data.metrics["test/rejection_at_0.5"])
+    if quarter.data.metrics.get("test/rejection_at_0.5_unresolved"):  # on fewer than 10 background jets: said so
+        n_bkg = int(quarter.data.metrics["test/rejection_at_0.5_n_bkg"])
+        assert top["pretrained/rejection_at_0.5_n_bkg"] == n_bkg < 10
     assert curves["tqg"]["crossover"].startswith("pre-training helps clearly")
     assert {c["name"] for c in summary["claims"]} == {"5class_25pct", "5class_100pct", "tqg_25pct", "tqg_100pct"}
     report = (out / "reproduce.html").read_text()

@@ -53,6 +53,10 @@ def test_background_rejection_at_fixed_signal_efficiency_by_hand() -> None:
     assert rejection_at_eps_s(big, rng.uniform(size=40_000), 0.3) == pytest.approx(1 / 0.3, rel=0.05)  # random
     m = classification_metrics(big.astype(int), np.c_[1 - (s := rng.uniform(size=40_000)), s], ("q", "t"), 3)
     assert {"rejection_at_0.3", "rejection_at_0.5", "rejection_at_0.5_std"} <= set(m)
+    assert m["rejection_at_0.5_n_bkg"] == pytest.approx(10_000, rel=0.05) and "rejection_at_0.5_unresolved" not in m
+    small = classification_metrics(sig.astype(int), np.c_[1 - score, score], ("q", "t"), 3)
+    assert small["rejection_at_0.5"] == 5.0 and small["rejection_at_0.5_unresolved"] == 1  # on 1 background jet
+    assert small["rejection_at_0.5_n_bkg"] == 1 and "rejection_at_0.5_std" not in small
 
 
 def test_a_small_top_tagging_test_set_is_marked_in_console_and_run(fake_data: Path, tmp_path: Path,

@@ -480,9 +480,9 @@ def test_a_collapsing_pretrain_trial_is_pruned(inputs: tuple[Path, Path], tmp_pa
     storage, tracking = f"sqlite:///{tmp_path / 'optuna.db'}", new_store(tmp_path / "mlruns")
     sets = ["pretrain.epochs=4", "pretrain.batch_size=64", "pretrain.knn_every=1", "pretrain.knn_val_size=100",
             "pretrain.collapse_patience=2", "model.d_model=16", "model.n_heads=2", "model.n_layers=1",
-            "model.d_proj=8", "sweep.sampler=random", "sweep.pruner=none", "sweep.seed=3",
+            "model.d_proj=8", "sweep.sampler=random", "sweep.pruner=none", "sweep.seed=0",
             "tracking.log_system_metrics=false", "data.n_train=300", "data.n_val=100", "data.n_test=100"]
-    result = runner.invoke(app, ["sweep", "pretrain", "--space", str(space), "--trials", "3", "--data", str(data),
+    result = runner.invoke(app, ["sweep", "pretrain", "--space", str(space), "--trials", "2", "--data", str(data),
                                  "--storage", storage, "--study-name", "collapse", "--tracking-uri", tracking,
                                  *[a for item in sets for a in ("--set", item)]])
     assert result.exit_code == 0, result.output
