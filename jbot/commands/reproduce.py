@@ -818,12 +818,13 @@ def write_report(path: Path, summary: dict[str, Any]) -> Path:
                     "least).</p>" if "anomaly" in summary.get("runs", {}) else "")
     name, title = esc(summary.get("study", "paper")), esc(summary.get("title", "The paper's claims"))
     scale = esc(summary["scale"])
+    budget = f" ({esc(summary['budget'])})" if summary.get("study", "paper") == "paper" else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>jbot reproduce {name}: {scale}</title>
 <script>{plotly_js()}</script>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
 <h1>{title} at the {esc(summary['scale'])} scale (jBOT-{esc(summary['size'])})</h1>
-<p>Scale: {esc(summary['scale'])} ({esc(summary['budget'])}).{took_text} Config
+<p>Scale: {esc(summary['scale'])}{budget}.{took_text} Config
 <code>{esc(summary.get('config', ''))}</code> with the scale's sizes on top; data: <code>{esc(summary['data'])}</code>;
 MLflow parent run {link(str(summary['parent']))} (experiment {EXPERIMENT}; run links open the MLflow UI at
 <code>{esc(base)}</code>: start it with <code>jbot ui</code>). jbot's numbers are on jbot's test split of these

@@ -249,7 +249,10 @@ def fraction_figure(curves: dict[str, Any]) -> Any:
         for side, c in colours.items():
             value = np.array([row[f"{side}/{key}"][0] for row in rows], dtype=float)
             std = np.nan_to_num(np.array([row[f"{side}/{key}"][1] for row in rows], dtype=float))
-            fig.add_trace(go.Scatter(x=x + x[::-1], y=list(value + std) + list((value - std)[::-1]), fill="toself",
+            low = value - std
+            if key.startswith("rejection"):  # a log axis: the band stops at a tenth of the value
+                low = np.maximum(low, value / 10)
+            fig.add_trace(go.Scatter(x=x + x[::-1], y=list(value + std) + list(low[::-1]), fill="toself", mode="lines",
                                      fillcolor=c, opacity=0.15, line={"width": 0}, hoverinfo="skip",
                                      showlegend=False, legendgroup=side), row=1, col=col)
             fig.add_trace(go.Scatter(x=x, y=value, mode="lines+markers", name=f"{side} (± fold std)",
