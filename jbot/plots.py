@@ -141,5 +141,5 @@ def maps_side_by_side(maps: dict[str, dict[str, np.ndarray]], title: str) -> go.
             seen.add(name)
         fig.update_xaxes(showticklabels=False, row=1, col=col)
         fig.update_yaxes(showticklabels=False, row=1, col=col)
-    fig.update_layout(title=title, template="plotly_white", height=380)
+    fig.update_layout(title=title, template="plotly_white", height=380, legend={"itemsizing": "constant"})
     return fig
