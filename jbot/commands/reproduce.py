@@ -682,16 +682,14 @@ class _Outputs:
 
     def anomaly_aucs(self, step: str, score: str) -> dict[str, Any] | None:
         """The bootstrap of each signal's AUC of ``score`` from the step's per-jet anomaly scores, or None."""
-        download = getattr(self.client, "download_artifacts", None)
-        if download is None or step not in self.done:
-            return None
         from jbot.evaluate.bootstrap import ANOMALY_SCORES, BootstrapError, anomaly_auc_bootstrap
-        from jbot.tracking.mlflow import MlflowError
 
+        path = self.artifact(step, ANOMALY_SCORES)
+        if path is None:
+            return None
         try:
-            path = download(self.done[step], ANOMALY_SCORES, str(self._dst(self.done[step])))
             return anomaly_auc_bootstrap(path, score)
-        except (MlflowError, OSError, BootstrapError, ValueError, KeyError):
+        except (OSError, BootstrapError, ValueError, KeyError):
             return None
 
     def se(self, step: str, key: str) -> float | None:

@@ -60,8 +60,8 @@ def _without(v: Variant) -> Claim:
 
 
 def _value(metrics: dict[str, dict[str, float]], step: str, key: str) -> tuple[float, float]:
-    m = metrics.get(step, {})
-    return m.get(key, float("nan")), m.get(f"{key}_std", float("nan"))
+    """(value, fold std) of a step's metric, NaN where absent."""
+    return r.Metrics(metrics.get(step, {}))[key]
 
 
 def ablation_section(got: Collected) -> dict[str, Any]:
