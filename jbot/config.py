@@ -339,12 +339,30 @@ class RuntimeConfig(Section):
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
+# the ablation study's variants (commands.studies.VARIANTS: a test keeps the two lists equal)
+AblationVariant = Literal["full", "part-only", "cls-only", "no-koleo", "no-mask"]
+ABLATION_VARIANTS: tuple[AblationVariant, ...] = ("full", "part-only", "cls-only", "no-koleo", "no-mask")
+
+
 class EvaluateConfig(Section):
     """Settings shared by every evaluation (probes, fine-tuned taggers, anomaly scores)."""
 
     n_folds: int = Field(default=10, ge=2, le=1000)  # stratified folds behind every metric's ± (its std over folds)
     # the fractions of the labels `jbot reproduce --study label-fraction` fine-tunes with (pre-trained and scratch)
     label_fractions: tuple[float, ...] = (0.01, 0.05, 0.1, 0.5, 1.0)
+    # the variants `jbot reproduce --study ablation` pre-trains beside the full method (the names of
+    # commands.studies.VARIANTS), and whether each is pre-trained again on q+g for its anomaly AUC
+    ablation_variants: tuple[AblationVariant, ...] = ABLATION_VARIANTS
+    ablation_anomaly: bool = True
+
+    @field_validator("ablation_variants")
+    @classmethod
+    def _ablation_variants(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "full" not in value:
+            raise ValueError("the full method is what every variant is compared with: keep 'full' in the list")
+        if len(value) < 2:
+            raise ValueError("give at least one variant beside 'full'")
+        return tuple(v for v in ABLATION_VARIANTS if v in value)  # the study's order, each once
 
     @field_validator("label_fractions")
     @classmethod

@@ -117,6 +117,11 @@ def make_config(scale: Scale, size: str, data: Path, overrides: list[str], track
     return with_overrides(cfg, {"tracking.uri": tracking_uri})
 
 
+# which of a study's steps run (each step is one variant or fraction, named by it): outside the plan's key, logged on
+# the parent as tags (a resumed parent's params cannot change)
+SELECTION = ("evaluate.ablation_variants", "evaluate.ablation_anomaly", "evaluate.label_fractions")
+
+
 def plan_for(scale_name: str, size: str, data: Path, out: Path, overrides: list[str], tracking_uri: str,
              study_name: str = "paper") -> Plan:
     from jbot.commands.studies import study
@@ -127,7 +132,9 @@ def plan_for(scale_name: str, size: str, data: Path, out: Path, overrides: list[
     cfg = make_config(scale, size, data, overrides, tracking_uri)
     chosen = study(study_name, cfg)
     check_tables(chosen)
-    identity = {"scale": scale.name, "size": size, "config": flatten(cfg), "out": str(out.resolve()),
+    # the study's selection is not in the key: a later run naming more variants or fractions runs only those
+    config = {k: v for k, v in flatten(cfg).items() if k not in SELECTION}
+    identity = {"scale": scale.name, "size": size, "config": config, "out": str(out.resolve()),
                 **({"study": chosen.name} if chosen.name != "paper" else {})}
     blob = json.dumps(identity, sort_keys=True, default=str)
     plan = Plan(scale, size, cfg, out, hashlib.sha1(blob.encode()).hexdigest()[:12], chosen)
@@ -503,19 +510,21 @@ def _parent(plan: Plan) -> tuple[str, dict[str, str]]:
     exp = experiment_id(client, EXPERIMENT, uri)
     found = client.search_runs([exp], f"tags.`jbot.reproduce_key` = '{plan.key}'", max_results=1,
                                order_by=["attributes.start_time DESC"])
+    selection = {f"reproduce.{k}": str(v) for k, v in flatten(plan.cfg).items() if k in SELECTION}
     if found:
         run = found[0]
         client.update_run(run.info.run_id, status="RUNNING")
+        MlflowRun(client, run.info.run_id).set_tags(selection)
         done = {name: run.data.tags[step_tag(name)] for name, _ in plan.steps if step_tag(name) in run.data.tags}
         finished = {s: r for s, r in done.items() if client.get_run(r).info.status == "FINISHED"}
         return run.info.run_id, finished
     study = plan.study
     run = client.create_run(exp, run_name=f"{study.folder}-{plan.scale.name}-{plan.size}", tags={
         "jbot.reproduce_key": plan.key, "jbot.role": "reproduce-parent", "jbot.git_commit": git_commit(),
-        "jbot.study": study.name,
+        "jbot.study": study.name, **selection,
         "mlflow.note.content": f"{study.title} at the {plan.scale.name} scale ({plan.scale.budget}), jBOT-{plan.size}"})
     # its steps run on several splits: the parent names them all instead of one data.preset
-    params = {k: v for k, v in flatten(public_config(plan.cfg)).items() if k != "data.preset"}
+    params = {k: v for k, v in flatten(public_config(plan.cfg)).items() if k != "data.preset" and k not in SELECTION}
     MlflowRun(client, run.info.run_id).log_params({**params, "reproduce.presets": study.presets,
                                                    "reproduce.study": study.name,
                                                    "tracking.uri": redact(uri),

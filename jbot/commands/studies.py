@@ -41,13 +41,15 @@ ANOMALY_ROW = "test/knn/combined/auc"
 SINGLE_LOSS = ("part-only", "cls-only")  # the variants the paper's claim is about
 
 
-def _ablation_steps() -> tuple[Step, ...]:
+def _ablation_steps(variants: tuple[Variant, ...], anomaly: bool) -> tuple[Step, ...]:
     steps: list[Step] = []
-    for v in VARIANTS:
+    for v in variants:
         steps += [Step(f"pretrain-5class-{v.name}", r._pretrain("5class", v)),
-                  Step(f"probe-{v.name}", r._probe("5class", f"pretrain-5class-{v.name}"), baseline=PROBE_ROWS),
-                  Step(f"pretrain-qg-{v.name}", r._pretrain("qg", v)),
-                  Step(f"anomaly-{v.name}", r._anomaly("qg", f"pretrain-qg-{v.name}"), baseline=(ANOMALY_ROW,))]
+                  Step(f"probe-{v.name}", r._probe("5class", f"pretrain-5class-{v.name}"), baseline=PROBE_ROWS)]
+        if anomaly:
+            steps += [Step(f"pretrain-qg-{v.name}", r._pretrain("qg", v)),
+                      Step(f"anomaly-{v.name}", r._anomaly("qg", f"pretrain-qg-{v.name}"),
+                           baseline=(ANOMALY_ROW,))]
     return tuple(steps)
 
 
@@ -73,6 +75,8 @@ def ablation_section(got: Collected) -> dict[str, Any]:
     full_knn, full_std = _value(got.metrics, "probe-full", "test/knn_acc")
     rows, maps = [], {}
     for v in VARIANTS:
+        if f"probe-{v.name}" not in got.metrics and f"pretrain-5class-{v.name}" not in got.metrics:
+            continue  # not among evaluate.ablation_variants
         knn, std = _value(got.metrics, f"probe-{v.name}", "test/knn_acc")
         pre = got.metrics.get(f"pretrain-5class-{v.name}", {})
         claim = claims.get(f"without_{v.name}")
@@ -94,12 +98,14 @@ def ablation_section(got: Collected) -> dict[str, Any]:
                 maps[v.name] = {k: f[k] for k in f.files}
     single = [claims[f"without_{n}"] for n in SINGLE_LOSS if f"without_{n}" in claims]
     holds = len(single) == len(SINGLE_LOSS) and all(c["holds"] for c in single)
+    missing = [n for n in SINGLE_LOSS if f"without_{n}" not in claims]
     combination = {
         "name": "combination", "holds": holds,
         "within_error": holds and any(c.get("within_error") for c in single),
         "text": "the paper's claim, that the combination of particle- and jet-level distillation is what clusters "
                 "the jets: the full method above both single-loss variants in 5-class k-NN accuracy ("
-                + "; ".join(f"{c['name'].removeprefix('without_')}: {r.verdict(c)}" for c in single) + ")"}
+                + "; ".join([f"{c['name'].removeprefix('without_')}: {r.verdict(c)}" for c in single]
+                            + [f"{n}: not run (evaluate.ablation_variants)" for n in missing]) + ")"}
     return {"claims": [combination], "ablation": rows, "_maps": maps}
 
 
@@ -311,8 +317,14 @@ def paper(cfg: JbotConfig | None = None) -> Study:
 
 
 def ablation(cfg: JbotConfig | None = None) -> Study:
-    return Study("ablation", "The ablation study", _ablation_steps(), tuple(_without(v) for v in VARIANTS[1:]),
-                 "5class, qg", ablation_section, ablation_html, "full method - variant")
+    """The full method and the variants of ``evaluate.ablation_variants`` (q+g anomaly steps with
+    ``evaluate.ablation_anomaly``)."""
+    ev = cfg.evaluate if cfg is not None else EvaluateConfig()
+    variants = tuple(v for v in VARIANTS if v.name in ev.ablation_variants)
+    return Study("ablation", "The ablation study", _ablation_steps(variants, ev.ablation_anomaly),
+                 tuple(_without(v) for v in variants if v is not FULL),
+                 "5class, qg" if ev.ablation_anomaly else "5class", ablation_section, ablation_html,
+                 "full method - variant")
 
 
 # a study from the resolved config (None: its defaults; a report reads only its name and HTML)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from jbot.cli import app
 from jbot.commands import studies
 from jbot.commands.reproduce import ReproduceError, _trained_on, check_tables, plan_for
-from jbot.config import flatten, load_config
+from jbot.config import ABLATION_VARIANTS, flatten, load_config
 from jbot.errors import JbotError
 from tests.commands.test_reproduce import QUICK
 from tests.conftest import NewStore, write_fake_folder
@@ -58,6 +58,16 @@ def test_every_study_is_consistent_and_the_option_names_the_registry() -> None:
     assert [v.name for v in studies.VARIANTS] == ["full", "part-only", "cls-only", "no-koleo", "no-mask"]
     assert len(ablation.steps) == 4 * len(studies.VARIANTS)
     assert [c.name for c in ablation.claims] == [f"without_{v.name}" for v in studies.VARIANTS[1:]]
+    assert ABLATION_VARIANTS == tuple(v.name for v in studies.VARIANTS)  # the config's names are the registry's
+    some = studies.study("ablation", load_config("jbot-s-cpu", [
+        "evaluate.ablation_variants=[cls-only,full,part-only]", "evaluate.ablation_anomaly=false"]))
+    assert [s.name for s in some.steps] == [f"{kind}-{v}" for v in ("full", "part-only", "cls-only")
+                                            for kind in ("pretrain-5class", "probe")]
+    assert [c.name for c in some.claims] == ["without_part-only", "without_cls-only"]
+    for bad_variants, message in (("[part-only,cls-only]", "keep 'full' in the list"), ("[full]", "at least one"),
+                                  ("[full,no-kolo]", "Input should be")):
+        with pytest.raises(ValueError, match=message):
+            load_config("jbot-s-cpu", [f"evaluate.ablation_variants={bad_variants}"])
     fractions = studies.study("label-fraction", load_config("jbot-s-cpu", ["evaluate.label_fractions=[1.0,0.05]"]))
     assert [s.name for s in fractions.steps] == ["pretrain-5class", *(
         f"finetune-{task}-{p}-{side}" for task in ("5class", "tqg") for p in ("5%", "100%")
@@ -67,6 +77,16 @@ def test_every_study_is_consistent_and_the_option_names_the_registry() -> None:
         load_config("jbot-s-cpu", ["evaluate.label_fractions=[0.5,1.5]"])
     bad = runner.invoke(app, ["reproduce", "--study", "abalation"])
     assert bad.exit_code == 2 and "--study is one of paper, ablation, label-fraction" in bad.output, bad.output
+
+
+def test_naming_more_variants_or_fractions_later_resumes_the_same_parent(tmp_path: Path) -> None:
+    def key(study: str, sets: list[str]) -> str:
+        return plan_for("demo", "S", tmp_path / "jets", tmp_path / study, sets, f"sqlite:///{tmp_path / 'm.db'}",
+                        study).key
+
+    three = key("ablation", ["evaluate.ablation_variants=[full,part-only,cls-only]", "evaluate.ablation_anomaly=false"])
+    assert three == key("ablation", []) != key("ablation", ["pretrain.epochs=3"])
+    assert key("label-fraction", ["evaluate.label_fractions=[0.5]"]) == key("label-fraction", [])
 
 
 def test_each_variant_pretrains_with_its_own_switch_on_the_same_jets(tmp_path: Path) -> None:
@@ -87,11 +107,11 @@ def test_each_variant_pretrains_with_its_own_switch_on_the_same_jets(tmp_path: P
 @pytest.mark.integration
 def test_ablation_runs_each_variant_once_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       new_store: NewStore) -> None:
-    """Three of the variants (the two single-loss ones the paper's claim is about), to keep the test short; the
-    switches of all are checked above."""
-    monkeypatch.setattr(studies, "VARIANTS", studies.VARIANTS[:3])
+    """Three of the variants (the two single-loss ones the paper's claim is about, chosen by
+    evaluate.ablation_variants), to keep the test short; the switches of all are checked above."""
     store, out = new_store(tmp_path / "mlruns"), tmp_path / "ablation"
-    args = study_args(tmp_path, "ablation", store, [*QUICK, "pretrain.epochs=1"])
+    args = study_args(tmp_path, "ablation", store, [*QUICK, "pretrain.epochs=1",
+                                                    "evaluate.ablation_variants=[full,part-only,cls-only]"])
 
     import jbot.commands.anomaly
 
