@@ -4,7 +4,7 @@ Inputs: ``jets`` (batch, P, F) float32, plus ``jet_features`` (batch, 4) for jet
 ``jbot embed`` writes them: ``cls`` (batch, D), ``particles`` (batch, P, D) and, for classifiers, ``probs``
 (batch, C). The batch axis is dynamic; P is fixed in the graph, the model's ``model.n_particles`` (30 for JetNet,
 150 for JetNet150: the traced example has that many slots). Uses PyTorch's ``torch.export``-based exporter
-(needs ``onnx`` and ``onnxscript``: ``pip install 'jbot[export]'``).
+(needs ``onnx`` and ``onnxscript``: ``pip install 'jbot-hep[export]'``).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def export_onnx(loaded: LoadedModel, out: str | Path) -> dict[str, list[str]]:
         import onnxscript  # noqa: F401
     except ImportError as exc:
         raise ExportError(f"ONNX export needs the packages onnx and onnxscript ({exc.name} is missing): "
-                          "pip install 'jbot[export]'") from None
+                          "pip install 'jbot-hep[export]'") from None
     cfg = loaded.encoder.cfg
     graph = _Graph(loaded)
     jets = torch.zeros(2, cfg.n_particles, cfg.n_features)

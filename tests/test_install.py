@@ -47,7 +47,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     shutil.copytree(PROJECT_ROOT / "jbot", source / "jbot", ignore=shutil.ignore_patterns("__pycache__"))
     _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir",
           str(root / "dist"), str(source)], root, env)
-    (wheel,) = (root / "dist").glob("jbot-*.whl")
+    (wheel,) = (root / "dist").glob("jbot_hep-*.whl")
     venv = root / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], root, env)
     site = Path(_run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],

@@ -536,7 +536,7 @@ def _parent(plan: Plan) -> tuple[str, dict[str, str]]:
 def run_reproduction(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
     """Run (or finish) every step; returns the report's numbers. A failing step ends the parent FAILED and
     keeps the finished steps for the next run of the same command."""
-    from jbot.tracking.mlflow import connect, store_uri
+    from jbot.tracking.mlflow import connect, store_uri, ui_base
 
     client = connect(store_uri(plan.cfg))
     parent, done = _parent(plan)
@@ -729,13 +729,6 @@ ERRORS_TEXT = (
     "outputs (runs of an older jbot) is judged on its full-set numbers against the fold std, as its line says.")
 
 
-def ui_base(uri: str) -> str:
-    """Where the report's run links point: the tracking server itself, else the address `jbot ui` serves."""
-    from jbot.redaction import redact
-
-    return redact(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-
-
 def claims_figure(claims: list[dict[str, Any]], difference: str = "pre-trained - baseline") -> Any:
     """Each paired claim's difference with its 95 % interval, beside the threshold it must clear; None if none."""
     import plotly.graph_objects as go
@@ -798,7 +791,9 @@ def write_report(path: Path, summary: dict[str, Any]) -> Path:
     def link(run_id: str) -> str:
         if not run_id or run_id not in experiments:
             return f"<code>{esc(str(run_id))}</code>"
-        return (f"<a href='{esc(base)}/#/experiments/{esc(str(experiments[run_id]))}/runs/{esc(run_id)}'>"
+        from jbot.tracking.mlflow import run_link
+
+        return (f"<a href='{esc(run_link(base, str(experiments[run_id]), run_id))}'>"
                 f"<code>{esc(run_id[:8])}</code></a>")
 
     from jbot.commands.studies import study as find

@@ -29,7 +29,7 @@ from jbot.data.jetnet import class_file, write_jetnet
 from jbot.errors import JbotError
 
 INSTALL_HINT = (
-    "jet generation needs Pythia8 and FastJet: pip install 'jbot[generate]' "
+    "jet generation needs Pythia8 and FastJet: pip install 'jbot-hep[generate]' "
     "(pythia8mc 8.317.x has binary wheels; newer releases compile from source for an hour)"
 )
 LIGHT_QUARKS = {1, 2, 3}

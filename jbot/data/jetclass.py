@@ -60,7 +60,7 @@ def uproot_module() -> Any:
         import awkward  # noqa: F401
         import uproot
     except ImportError:
-        raise MissingReader("reading ROOT files needs uproot and awkward: pip install 'jbot[jetclass]'") from None
+        raise MissingReader("reading ROOT files needs uproot and awkward: pip install 'jbot-hep[jetclass]'") from None
     return uproot
 
 
@@ -188,7 +188,8 @@ def parquet_module() -> Any:
         import awkward as ak
         import pyarrow  # noqa: F401
     except ImportError:
-        raise MissingReader("reading parquet files needs awkward and pyarrow: pip install 'jbot[jetclass]'") from None
+        raise MissingReader("reading parquet files needs awkward and pyarrow: "
+                            "pip install 'jbot-hep[jetclass]'") from None
     return ak
 
 

@@ -246,6 +246,16 @@ def save_runs_view(client: MlflowClient, experiment_id: str) -> str:
     return VIEW_KEY
 
 
+def ui_base(uri: str) -> str:
+    """Where printed and written run links point: the tracking server itself, else the address `jbot ui` serves."""
+    return redact(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+
+def run_link(base: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI (model-training view)."""
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
 def git_commit() -> str:
     """The commit of the jbot source checkout this package runs from; "unknown" for an installed package."""
     checkout = Path(jbot.__file__).resolve().parent.parent

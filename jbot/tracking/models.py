@@ -38,8 +38,12 @@ class JbotPyfunc(PythonModel):
 
     # np.ndarray: a hint MLflow derives no schema from (the logged signature is the schema)
     def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
-        x = np.asarray(model_input, dtype=np.float32)
         enc = self.model.encoder
+        try:
+            x = np.asarray(model_input, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"expected float jets (N, P, {enc.cfg.n_features}), got {type(model_input).__name__} "
+                             f"that is not a float array ({str(exc)[:200]})") from None
         if x.ndim != 3:
             raise ValueError(f"expected jets (N, P, {enc.cfg.n_features}), got shape {x.shape}")
         if (mismatch := schema_mismatch("model input", x, enc.cfg.features)) is not None:
@@ -61,14 +65,17 @@ def log_jbot_model(checkpoint: str | Path, example: np.ndarray, n_out: int, clas
     columns = layout(features)
     if n_features != len(columns):
         raise ValueError(f"the input example has {n_features} columns, the schema {len(columns)} ({columns})")
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_particles, n_features))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_out))]),
-    )
+    # the output schema only: MLflow's check of an input schema rejects float64 jets with a dump of the whole
+    # array; predict checks the input itself, in one line, and takes any float dtype (the input's layout is in
+    # the metadata and the model card)
+    signature = ModelSignature(outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_out))]))
     name = "jbot-classifier" if classifier else "jbot-encoder"
     with _quiet("mlflow.pyfunc"):
-        info = _log_pyfunc(checkpoint, signature, example, name, {"jbot.features": ",".join(columns),
-                                                                    "jbot.n_particles": str(n_particles)})
+        info = _log_pyfunc(checkpoint, signature, example, name, {
+            "jbot.features": ",".join(columns), "jbot.n_particles": str(n_particles), "jbot.version": jbot.__version__,
+            "jbot.input": f"float jets (N, {n_particles}, {n_features}): {', '.join(columns)}",
+            "jbot.output": f"float32 (N, {n_out}): "
+                           + ("class probabilities" if classifier else "the [CLS] embedding")})
     mlflow.set_tags({"jbot.model_uri": info.model_uri, "jbot.features": ",".join(columns)})
     return info.model_uri
 
@@ -84,13 +91,28 @@ def _quiet(logger: str):  # type: ignore[no-untyped-def]
         log.setLevel(level)
 
 
+def model_requirements() -> list[str]:
+    """What the logged model needs installed: torch and mlflow (numpy, pydantic and PyYAML come with mlflow). jbot
+    itself travels with the model as code (``code_paths``): the distribution is not needed to load it."""
+    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
+
+
+def _package_copy() -> Path:
+    """This jbot package, without compiled files, in a scratch folder: the model's code."""
+    import shutil
+
+    dest = scratch_dir("model-code-") / "jbot"
+    shutil.copytree(Path(jbot.__file__).resolve().parent, dest,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest
+
+
 def _log_pyfunc(checkpoint: str | Path, signature: ModelSignature, example: np.ndarray, name: str,
                 metadata: dict[str, str]) -> Any:
     return mlflow.pyfunc.log_model(
         name=name, python_model=JbotPyfunc(), artifacts={CHECKPOINT_KEY: str(checkpoint)},
         signature=signature, input_example=example.astype(np.float32), metadata=metadata,
-        pip_requirements=[f"jbot=={jbot.__version__}", f"torch=={torch.__version__.split('+')[0]}",
-                          f"mlflow=={mlflow.__version__}"],
+        code_paths=[str(_package_copy())], pip_requirements=model_requirements(),
     )
 
 

@@ -73,20 +73,92 @@ def register_best(client: MlflowClient, experiment: str, metric: str, name: str,
     else:
         register_model(run.data.tags["jbot.model_uri"], name)
         version, created = _deduplicate(client, name, run_id), True
+    card, card_tags = model_card(client, run, Selection(experiment, metric, mode, filter_string, parent_run_id),
+                                 f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}")
     tags = {"jbot.metric": metric, "jbot.metric_value": repr(value), "jbot.run_id": run_id,
             "jbot.experiment": experiment,
-            "jbot.sweep": run.data.tags.get("mlflow.parentRunId", "")}
+            "jbot.sweep": run.data.tags.get("mlflow.parentRunId", ""), **card_tags}
     for key, val in tags.items():
         _retry(functools.partial(client.set_model_version_tag, name, version, key, val))
     if not client.get_registered_model(name).description:
         _retry(lambda: client.update_registered_model(
             name, description="jBOT encoders and classifiers registered by `jbot register best`; each version's "
-                              "tags name the run, experiment and metric it was chosen by"))
-    _retry(lambda: client.update_model_version(
-        name, version, description=f"best of experiment {experiment} by {metric} = {value:.4g} (run {run_id})"))
+                              "description is its model card (input, output, training data, how it was chosen)"))
+    _retry(lambda: client.update_model_version(name, version, description=card))
     if alias:
         _retry(lambda: client.set_registered_model_alias(name, alias, version))
     return Registered(name, version, run_id, metric, value, alias, created)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How ``register best`` chose a run: the experiment, metric and direction, the filter and parent run."""
+
+    experiment: str
+    metric: str
+    mode: str
+    filter_string: str | None = None
+    parent_run_id: str | None = None
+
+    def text(self, value: float) -> str:
+        where = f"experiment {self.experiment}" + (f", runs matching `{self.filter_string}`" if self.filter_string
+                                                   else "") + (f", children of run {self.parent_run_id}"
+                                                               if self.parent_run_id else "")
+        return f"the {'highest' if self.mode == 'max' else 'lowest'} {self.metric} ({value:.4g}) of {where}"
+
+
+def model_card(client: MlflowClient, run: mlflow.entities.Run, how: Selection,
+               uri: str = "models:/NAME@ALIAS") -> tuple[str, dict[str, str]]:
+    """A registered version's card (Markdown, its description in the registry) and the tags that carry the same
+    facts: what goes in and comes out, the data it was trained on, how it was chosen, the reproduction's verdicts
+    when it came from one, and a link to its run."""
+    from jbot.redaction import redact
+    from jbot.tracking.mlflow import run_link, ui_base
+
+    tags, params = run.data.tags, run.data.params
+    meta: dict[str, str] = {}
+    try:
+        meta = dict(mlflow.models.get_model_info(tags["jbot.model_uri"]).metadata or {})
+    except (mlflow.exceptions.MlflowException, OSError):
+        pass  # a model logged before its metadata named the input: the run's tags say it
+    columns = tags.get("jbot.features", "")
+    n_particles = meta.get("jbot.n_particles", params.get("model.n_particles", "?"))
+    given = meta.get("jbot.input", f"float jets (N, {n_particles}, {len(columns.split(','))}): {columns}")
+    out = meta.get("jbot.output", "float32 (N, D): the [CLS] embedding")
+    data = params.get("data.dir", "?")
+    fingerprint = tags.get("jbot.data_fingerprint", "?")
+    preset = tags.get("jbot.preset", params.get("data.preset", "?"))
+    value = run.data.metrics[how.metric]
+    lines = [
+        f"**{run.info.run_name}**, from `jbot {tags.get('jbot.command', '?')}`",
+        "",
+        f"- **Input**: {given} (pT-ordered particles; padding rows have valid = 0)",
+        f"- **Output**: {out}",
+        f"- **Trained on**: `{data}` (split preset {preset}, data fingerprint `{fingerprint[:16]}`)",
+        f"- **Encoder**: d_model {params.get('model.d_model', '?')}, {params.get('model.n_layers', '?')} layers, "
+        f"{params.get('pretrain.epochs', '?')} pre-training epochs",
+        f"- **Chosen as**: {how.text(value)}",
+    ]
+    verdicts: dict[str, str] = {}
+    parent_id = tags.get("mlflow.parentRunId")
+    if parent_id:
+        parent = client.get_run(parent_id)
+        if parent.data.tags.get("jbot.role") == "reproduce-parent":
+            verdicts = {k.removeprefix("claim."): v for k, v in sorted(parent.data.tags.items())
+                        if k.startswith("claim.")}
+            lines.append(f"- **From** `jbot reproduce` ({parent.info.run_name}, run {parent_id}): "
+                         + ("; ".join(f"{k}: {v}" for k, v in verdicts.items()) or "no verdicts yet"))
+    link = run_link(ui_base(str(client.tracking_uri)), run.info.experiment_id, run.info.run_id)
+    lines += [f"- **Run**: [{run.info.run_id}]({link}); jbot {tags.get('jbot.version', '?')}, commit "
+              f"{tags.get('jbot.git_commit', 'unknown')[:12]}",
+              "",
+              f"Load it: `jbot.load_encoder(\"{uri}\")`, or `mlflow.pyfunc.load_model(\"{uri}\").predict(jets)` "
+              "in any environment with torch and mlflow (jbot travels inside the model)."]
+    card_tags = {"jbot.input": given, "jbot.output": out, "jbot.data": redact(data),
+                 "jbot.data_fingerprint": fingerprint,
+                 "jbot.preset": preset, "jbot.selected_by": how.text(value),
+                 **({"jbot.verdicts": "; ".join(f"{k}: {v}" for k, v in verdicts.items())} if verdicts else {})}
+    return redact("\n".join(lines)), card_tags
 
 
 def register_model(model_uri: str, name: str) -> str:

@@ -14,8 +14,8 @@ from jbot.config import GenerateConfig
 from jbot.data.jetnet import read_jetnet
 from tests.conftest import KERAS_FIXTURES
 
-ort = pytest.importorskip("onnxruntime", reason="install the export extra: pip install 'jbot[export]'")
-pytest.importorskip("pythia8mc", reason="install the generate extra: pip install 'jbot[generate]'")
+ort = pytest.importorskip("onnxruntime", reason="install the export extra: pip install 'jbot-hep[export]'")
+pytest.importorskip("pythia8mc", reason="install the generate extra: pip install 'jbot-hep[generate]'")
 runner = CliRunner()
 KERAS = KERAS_FIXTURES
 

@@ -42,7 +42,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_jetclass_with_declared_features_end_to_end(folders: tuple[Path, Path], tmp_path: Path,
                                                     new_store: NewStore) -> None:
-    ort = pytest.importorskip("onnxruntime", reason="install the export extra: pip install 'jbot[export]'")
+    ort = pytest.importorskip("onnxruntime", reason="install the export extra: pip install 'jbot-hep[export]'")
     root, parquet = folders
     store = new_store(tmp_path / "store")
     client = MlflowClient(store)

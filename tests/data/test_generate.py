@@ -13,7 +13,7 @@ from jbot.config import GenerateConfig
 from jbot.data.generate import generate
 from jbot.data.jetnet import read_jetnet
 
-pytest.importorskip("pythia8mc", reason="install the generate extra: pip install 'jbot[generate]'")
+pytest.importorskip("pythia8mc", reason="install the generate extra: pip install 'jbot-hep[generate]'")
 pytestmark = pytest.mark.generate
 
 

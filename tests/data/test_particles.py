@@ -150,7 +150,7 @@ def test_validation_stays_strict_at_150(folder_150: Path, tmp_path: Path) -> Non
 def test_cli_end_to_end_on_jetnet150(folder_150: Path, tmp_path: Path, new_store: NewStore) -> None:
     """data info, pretrain with model.n_particles=150, then probe, finetune, anomaly, embed and export of that
     encoder (which carry its 150 particles: no --set needed), ONNX Runtime matching the torch encoder."""
-    ort = pytest.importorskip("onnxruntime", reason="install the export extra: pip install 'jbot[export]'")
+    ort = pytest.importorskip("onnxruntime", reason="install the export extra: pip install 'jbot-hep[export]'")
     store = new_store(tmp_path / "store")
     client = MlflowClient(store)
     ok = cli_ok(store)
@@ -199,7 +199,7 @@ def test_cli_end_to_end_on_jetnet150(folder_150: Path, tmp_path: Path, new_store
 
 @pytest.mark.generate
 def test_generate_keeps_the_hardest_particles(tmp_path: Path) -> None:
-    pytest.importorskip("pythia8mc", reason="install the generate extra: pip install 'jbot[generate]'")
+    pytest.importorskip("pythia8mc", reason="install the generate extra: pip install 'jbot-hep[generate]'")
     result = runner.invoke(app, ["data", "generate", "--out", str(tmp_path), "--classes", "q", "--jets-per-class",
                                    "20", "--chunk-size", "20", "--particles", "60", "--seed", "2"])
     assert result.exit_code == 0, result.output

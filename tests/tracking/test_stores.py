@@ -210,8 +210,8 @@ def test_the_export_hint_keeps_its_extra(capsys: pytest.CaptureFixture[str]) -> 
     from jbot.errors import JbotError
 
     with pytest.raises(typer.Exit), user_errors():
-        raise JbotError("exporting to ONNX needs onnx: pip install 'jbot[export]'")
-    assert "pip install 'jbot[export]'" in capsys.readouterr().err
+        raise JbotError("exporting to ONNX needs onnx: pip install 'jbot-hep[export]'")
+    assert "pip install 'jbot-hep[export]'" in capsys.readouterr().err
 
 
 def test_a_batch_larger_than_the_training_set_is_said_and_logged(fake_data: Path, tmp_path: Path,

@@ -95,6 +95,15 @@ def test_register_best_mode_idempotent_and_alias(tmp_path: Path, store: str) -> 
     filtered = register_best(client, "reg-test", "test/acc", "jbot-encoder", "max", None,
                              f"attributes.run_id != '{run_ids[1]}'")
     assert filtered.run_id == run_ids[0]
+    # each version's description is its model card, and its tags carry the same facts
+    card = client.get_model_version("jbot-encoder", filtered.version)
+    text = card.description
+    assert "**Input**: float jets (N, 30, 4): eta_rel, phi_rel, pt_rel, valid" in text
+    assert "**Output**: float32 (N, 16): the [CLS] embedding" in text
+    assert f"the highest test/acc (0.61) of experiment reg-test, runs matching `attributes.run_id != '{run_ids[1]}'`" in text
+    assert f"[{run_ids[0]}](http://127.0.0.1:5000/#/experiments/" in text and "models:/jbot-encoder/" in text
+    assert card.tags["jbot.selected_by"].startswith("the highest test/acc (0.61)") and "jbot.verdicts" not in card.tags
+    assert card.tags["jbot.input"].startswith("float jets (N, 30, 4)")
 
     # the registered model by alias gives embeddings identical to the run's checkpoint
     x = _jets(32)
