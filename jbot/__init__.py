@@ -1,13 +1,13 @@
 """jbot: jBOT jet representations, MLflow-native. ``import jbot`` is cheap; the notebook API (``jbot.api``) loads on
-first use: ``jbot.make_config``, ``jbot.generate``, ``jbot.pretrain``, ``jbot.probe``, ``jbot.anomaly``,
+first use: ``jbot.make_config``, ``jbot.generate``, ``jbot.pretrain``, ``jbot.probe``, ``jbot.detect_anomalies``,
 ``jbot.load_encoder``, ``jbot.load_split``, ``jbot.register_best`` (docs/python-api.md)."""
 
 from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("Encoder", "anomaly", "generate", "load_encoder", "load_split", "make_config", "pretrain", "probe",
-        "register_best")
+_API = ("Encoder", "detect_anomalies", "generate", "load_encoder", "load_split", "make_config", "pretrain",
+        "probe", "register_best")
 
 
 def __getattr__(name: str) -> Any:

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from jbot.tracking.registry import Registered
     from jbot.train.pretrain import PretrainResult
 
-__all__ = ["Encoder", "anomaly", "generate", "load_encoder", "load_split", "make_config", "pretrain", "probe",
-           "register_best"]
+__all__ = ["Encoder", "detect_anomalies", "generate", "load_encoder", "load_split", "make_config", "pretrain",
+           "probe", "register_best"]
 
 
 def make_config(base: str | Path | None = None, *overrides: str, data: str | Path | None = None,
@@ -99,8 +99,9 @@ def probe(source: str, cfg: JbotConfig | None = None, data: str | Path | None = 
     return tracked_probe(cfg, source, preset, experiment=experiment, out_dir=Path(out) if out else None)
 
 
-def anomaly(source: str, cfg: JbotConfig | None = None, data: str | Path | None = None, *, preset: str = "qg",
-            experiment: str | None = None, out: str | Path | None = None) -> TrackedResult[AnomalyOutcome]:
+def detect_anomalies(source: str, cfg: JbotConfig | None = None, data: str | Path | None = None, *,
+                     preset: str = "qg", experiment: str | None = None,
+                     out: str | Path | None = None) -> TrackedResult[AnomalyOutcome]:
     """``jbot anomaly``: every anomaly score of the frozen encoder ``source`` on ``preset``'s anomaly split;
     ``payload.result.metrics`` holds ``{score}/{signal}/auc`` and the SIC and sculpting metrics,
     ``payload.paths["report"]`` the HTML report, ``payload.table`` the AUC table the CLI prints."""

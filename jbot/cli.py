@@ -88,8 +88,11 @@ console = Console(soft_wrap=True, markup=False)
 err_console = Console(stderr=True, soft_wrap=True, markup=False)
 
 ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", "-c", help="YAML config: a file, or a shipped one by name (jbot-s, jbot-b); default jbot-s")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a field: section.field=value (repeatable)")]
+    "--config", "-c", help="YAML config: a file, or a shipped one by name (`jbot config list`)",
+    show_default="jbot-s")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a field: section.field=value (repeatable); `jbot config show` lists every field",
+    show_default="none")]
 
 
 @app.callback()
@@ -142,6 +145,19 @@ def user_errors() -> Iterator[None]:
 def settings_text(params: dict[str, Any]) -> str:
     """``{"anomaly.knn_k": 58, "finetune.lr": 0.000123456}`` -> ``anomaly.knn_k=58, finetune.lr=0.0001235``."""
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) or "-"
+
+
+def run_ref(run_id: str, uri: str | None) -> str:
+    """A run id as printed: with its page's URL when the store is a tracking server (whose UI that is)."""
+    if not run_id or not uri or not str(uri).startswith(("http://", "https://")):
+        return run_id
+    from jbot.tracking.mlflow import connect, run_link, ui_base
+
+    try:
+        experiment = connect(str(uri)).get_run(run_id).info.experiment_id
+    except Exception:  # the id is still worth printing without its link
+        return run_id
+    return f"{run_id} ({run_link(ui_base(str(uri)), experiment, run_id)})"
 
 
 def progress_bar() -> Progress:
@@ -260,11 +276,13 @@ def data_info(
 
 # -------------------------------------------------------------------------------------------- pretrain
 
-DataOpt = Annotated[Path | None, typer.Option(help="Data folder (overrides data.dir)")]
-DeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda (overrides runtime.device)")]
+DataOpt = Annotated[Path | None, typer.Option(help="Data folder", show_default="the config's data.dir")]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda", show_default="the config's runtime.device")]
 TrackingOpt = Annotated[str | None, typer.Option(
-    "--tracking-uri", help="MLflow tracking URI (else tracking.uri, $MLFLOW_TRACKING_URI, ./mlruns)")]
-ExperimentOpt = Annotated[str | None, typer.Option("--experiment", help="MLflow experiment (default jbot-<command>)")]
+    "--tracking-uri", help="MLflow tracking URI",
+    show_default="tracking.uri, else $MLFLOW_TRACKING_URI, else ./mlruns")]
+ExperimentOpt = Annotated[str | None, typer.Option("--experiment", help="MLflow experiment",
+                                                   show_default="jbot-<command>")]
 ModelOpt = Annotated[str, typer.Option("--model", "--checkpoint", "--run-id",
                                        help="Checkpoint path, run id, runs:/ or models:/ URI (alias included)")]
 
@@ -281,9 +299,10 @@ def pretrain_cmd(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data: DataOpt = None,
-    preset: Annotated[str | None, typer.Option(help=f"{PRESET_HELP} (overrides data.preset)")] = None,
+    preset: Annotated[str | None, typer.Option(help=PRESET_HELP, show_default="the config's data.preset")] = None,
     device: DeviceOpt = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder (overrides pretrain.out_dir)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder",
+                                             show_default="the config's pretrain.out_dir")] = None,
     resume: Annotated[str | None, typer.Option(
         help="Continue from this checkpoint (its own config, with --set/--out/--data/--device on top), or `auto`: "
              "from <out>/checkpoint.pt when it exists, else start fresh (one command for a job's first start and "
@@ -319,18 +338,22 @@ def pretrain_cmd(
         from jbot.commands.pretrain import tracked_pretrain
 
         with progress_bar() as bar:
-            task = bar.add_task("epoch 1", total=None)
+            epochs = cfg.pretrain.epochs
+            task = bar.add_task(f"epoch 1/{epochs}, batches", total=None)
+
+            def on_step(i: int, steps: int) -> None:  # batches of this epoch, with its ETA
+                bar.update(task, completed=i + 1, total=steps)
 
             def on_epoch(report: Any) -> None:
                 m = report.metrics
                 knn = f", k-NN {m['val/knn_acc']:.3f}" if "val/knn_acc" in m else ""
                 bar.console.print(f"epoch {report.epoch}/{report.epochs}: loss {m['train/loss']:.4f}"
-                                  f" ({m['train/jets_per_s']:.0f} jets/s{knn})")
-                bar.update(task, description=f"epoch {report.epoch + 1}", completed=0)
+                                  f" ({m['system/jets_per_s']:.0f} jets/s{knn})")
+                bar.reset(task, description=f"epoch {report.epoch + 1}/{epochs}, batches", total=None)
 
             try:
                 tracked = tracked_pretrain(cfg, resume=start.resume, experiment=experiment,
-                                           allow_other_data=allow_other_data, on_step=lambda i: bar.advance(task),
+                                           allow_other_data=allow_other_data, on_step=on_step,
                                            on_epoch=on_epoch,
                                            on_notice=lambda text: bar.console.print(f"note: {text}"),
                                            on_warning=lambda text: err_console.print(f"warning: {text}",
@@ -350,13 +373,13 @@ def pretrain_cmd(
     table = Table(title="jBOT pre-training")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("train/loss", "train/loss_part", "train/loss_cls", "train/loss_koleo", "train/teacher_entropy",
-                "train/jets_per_s"):
+    for key in ("train/loss", "train/loss_part", "train/loss_cls", "train/loss_koleo", "diag/teacher_entropy",
+                "system/jets_per_s"):
         table.add_row(key, f"{result.history[key][-1]:.4g}")
     table.add_row("val/knn_acc", f"{result.knn_acc:.4f}" if result.knn_acc is not None else "-")
     table.add_row("wall time (s)", f"{result.seconds:.1f}")
     table.add_row("checkpoint", str(result.checkpoint))
-    table.add_row("MLflow run", tracked.run_id)
+    table.add_row("MLflow run", run_ref(tracked.run_id, cfg.tracking.uri))
     table.add_row("model URI", str(tracked.model_uri))
     console.print(table)
 
@@ -387,7 +410,9 @@ def probe_cmd(
         require_data(cfg, preset)
         from jbot.commands.probe import tracked_probe
 
-        tracked = tracked_probe(cfg, model, preset, out_dir=out, experiment=experiment)
+        with console.status("loading the encoder and the jets") as status:
+            tracked = tracked_probe(cfg, model, preset, out_dir=out, experiment=experiment,
+                                    on_phase=lambda text: status.update(f"{text} ..."))
     from jbot.evaluate.table import results_table
 
     result = tracked.payload
@@ -395,7 +420,8 @@ def probe_cmd(
     console.print(results_table(f"frozen-encoder probes ({preset})", result.rows(), result.class_names))
     console.print(f"clustering (k-means, {len(result.class_names)} clusters): purity {m['test/purity']:.4f}, "
                   f"ARI {m['test/ari']:.4f}, NMI {m['test/nmi']:.4f}, silhouette {m['test/silhouette']:.4f}")
-    console.print(f"MLflow run {tracked.run_id}" + (f"; metrics in {out / 'probe.json'}" if out else ""))
+    console.print(f"MLflow run {run_ref(tracked.run_id, cfg.tracking.uri)}"
+                  + (f"; metrics in {out / 'probe.json'}" if out else ""))
 
 
 @app.command("finetune")
@@ -405,8 +431,9 @@ def finetune_cmd(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data: DataOpt = None,
-    task: Annotated[str | None, typer.Option(help=f"{CLASSIFY_HELP} (overrides finetune.task)")] = None,
-    fraction: Annotated[float | None, typer.Option(help="Class-balanced share of the training split")] = None,
+    task: Annotated[str | None, typer.Option(help=CLASSIFY_HELP, show_default="the config's finetune.task")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Class-balanced share of the training split",
+                                                   show_default="the config's finetune.fraction")] = None,
     from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Supervised baseline: random init")] = False,
     out: Annotated[Path, typer.Option(help="Folder for the classifier checkpoint and metrics")] = Path("runs/finetune"),
     device: DeviceOpt = None,
@@ -435,7 +462,8 @@ def finetune_cmd(
     result = outcome.result
     console.print(results_table(f"{label}, {result.n_train:,} training jets, best epoch {result.best_epoch}",
                                 {label: outcome.metrics}, outcome.class_names))
-    console.print(f"classifier: {out / 'classifier.pt'}; MLflow run {tracked.run_id}; model {tracked.model_uri}")
+    console.print(f"classifier: {out / 'classifier.pt'}; MLflow run {run_ref(tracked.run_id, cfg.tracking.uri)}; "
+                  f"model {tracked.model_uri}")
 
 
 # ------------------------------------------------------------------------------ import-keras / embed
@@ -463,7 +491,7 @@ def import_keras_cmd(
     m = state["config"]["model"]
     extra = f" + classifier ({len(state['class_names'])} classes)" if classifier else ""
     console.print(f"imported D={m['d_model']}, H={m['n_heads']}, L={m['n_layers']}{extra} -> {out}")
-    console.print(f"MLflow run {tracked.run_id}, model {tracked.model_uri}"
+    console.print(f"MLflow run {run_ref(tracked.run_id, str(uri))}, model {tracked.model_uri}"
                   + (f", registered as {register} version {tracked.payload}" if register else ""), soft_wrap=True)
 
 
@@ -544,7 +572,7 @@ def anomaly_cmd(
         tracked = tracked_anomaly(cfg, model, out_dir=out, experiment=experiment, preset=preset,
                                   on_note=lambda text: console.print(f"note: {text}", highlight=False))
     console.print(tracked.payload.table, highlight=False)
-    console.print(f"report: {tracked.payload.paths['report']}; MLflow run {tracked.run_id}")
+    console.print(f"report: {tracked.payload.paths['report']}; MLflow run {run_ref(tracked.run_id, cfg.tracking.uri)}")
 
 
 # ------------------------------------------------------------------------------------ registry / ui
@@ -670,7 +698,7 @@ def reproduce_cmd(
             raise typer.Exit(code=signals.exit_code(exc)) from None
     for claim in summary["claims"]:
         console.print(f"{verdict(claim)}: {claim['text']}")
-    console.print(f"report: {summary['report']}; MLflow parent run {summary['parent']} "
+    console.print(f"report: {summary['report']}; MLflow parent run {run_ref(summary['parent'], plan.cfg.tracking.uri)} "
                   f"({summary['seconds']:.0f} s in this run)")
 
 

@@ -21,7 +21,7 @@ def test_import_jbot_loads_neither_torch_nor_mlflow() -> None:
     code = "import sys, jbot\nprint(jbot.__version__, 'torch' in sys.modules, 'mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == [jbot.__version__, "False", "False"]
-    assert {"pretrain", "probe", "anomaly", "load_encoder", "make_config"} <= set(dir(jbot))
+    assert {"pretrain", "probe", "detect_anomalies", "load_encoder", "make_config"} <= set(dir(jbot))
     with pytest.raises(AttributeError, match="no attribute 'pretrian'"):
         jbot.pretrian  # noqa: B018
 

@@ -86,7 +86,7 @@ def test_tracking_uri_only_in_the_yaml_config_is_used_by_every_command(tmp_path:
         assert run.data.params["tracking.uri"] == f"sqlite:///{store_db}"
     names = {c: client.search_runs([client.get_experiment_by_name(f"jbot-{c}").experiment_id])[0].info.run_name
              for c in ("pretrain", "probe", "finetune", "anomaly", "import")}
-    assert names == {"pretrain": "pretrain-D16L1-qg-e3", "probe": "probe-5class", "finetune": "finetune-100%-pretrained",
+    assert names == {"pretrain": "pretrain-D16L1-qg-e3", "probe": "probe-5class", "finetune": "pretrained-100%-5class",
                      "anomaly": "anomaly-knn", "import": "import-all_backbone_pretrain_32_4_2"}
     pre = client.search_runs([client.get_experiment_by_name("jbot-pretrain").experiment_id])[0]
     (dataset,) = pre.inputs.dataset_inputs

@@ -88,19 +88,19 @@ def test_every_class_figure_uses_the_same_class_colours(result: AnomalyResult) -
 
 
 def test_learning_curves_put_metrics_at_their_epochs() -> None:
-    history = {"train/loss": [3.0, 2.5, 2.2, 2.0], "train/loss_cls": [1.0, 0.9, 0.8, 0.7], "train/lr": [1e-4, 2e-4,
-               2e-4, 2e-4], "train/teacher_momentum": [0.996, 0.997, 0.998, 0.999], "val/knn_acc": [0.41, 0.47]}
+    history = {"train/loss": [3.0, 2.5, 2.2, 2.0], "train/loss_cls": [1.0, 0.9, 0.8, 0.7], "diag/lr": [1e-4, 2e-4,
+               2e-4, 2e-4], "diag/teacher_momentum": [0.996, 0.997, 0.998, 0.999], "val/knn_acc": [0.41, 0.47]}
     fig = learning_curves(history, "curves", {"val/knn_acc": [2, 4]})
     by_name = {t.name: t for t in fig.data}
     assert list(by_name["val/knn_acc"].x) == [2, 4] and list(by_name["train/loss"].x) == [1, 2, 3, 4]
-    lr_axis = by_name["train/lr"].yaxis.replace("y", "yaxis")
+    lr_axis = by_name["diag/lr"].yaxis.replace("y", "yaxis")
     assert fig.layout[lr_axis].type == "log", "the learning rate has its own log axis"
-    assert by_name["train/loss"].yaxis != by_name["train/lr"].yaxis != by_name["val/knn_acc"].yaxis
+    assert by_name["train/loss"].yaxis != by_name["diag/lr"].yaxis != by_name["val/knn_acc"].yaxis
     assert fig.layout.title.text == "curves"
     assert_legend_matches(fig)
-    every = ["train/loss", "train/loss_part", "train/loss_cls", "train/loss_koleo", "train/teacher_entropy",
-             "train/student_entropy", "train/masked_fraction", "train/center_norm_cls", "train/center_norm_part",
-             "train/lr", "train/teacher_momentum", "val/knn_acc"]  # what pre-training plots: 12 distinct colours
+    every = ["train/loss", "train/loss_part", "train/loss_cls", "train/loss_koleo", "diag/teacher_entropy",
+             "diag/student_entropy", "diag/masked_fraction", "diag/center_norm_cls", "diag/center_norm_part",
+             "diag/lr", "diag/teacher_momentum", "val/knn_acc"]  # what pre-training plots: 12 distinct colours
     assert_legend_matches(learning_curves({k: [1.0, 2.0] for k in every}, "all"))
 
 

@@ -19,6 +19,17 @@ if TYPE_CHECKING:
 P = TypeVar("P")
 
 EXAMPLE_JETS = 4  # jets in a logged model's input example
+# a training run's description says what MLflow's x axis "Step" is
+STEP_IS_EPOCH = ("Charts: Step is the epoch. train/ holds the losses, val/ the validation metrics, diag/ the "
+                 "diagnostics (entropies, learning rate, centres), health/ the representation's health, system/ "
+                 "the speed and wall time.")
+# fine-tuning runs by their start: the same colours in the MLflow UI (tag mlflow.runColor) and in jbot's plots
+INIT_COLOURS = {"pretrained": "#1F77B4", "scratch": "#D62728"}
+
+
+def percent(fraction: float) -> str:
+    """0.1 -> "10%", 0.005 -> "0.5%"."""
+    return f"{fraction * 100:g}%"
 
 
 @dataclass

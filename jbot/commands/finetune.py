@@ -17,11 +17,14 @@ import numpy as np
 
 from jbot.commands.common import (
     EXAMPLE_JETS,
+    INIT_COLOURS,
+    STEP_IS_EPOCH,
     TrackedResult,
     data_tags,
     load_split,
     log_json_and_curves,
     log_split,
+    percent,
     settings_used,
 )
 from jbot.config import JbotConfig
@@ -79,14 +82,20 @@ def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, expe
     cfg = settings_used(cfg, cfg.finetune.task, loaded)
     split = load_split(cfg)
     device = runtime_device(cfg.runtime)
-    all_tags = {**data_tags(split, str(device)), "jbot.from_scratch": str(loaded is None).lower(), **(tags or {}),
+    init = "scratch" if loaded is None else "pretrained"
+    all_tags = {**data_tags(split, str(device)), "jbot.from_scratch": str(loaded is None).lower(),
+                "mlflow.runColor": INIT_COLOURS[init], **(tags or {}),
                 **(loaded.provenance if loaded is not None else {})}
-    name = run_name or f"finetune-{cfg.finetune.fraction:.0%}-{'scratch' if loaded is None else 'pretrained'}"
+    # the name leads with what tells runs apart in the UI's cut-off name column
+    name = run_name or f"{init}-{percent(cfg.finetune.fraction)}-{cfg.finetune.task}"
     origin = "from scratch" if loaded is None else f"fine-tuning {source}"
     with tracked_run(cfg, "finetune", experiment=experiment, tags=all_tags, run_name=name,
-                     description=f"{cfg.finetune.task} tagger, {origin}, {cfg.finetune.fraction:.0%} of the labels",
+                     description=f"{cfg.finetune.task} tagger, {origin}, {percent(cfg.finetune.fraction)} of the "
+                                 f"labels. {STEP_IS_EPOCH}",
                      parent_run_id=parent_run_id) as run:
         log_split(run, cfg, split)
+        upstream = "" if loaded is None else loaded.provenance.get("jbot.upstream_run", str(source))
+        run.log_params({"finetune.init": init, "finetune.source": upstream})
         if on_start is not None:
             on_start(run.run_id)
 
@@ -99,7 +108,7 @@ def tracked_finetune(cfg: JbotConfig, source: str | None, *, out_dir: Path, expe
         if result.continued_head:
             run.set_tags({"jbot.continued_head": "true"})
         metrics = {"val/best_acc": result.best_val_acc, "train/best_epoch": float(result.best_epoch),
-                   "train/n_jets": float(result.n_train), "train/wall_seconds": result.seconds}
+                   "train/n_jets": float(result.n_train), "system/wall_seconds": result.seconds}
         probs = None
         if evaluate_test:
             probs = predict_proba(result.model, split.test.x, device)

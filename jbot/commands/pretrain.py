@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from jbot import signals
-from jbot.commands.common import EXAMPLE_JETS, TrackedResult, data_tags, load_split, log_json_and_curves, log_split
+from jbot.commands.common import (
+    EXAMPLE_JETS,
+    STEP_IS_EPOCH,
+    TrackedResult,
+    data_tags,
+    load_split,
+    log_json_and_curves,
+    log_split,
+)
 from jbot.commands.resume import Resume, check_same_data, resume_tag
 from jbot.config import JbotConfig
 from jbot.data.shards import read_rows
@@ -66,7 +74,7 @@ def pretrain_inputs(cfg: JbotConfig, device: Any) -> PretrainInputs:
 
 
 def tracked_pretrain(cfg: JbotConfig, *, resume: Resume | None = None, experiment: str | None = None,
-                     on_step: Callable[[int], None] | None = None,
+                     on_step: Callable[[int, int], None] | None = None,
                      on_epoch: Callable[[EpochReport], bool | None] | None = None,
                      parent_run_id: str | None = None, tags: dict[str, str] | None = None,
                      on_start: Callable[[str], None] | None = None, allow_other_data: bool = False,
@@ -102,7 +110,7 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: Resume | None = None, experimen
                      run_name=run_name or f"pretrain-{label}-{split.preset}-e{cfg.pretrain.epochs}",
                      description=f"jBOT pre-training ({label}: D={cfg.model.d_model}, L={cfg.model.n_layers}, "
                                  f"H={cfg.model.n_heads}) on {split.preset} jets from {cfg.data.dir}, "
-                                 f"{cfg.pretrain.epochs} epochs") as run:
+                                 f"{cfg.pretrain.epochs} epochs. {STEP_IS_EPOCH}") as run:
         log_split(run, cfg, split, inputs.n_train)
         if on_start is not None:
             on_start(run.run_id)
@@ -128,8 +136,8 @@ def tracked_pretrain(cfg: JbotConfig, *, resume: Resume | None = None, experimen
         # the last epoch's values are the last points of the per-epoch series: they go to pretrain.json only, not
         # again as single-point metrics (which the UI would chart before the learning curves)
         final = {f"final/{k.split('/', 1)[1]}": v[-1] for k, v in result.history.items() if k.startswith("train/")}
-        run.log_metrics({"train/wall_seconds": result.seconds}, step=result.epochs)
-        final["train/wall_seconds"] = result.seconds
+        run.log_metrics({"system/wall_seconds": result.seconds}, step=result.epochs)
+        final["system/wall_seconds"] = result.seconds
         if result.knn_acc is not None:
             final["val/knn_acc"] = result.knn_acc
         log_json_and_curves(run, out_dir, "pretrain", final, result.history, result.steps)

@@ -6,6 +6,7 @@ probes run (``evaluate.probe``), their metrics, JSON and the test embedding's ma
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from jbot.commands.common import TrackedResult, data_tags, load_split, log_json_and_curves, log_split, settings_used
@@ -23,7 +24,13 @@ MAP_POINTS = Path("plots/embedding_map.npz")  # the t-SNE map's points, per clas
 
 def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | None = None,
                   experiment: str | None = None, parent_run_id: str | None = None,
-                  run_name: str | None = None) -> TrackedResult[ProbeResult]:
+                  run_name: str | None = None, on_phase: Callable[[str], None] | None = None
+                  ) -> TrackedResult[ProbeResult]:
+    """``on_phase`` hears each long phase as it starts (embedding, probes, clustering, the t-SNE map)."""
+    def phase(text: str) -> None:
+        if on_phase is not None:
+            on_phase(text)
+
     loaded = load_from_uri(source, str(cfg.tracking.uri))
     cfg = settings_used(cfg, preset, loaded)
     split = load_split(cfg)
@@ -32,10 +39,11 @@ def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | 
                      run_name=run_name or f"probe-{split.preset}", parent_run_id=parent_run_id,
                      description=f"k-NN and linear probes and clustering of the frozen encoder {source}") as run:
         log_split(run, cfg, split)
-        result = run_probe(loaded.encoder, split, cfg.probe, device, n_folds=cfg.evaluate.n_folds)
+        result = run_probe(loaded.encoder, split, cfg.probe, device, n_folds=cfg.evaluate.n_folds, on_phase=on_phase)
         run.log_metrics(result.metrics)
         folder = out_dir or scratch_dir("probe-")
         log_json_and_curves(run, folder, "probe", result.metrics)
+        phase("t-SNE map of the test jets")
         fig = embedding_map(result.test_embedding, split.test.y, split.class_names, "frozen [CLS] (test jets)")
         run.log_artifact(write_html(fig, folder / "embedding_map.html"), "plots")
         run.log_artifact(write_map_points(fig, folder / MAP_POINTS.name), str(MAP_POINTS.parent))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -214,7 +215,7 @@ def _finetune(task: str, fraction: float, encoder: str | None = None) -> StepFac
             from jbot.commands.finetune import tracked_finetune
 
             return tracked_finetune(cfg, None if source is None else ctx.done[source], out_dir=out / name,
-                                    experiment=EXPERIMENT, parent_run_id=ctx.parent, run_name=name).run_id
+                                    experiment=EXPERIMENT, parent_run_id=ctx.parent).run_id
         return run
     return make
 
@@ -533,10 +534,33 @@ def _parent(plan: Plan) -> tuple[str, dict[str, str]]:
     return run.info.run_id, {}
 
 
+def metric_key(text: str) -> str:
+    """A step, claim or quantity name as part of an MLflow metric key (letters, digits, ``_-. /`` only)."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text.replace("%", "pct"))
+
+
+def parent_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The parent's verdicts and key numbers as metrics, so the runs table can sort and chart them:
+    ``claim/<name>`` (1 holds, 0.5 holds within error, 0 does not), ``claim/<name>/difference`` (the paired
+    difference), ``<step>/<metric>`` for each row of the report that is a test metric."""
+    out: dict[str, float] = {}
+    for claim in summary["claims"]:
+        key = f"claim/{metric_key(claim['name'])}"
+        out[key] = 0.0 if not claim["holds"] else 0.5 if claim.get("within_error") else 1.0
+        if "paired" in claim:
+            out[f"{key}/difference"] = float(claim["paired"]["value"])
+    for row in summary.get("rows", []):
+        step, _, quantity = str(row["quantity"]).partition(": ")
+        value = row.get("jbot")
+        if quantity.startswith("test/") and isinstance(value, (int, float)) and value == value:
+            out[metric_key(f"{step}/{quantity.removeprefix('test/')}")] = float(value)
+    return out
+
+
 def run_reproduction(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
     """Run (or finish) every step; returns the report's numbers. A failing step ends the parent FAILED and
     keeps the finished steps for the next run of the same command."""
-    from jbot.tracking.mlflow import connect, store_uri, ui_base
+    from jbot.tracking.mlflow import MlflowRun, connect, store_uri, ui_base
 
     client = connect(store_uri(plan.cfg))
     parent, done = _parent(plan)
@@ -564,6 +588,7 @@ def run_reproduction(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
         client.log_artifact(parent, str(plan.out / "reproduce.json"), "report")
         for claim in summary["claims"]:
             client.set_tag(parent, f"claim.{claim['name']}", verdict(claim))
+        MlflowRun(client, parent).log_metrics(parent_metrics(summary))
     except KeyboardInterrupt as exc:  # Ctrl-C or a stop signal: the running step's run is KILLED by its own command
         from jbot import signals
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from jbot.commands import reproduce as r
+from jbot.commands.common import INIT_COLOURS, percent
 from jbot.commands.reproduce import Claim, Collected, Paired, ReproduceError, Step, Study, Variant
 from jbot.config import EvaluateConfig, JbotConfig
 from jbot.evaluate.metrics import EPS_S_TARGETS, unresolved
@@ -150,8 +151,7 @@ TASKS = (("5class", "test/acc", "accuracy"), ("tqg", "test/auc", "auc"))  # task
 REJECTIONS = tuple(f"test/rejection_at_{e:g}" for e in EPS_S_TARGETS)
 
 
-def pct(fraction: float) -> str:
-    return f"{fraction * 100:g}%"
+pct = percent
 
 
 def claim_name(task: str, fraction: float) -> str:
@@ -248,7 +248,7 @@ def fraction_figure(curves: dict[str, Any]) -> Any:
     panels = [("5class", "acc", "5-class accuracy"), ("tqg", "acc", "top tagging: accuracy"),
               *(("tqg", f"rejection_at_{e:g}", f"top tagging: 1/εb at εs = {e:g}") for e in EPS_S_TARGETS)]
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, _, t in panels])
-    colours = {"pretrained": "#1F77B4", "scratch": "#D62728"}
+    colours = INIT_COLOURS
     for col, (task, key, _) in enumerate(panels, start=1):
         rows = curves.get(task, {}).get("rows", [])
         x = [row["fraction"] for row in rows]

@@ -44,7 +44,8 @@ def tracked_trial(sweep: Sweep, trial: optuna.Trial, body: Callable[[JbotConfig,
     """Suggest a config, run ``body`` (which opens the child run), tag the final state, re-raise failures."""
     overrides = sweep.space.suggest(trial)
     cfg = with_overrides(sweep.cfg, overrides)
-    tags = {"jbot.study": sweep.name, "jbot.trial": str(trial.number), "jbot.trial_state": "RUNNING"}
+    tags = {"jbot.study": sweep.name, "jbot.trial": str(trial.number), "jbot.trial_state": "RUNNING",
+            "jbot.objective": sweep.objective}
     try:
         value = body(cfg, tags)
     except optuna.TrialPruned:

@@ -87,7 +87,7 @@ KINDS: dict[str, SweepKind] = {kind.name: kind for kind in (
     SweepKind("finetune", "Search LLRD decay, learning rate (and dropout, batch size) on validation accuracy; test "
               "metrics of the best trial once at the end.", 30, True, lambda cfg: cfg.finetune.task, _finetune,
               # what tracked_finetune returns without the test split (jbot.runs)
-              ("val/best_acc", "train/best_epoch", "train/n_jets", "train/wall_seconds"),
+              ("val/best_acc", "train/best_epoch", "train/n_jets", "system/wall_seconds"),
               (Option("fraction", float | None, "Class-balanced share of the training split", "finetune.fraction"),
                Option("register", str | None, "Register the best trial's classifier under this name"))),
     SweepKind("anomaly", "Tune anomaly-score settings on the validation split's combined AUC (labelled W, Z, t, as "

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 import warnings
@@ -33,7 +34,16 @@ from jbot.logs import quiet_optuna
 from jbot.paths import default_optuna_storage
 from jbot.redaction import public_config, redact
 from jbot.sweeps.spaces import SearchSpace
-from jbot.tracking.mlflow import MlflowError, MlflowRun, connect, experiment_id, git_commit, store_uri
+from jbot.tracking.mlflow import (
+    MlflowError,
+    MlflowRun,
+    connect,
+    experiment_id,
+    git_commit,
+    run_link,
+    store_uri,
+    ui_base,
+)
 
 quiet_optuna()
 HEARTBEAT_SECONDS = 2
@@ -42,6 +52,7 @@ PARENT_ATTR = "mlflow_parent_run_id"
 PARENT_CLAIM = "jbot.parent_claim."  # + n: the n-th claim to create the parent run (claim_once: one winner each)
 FAILED_CLAIM_ATTR = "mlflow_parent_failed_claim"  # the claim whose creator failed: the next worker takes over
 PARENT_WAIT_SECONDS = 30
+FEW_TRIALS = 20  # below this many complete trials, importances get a caveat in their title
 _CREATED_HERE: set[str] = set()  # parent runs this process created (it ends them when it is stopped)
 # A worker needs two connections at once (its trials and the heartbeat thread): many workers on one database
 # server must not exhaust its client slots.
@@ -103,7 +114,16 @@ class Sweep:
             return self.study_name
         blob = json.dumps({"kind": self.kind, **self.identity, "space": self.space.model_dump(mode="json")},
                           sort_keys=True, default=str)
-        return f"jbot-{self.kind}-{hashlib.sha1(blob.encode()).hexdigest()[:8]}"
+        # readable first (the kind, the data folder, the objective), unique by the hash of every input
+        data = Path(str(self.identity.get("data", ""))).name
+        words = "-".join(w for w in (self.kind, data, self.space.objective) if w)
+        readable = re.sub(r"[^A-Za-z0-9]+", "-", words).strip("-").lower()
+        return f"jbot-{readable}-{hashlib.sha1(blob.encode()).hexdigest()[:8]}"
+
+    @property
+    def objective(self) -> str:
+        """What the study optimises, in words: ``val/combined/auc, maximize``."""
+        return f"{self.space.objective}, {self.space.direction}"
 
     @property
     def mlflow_experiment(self) -> str:
@@ -134,7 +154,9 @@ def _create_parent(sweep: Sweep, study: optuna.Study, claim: int) -> str:
         exp = experiment_id(client, sweep.mlflow_experiment, uri)
         run_id = client.create_run(exp, run_name=sweep.name, tags={
             "jbot.study": sweep.name, "jbot.sweep_kind": sweep.kind, "jbot.git_commit": git_commit(),
-            "jbot.role": "sweep-parent"}).info.run_id
+            "jbot.role": "sweep-parent", "jbot.objective": sweep.objective,
+            "mlflow.note.content": f"Optuna study {sweep.name}: {sweep.objective} over {sweep.n_trials} trials "
+                                   f"({', '.join(sweep.space.params)})"}).info.run_id
         # the base config without the searched fields (they get the best trial's values when the study ends), then
         # the study's own settings: its real name, budget and storage
         params: dict[str, Any] = {k: v for k, v in flatten(public_config(sweep.cfg)).items()
@@ -147,6 +169,7 @@ def _create_parent(sweep: Sweep, study: optuna.Study, claim: int) -> str:
                        for k, v in sweep.space.params.items()})
         MlflowRun(client, run_id).log_params(params)
         study.set_user_attr(PARENT_ATTR, run_id)
+        _save_note(study, sweep, ui_base(uri), client.get_experiment_by_name(sweep.mlflow_experiment), run_id)
         _CREATED_HERE.add(run_id)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -155,6 +178,17 @@ def _create_parent(sweep: Sweep, study: optuna.Study, claim: int) -> str:
                 client.set_terminated(run_id, "FAILED")
         raise
     return run_id
+
+
+def _save_note(study: optuna.Study, sweep: Sweep, base: str, exp: Any, parent: str) -> None:
+    """The study's note in optuna-dashboard: its objective, data, inputs and MLflow parent run."""
+    from optuna_dashboard import save_note
+
+    inputs = "\n".join(f"- {k}: `{redact(str(v))}`" for k, v in sweep.identity.items())
+    link = run_link(base, exp.experiment_id, parent) if exp is not None else parent
+    save_note(study, f"# {sweep.name}\n\n**Objective**: {sweep.objective} ({sweep.kind} sweep, {sweep.n_trials} "
+                     f"trials)\n\n**Searched**: {', '.join(sweep.space.params)}\n\n{inputs}\n\n"
+                     f"**MLflow parent run**: [{parent}]({link})\n")
 
 
 def open_study(sweep: Sweep) -> tuple[optuna.Study, str]:
@@ -310,12 +344,19 @@ def log_study_summary(outcome: SweepOutcome, tracking_uri: str, out_dir: Path) -
             _set_tag(client, run_id, "jbot.best_run_id", summary["best_run_id"])
     for key in ("n_complete", "n_pruned", "n_failed"):
         client.log_metric(run_id, f"sweep/{key}", float(summary[key]))
-    figures: dict[str, Callable[[optuna.Study], Any]] = {
+    figures: dict[str, Callable[..., Any]] = {
         "optimization_history": vis.plot_optimization_history, "parallel_coordinate":
                vis.plot_parallel_coordinate, "slice": vis.plot_slice, "param_importances": vis.plot_param_importances}
+    with warnings.catch_warnings():  # experimental in Optuna 5
+        warnings.simplefilter("ignore")
+        objective = (study.metric_names or ["objective"])[0]
     for name, make in figures.items():
         try:
-            client.log_artifact(run_id, str(write_html(make(study), out_dir / f"{name}.html")), "plots")
+            fig = make(study, target_name=objective)  # the axis names the objective, not "Objective Value"
+            if name == "param_importances" and outcome.n_complete < FEW_TRIALS:
+                fig.update_layout(title=f"Hyperparameter importances from only {outcome.n_complete} complete trials "
+                                        f"(rough below ~{FEW_TRIALS})")
+            client.log_artifact(run_id, str(write_html(fig, out_dir / f"{name}.html")), "plots")
         except (ValueError, RuntimeError, ZeroDivisionError):
             pass  # too few complete trials for this figure
     return summary

@@ -219,31 +219,89 @@ def jbot_experiments(client: MlflowClient) -> list[Any]:
 
 
 # The MLflow UI opens an experiment with a saved view when its link carries ``?viewStateShareKey=KEY`` and the
-# experiment has the tag ``mlflow.sharedViewState.KEY`` (JSON of the runs table's state, as its "Share" button
-# saves it). jbot saves one with the headline metrics (and a sweep's searched parameters) as columns.
+# experiment has the tag ``mlflow.sharedViewState.KEY`` (JSON of the runs page's state, as its "Share" button
+# saves it). jbot's view: parents expanded and every run shown, the run names wide, the headline metrics (with
+# their fold std) and what tells runs apart (init, fraction, task, a sweep's searched parameters) as columns, and
+# charts of the headline metrics and of each sweep's parameters against its objective (parallel coordinates).
 VIEW_KEY = "jbot"
-HEADLINE = ("acc", "best_acc", "knn_acc", "linear_acc", "ari", "purity", "best_value", "loss", "wall_seconds")
-MAX_COLUMNS = 14
+HEADLINE = ("acc", "best_acc", "knn_acc", "linear_acc", "ari", "purity", "nmi", "best_value", "loss", "wall_seconds")
+DISTINGUISHING = ("finetune.init", "finetune.fraction", "finetune.task", "data.preset")
+MAX_COLUMNS = 18
+RUN_NAME_COLUMN = "attributes.`Run Name`"
 
 
 def _headline(key: str) -> bool:
-    """``test/acc``, ``val/knn_acc``, ``sweep/best_value``, ``train/loss``, and an AUC only when combined."""
+    """``test/acc``, ``val/knn_acc``, ``sweep/best_value``, ``train/loss``, ``system/wall_seconds``, a claim's
+    verdict, and an AUC only when combined (a reproduce parent's per-step copies are not columns)."""
     parts = key.split("/")
-    return not key.startswith("system/") and (parts[-1] in HEADLINE or parts[-2:] == ["combined", "auc"])
+    if key.startswith("system/"):  # MLflow's own system metrics stay in their tab; jbot's wall time is a column
+        return key == "system/wall_seconds"
+    if parts[0] == "claim":  # a reproduction's verdicts (1 holds, 0.5 within error, 0 not), not their differences
+        return len(parts) == 2
+    return parts[0] in ("test", "val", "sweep", "train") and (
+        parts[-1] in HEADLINE or parts[-2:] == ["combined", "auc"])
+
+
+def runs_view(runs: list[Any]) -> dict[str, Any]:
+    """The runs page's state for an experiment holding ``runs`` (its newest, as the UI lists them)."""
+    order = {"claim": 0, "test": 1, "val": 2, "sweep": 3, "train": 4, "system": 5}
+    keys = {k for r in runs for k in r.data.metrics}
+    metrics = sorted({k for k in keys if _headline(k)}, key=lambda k: (order.get(k.split("/")[0], 4), k))
+    with_std = [m for k in metrics for m in (k, f"{k}_std") if m == k or m in keys]
+    params = {k for r in runs for k in r.data.params}
+    searched = sorted({k.removeprefix("space.") for r in runs for k in r.data.params if k.startswith("space.")})
+    telling = [k for k in DISTINGUISHING if k in params and len({r.data.params.get(k) for r in runs}) > 1]
+    datasets = ["attributes.`Dataset`"] if any(r.inputs.dataset_inputs for r in runs if r.inputs) else []
+    columns = (datasets + [f"params.`{k}`" for k in telling] + [f"metrics.`{k}`" for k in with_std]
+               + [f"params.`{k}`" for k in searched])[:MAX_COLUMNS]
+    parents = sorted({t["mlflow.parentRunId"] for r in runs if "mlflow.parentRunId" in (t := r.data.tags)})
+    section = {"uuid": "jbot-section", "name": "jbot: headline", "display": True, "isReordered": False,
+               "deleted": False, "isGenerated": False}
+    charts: list[dict[str, Any]] = []
+    for r in runs:  # each sweep: its searched parameters against its objective
+        objective = r.data.params.get("sweep.objective")
+        space = sorted(k.removeprefix("space.") for k in r.data.params if k.startswith("space."))
+        if r.data.tags.get("jbot.role") == "sweep-parent" and objective and space:
+            charts.append({"uuid": f"jbot-parallel-{r.info.run_id[:8]}", "type": "PARALLEL",
+                           "displayName": f"{r.info.run_name}: {', '.join(space)} against {objective}",
+                           "selectedParams": space, "selectedMetrics": [objective], "showAllRuns": True})
+    for key in [k for k in metrics if k.startswith(("test/", "sweep/"))][:6]:
+        charts.append({"uuid": f"jbot-bar-{key}", "type": "BAR", "metricKey": key, "displayName": key,
+                       "runsCountToCompare": 100})
+    for key in [k for k in ("train/loss", "val/knn_acc", "val/acc") if k in keys]:
+        charts.append({"uuid": f"jbot-line-{key}", "type": "LINE", "metricKey": key, "displayName": f"{key} by epoch",
+                       "selectedMetricKeys": [key], "xAxisKey": "step", "scaleType": "linear", "lineSmoothness": 0,
+                       "runsCountToCompare": 100})
+    for chart in charts:
+        chart.update(metricSectionId=section["uuid"], deleted=False, isGenerated=False)
+    # runsExpanded and columnWidths: MLflow 3.17's UI keeps them per browser and ignores them in a shared view;
+    # they are saved for the UIs that read them
+    state: dict[str, Any] = {
+        "selectedColumns": columns, "columnWidths": {RUN_NAME_COLUMN: 300, **{c: 150 for c in columns}},
+        "runsExpanded": {p: True for p in parents}, "runsHiddenMode": "SHOW_ALL"}
+    if charts:
+        state.update(compareRunCharts=charts, compareRunSections=[section])
+    return state
 
 
 def save_runs_view(client: MlflowClient, experiment_id: str) -> str:
-    """Save the runs-table view of one experiment (columns from its newest 500 runs); returns the share key."""
-    runs = client.search_runs([experiment_id], max_results=500)
-    order = {"test": 0, "val": 1, "sweep": 2, "train": 3}
-    metrics = sorted({k for r in runs for k in r.data.metrics if _headline(k)},
-                     key=lambda k: (order.get(k.split("/")[0], 4), k))
-    searched = sorted({k.removeprefix("space.") for r in runs for k in r.data.params if k.startswith("space.")})
-    datasets = ["attributes.`Dataset`"] if any(r.inputs.dataset_inputs for r in runs if r.inputs) else []
-    columns = datasets + [f"metrics.`{k}`" for k in metrics] + [f"params.`{k}`" for k in searched]
-    state = {"selectedColumns": columns[:MAX_COLUMNS]}
-    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(state))
+    """Save jbot's runs view of one experiment (from its newest 500 runs), writing the tag only when the view
+    changed (opening the UI does not rewrite the store); returns the share key."""
+    state = json.dumps(runs_view(client.search_runs([experiment_id], max_results=500)), sort_keys=True)
+    tag = f"mlflow.sharedViewState.{VIEW_KEY}"
+    if client.get_experiment(experiment_id).tags.get(tag) != state:
+        client.set_experiment_tag(experiment_id, tag, state)
     return VIEW_KEY
+
+
+def experiment_link(base: str, experiment_id: str, view: str | None = VIEW_KEY) -> str:
+    """An experiment's runs page, in the model-training (not GenAI) view, with jbot's saved view."""
+    return (f"{base}/#/experiments/{experiment_id}/runs?" + (f"viewStateShareKey={view}&" if view else "")
+            + "workflowType=machine_learning")
+
+
+def registry_link(base: str, name: str | None = None) -> str:
+    return f"{base}/#/models" + (f"/{name}" if name else "") + "?workflowType=machine_learning"
 
 
 def ui_base(uri: str) -> str:
@@ -346,6 +404,23 @@ def _continuable(client: MlflowClient, run_id: str | None, exp_id: str) -> Any:
     return run if run.info.experiment_id == exp_id and run.info.lifecycle_stage == "active" else None
 
 
+# The config sections each command reads: a run's params are these (the whole config is its config.yaml artifact)
+COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
+    "pretrain": ("data", "augment", "mask", "model", "pretrain", "evaluate", "runtime", "tracking"),
+    "finetune": ("data", "model", "finetune", "evaluate", "runtime", "tracking"),
+    "probe": ("data", "model", "probe", "evaluate", "runtime", "tracking"),
+    "anomaly": ("data", "model", "anomaly", "evaluate", "runtime", "tracking"),
+    "import": ("model", "tracking"),
+}
+
+
+def command_params(cfg: JbotConfig, command: str) -> dict[str, Any]:
+    """The flattened, redacted settings ``command`` reads (every section for a command not listed)."""
+    sections = COMMAND_SECTIONS.get(command)
+    flat = flatten(public_config(cfg))
+    return {k: v for k, v in flat.items() if sections is None or k.split(".", 1)[0] in sections}
+
+
 @contextlib.contextmanager
 def tracked_run(cfg: JbotConfig, command: str, *, experiment: str | None = None,
                 run_name: str | None = None, tags: dict[str, str] | None = None,
@@ -353,7 +428,8 @@ def tracked_run(cfg: JbotConfig, command: str, *, experiment: str | None = None,
                 description: str | None = None) -> Iterator[MlflowRun]:
     """One MLflow run in experiment ``jbot-{command}`` (or ``experiment`` / ``tracking.experiment``).
 
-    Logs the flattened resolved config as params and ``config.yaml``. An exception ends the run FAILED with the
+    Logs the flattened resolved config's sections the command reads as params (``COMMAND_SECTIONS``) and the whole
+    config as ``config.yaml``. An exception ends the run FAILED with the
     traceback as the artifact ``error/traceback.txt``; Ctrl-C ends it KILLED (the caller saved its checkpoint).
     ``continue_run``: a run of an earlier, interrupted process to continue (a resumed pre-training) when it is
     still in this store and experiment; its params stay, fields changed since are listed in ``jbot.resume_changed``.
@@ -372,7 +448,7 @@ def tracked_run(cfg: JbotConfig, command: str, *, experiment: str | None = None,
     if parent_run_id:  # the tag MLflow nests by; works across processes (the parent need not be active here)
         all_tags["mlflow.parentRunId"] = parent_run_id
     shown = public_config(cfg)  # what is written: the config with every URI's password redacted
-    params = {**flatten(shown), "tracking.uri": redact(uri)}
+    params = {**command_params(cfg, command), "tracking.uri": redact(uri)}
     continued = _continuable(client, continue_run, exp_id)
     if continued is not None:
         logged = continued.data.params

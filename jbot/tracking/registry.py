@@ -101,7 +101,7 @@ class Selection:
     parent_run_id: str | None = None
 
     def text(self, value: float) -> str:
-        where = f"experiment {self.experiment}" + (f", runs matching `{self.filter_string}`" if self.filter_string
+        where = f"experiment {self.experiment}" + (f", runs matching `` {self.filter_string} ``" if self.filter_string
                                                    else "") + (f", children of run {self.parent_run_id}"
                                                                if self.parent_run_id else "")
         return f"the {'highest' if self.mode == 'max' else 'lowest'} {self.metric} ({value:.4g}) of {where}"

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from jbot import signals
 from jbot.config import ConfigError
-from jbot.tracking.mlflow import connect, jbot_experiments, save_runs_view
+from jbot.tracking.mlflow import connect, experiment_link, jbot_experiments, registry_link, save_runs_view
 
 
 def require_free_port(host: str, port: int) -> None:
@@ -28,12 +28,14 @@ def require_free_port(host: str, port: int) -> None:
 
 
 def experiment_links(uri: str, base: str) -> list[tuple[str, str]]:
-    """(experiment name, its runs page with jbot's saved columns) for every jbot experiment in the store."""
+    """(experiment name, its runs page with jbot's saved view) for every jbot experiment in the store, then the
+    model registry's page when it holds a model (a view is written only where it changed)."""
     client = connect(uri)
     links = []
     for exp in jbot_experiments(client):
-        view = save_runs_view(client, exp.experiment_id)
-        links.append((exp.name, f"{base}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey={view}"))
+        links.append((exp.name, experiment_link(base, exp.experiment_id, save_runs_view(client, exp.experiment_id))))
+    if client.search_registered_models(max_results=1):
+        links.append(("model registry", registry_link(base)))
     return links
 
 
@@ -45,7 +47,7 @@ def serve_ui(uri: str, host: str, port: int, quiet: bool, on_ready: Callable[[st
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port), "--workers", "1"]
     # one server process (no GenAI job runners)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_BACKEND_STORE_URI": uri,
-           "MLFLOW_REGISTRY_STORE_URI": uri}
+           "MLFLOW_REGISTRY_STORE_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
     if quiet:  # the server's request log and start-up notices only with --verbose
         cmd += ["--uvicorn-opts", "--log-level warning --no-access-log"]
         env["PYTHONWARNINGS"] = "ignore"

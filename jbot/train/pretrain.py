@@ -35,7 +35,7 @@ from jbot.evaluate.embed import embed
 from jbot.evaluate.knn import knn_classify
 from jbot.redaction import public
 from jbot.ssl.center import Centers
-from jbot.ssl.method import TERMS, Distillation, Forward, JBOTNetwork, StudentOutputs, TeacherOutputs
+from jbot.ssl.method import LOSS_TERMS, TERMS, Distillation, Forward, JBOTNetwork, StudentOutputs, TeacherOutputs
 from jbot.ssl.schedules import lr_schedule, momentum_schedule
 from jbot.ssl.teacher import ema_update, make_teacher
 from jbot.train.checkpoint import load_checkpoint, save_checkpoint
@@ -295,7 +295,7 @@ class Pretrainer:
             return f"this run wrote no checkpoint; the one it resumed from ({self.resumed_from}) is unchanged"
         return "no checkpoint was written (no epoch completed)"
 
-    def run_epoch(self, on_step: Callable[[int], None] | None = None) -> dict[str, float]:
+    def run_epoch(self, on_step: Callable[[int, int], None] | None = None) -> dict[str, float]:
         self.student.train()
         tc, comm = self.cfg.pretrain, self.comm
         sums = torch.zeros(len(TERMS), device=self.device)
@@ -313,8 +313,8 @@ class Pretrainer:
             bad = ~torch.isfinite(terms[0]) & (first_bad < 0)
             first_bad = torch.where(bad, torch.full_like(first_bad, i), first_bad)
             self.step += 1
-            if on_step is not None:
-                on_step(i)
+            if on_step is not None:  # (this step's index in the epoch, steps per epoch)
+                on_step(i, self.steps)
             if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < self.steps:
                 self._save({"sums": sums.detach().cpu(), "first_bad": first_bad.cpu()})
             if self.step < self.steps and self._stop_requested():  # SIGTERM / SIGUSR1: a checkpoint at this step
@@ -336,14 +336,16 @@ class Pretrainer:
                 "pretrain.warmup_epochs."
             )
         it_last = (self.epoch + 1) * self.steps - 1
-        metrics = {f"train/{name}": v for name, v in zip(TERMS, values, strict=True)}
+        # the losses under train/ (the headline curves), what diagnoses them under diag/, speed under system/
+        metrics = {f"{'train' if name in LOSS_TERMS else 'diag'}/{name}": v
+                   for name, v in zip(TERMS, values, strict=True)}
         metrics.update({
-            "train/lr": float(self.lr[it_last]),
-            "train/teacher_momentum": float(self.momentum[it_last]),
-            "train/center_norm_cls": float(self.centers.cls.norm()),
-            "train/center_norm_part": float(self.centers.part.norm()),
-            "train/jets_per_s": trained * self.batch / elapsed,
-            "train/epoch_seconds": elapsed,
+            "diag/lr": float(self.lr[it_last]),
+            "diag/teacher_momentum": float(self.momentum[it_last]),
+            "diag/center_norm_cls": float(self.centers.cls.norm()),
+            "diag/center_norm_part": float(self.centers.part.norm()),
+            "system/jets_per_s": trained * self.batch / elapsed,
+            "system/epoch_seconds": elapsed,
         })
         return metrics
 
@@ -394,7 +396,7 @@ class Pretrainer:
         pred = knn_classify(ref_emb, split.train.y[ref], val_emb, k=tc.knn_k)
         return float((pred == split.val.y[val_idx]).mean())
 
-    def fit(self, on_step: Callable[[int], None] | None = None,
+    def fit(self, on_step: Callable[[int, int], None] | None = None,
             on_epoch: Callable[[EpochReport], bool | None] | None = None) -> PretrainResult:
         """``on_epoch`` may return True to stop after this epoch (a pruned sweep trial)."""
         tc = self.cfg.pretrain
@@ -430,7 +432,7 @@ class Pretrainer:
 
 
 def pretrain(cfg: JbotConfig, split: Split, out_dir: str | Path, tracker: Tracker | None = None,
-             resume: str | Path | None = None, on_step: Callable[[int], None] | None = None,
+             resume: str | Path | None = None, on_step: Callable[[int, int], None] | None = None,
              on_epoch: Callable[[EpochReport], bool | None] | None = None,
              meta: dict[str, str] | None = None, source: BatchSource | None = None,
              comm: Comm = SINGLE, *, resume_state: dict[str, Any] | None = None,

@@ -58,6 +58,13 @@ def test_reproduce_runs_every_step_once_and_resumes(tmp_path: Path, monkeypatch:
     assert "data.preset" not in parent.data.params and parent.data.params["reproduce.presets"] == "5class, tqg, qg"
     tqg = client.get_run(steps["finetune-tqg-pretrained"]).data.metrics
     assert {"test/auc", "test/eps_s_at_0.1", "test/eps_s_at_0.001"} <= set(tqg)
+    # the verdicts and key numbers as the parent's metrics too (the runs table sorts and charts them)
+    verdicts = {k.removeprefix("claim."): v for k, v in parent.data.tags.items() if k.startswith("claim.")}
+    for name, verdict in verdicts.items():
+        assert parent.data.metrics[f"claim/{name}"] == (0.0 if verdict.startswith("does not") else
+                                                       0.5 if "within error" in verdict else 1.0), name
+    assert parent.data.metrics["finetune-tqg-pretrained/auc"] == pytest.approx(tqg["test/auc"])
+    assert parent.data.metrics["finetune-10pct-pretrained/acc"] > 0
 
     summary = json.loads((tmp_path / "out" / "reproduce.json").read_text())
     assert {c["name"] for c in summary["claims"]} == {"pretraining_gain", "finetune_10", "finetune_100",

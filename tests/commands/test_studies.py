@@ -179,8 +179,15 @@ def test_label_fraction_runs_each_fraction_once_and_resumes(tmp_path: Path, monk
     children = {c.info.run_name: c for c in client.search_runs(
         [exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
     assert len(children) == 9
-    quarter = children["finetune-tqg-25%-pretrained"]
+    quarter = children["pretrained-25%-tqg"]
     assert quarter.data.params["finetune.fraction"] == "0.25" and quarter.data.params["finetune.task"] == "tqg"
+    # the init and the encoder's run as params, a colour per init; only the sections fine-tuning reads
+    pre = children["pretrain-D16L1-5class-e2"].info.run_id
+    assert (quarter.data.params["finetune.init"], quarter.data.params["finetune.source"]) == ("pretrained", pre)
+    scratch = children["scratch-25%-tqg"]
+    assert (scratch.data.params["finetune.init"], scratch.data.params["finetune.source"]) == ("scratch", "")
+    assert (quarter.data.tags["mlflow.runColor"], scratch.data.tags["mlflow.runColor"]) == ("#1F77B4", "#D62728")
+    assert not any(k.startswith(("pretrain.", "anomaly.", "sweep.", "mask.")) for k in quarter.data.params)
     assert {"test/rejection_at_0.3", "test/rejection_at_0.5"} <= set(quarter.data.metrics)
 
     summary = json.loads((out / "reproduce.json").read_text())

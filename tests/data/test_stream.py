@@ -74,7 +74,7 @@ def test_streamed_epoch_equals_in_memory(tiny: tuple[JbotConfig, Split], tmp_pat
     stream = StreamSource(find_shards(tmp_path / "s"), window=10_000, seed=cfg.pretrain.seed, device=torch.device("cpu"))
     streamed = pretrain(cfg, split, tmp_path / "a", source=stream).history
     in_memory = pretrain(cfg, split, tmp_path / "b").history
-    for key in ("train/loss", "train/loss_part", "train/loss_cls", "train/loss_koleo", "train/masked_fraction"):
+    for key in ("train/loss", "train/loss_part", "train/loss_cls", "train/loss_koleo", "diag/masked_fraction"):
         np.testing.assert_allclose(streamed[key], in_memory[key], rtol=1e-5, err_msg=key)
 
 
@@ -136,7 +136,7 @@ def test_mid_epoch_checkpoint_resumes_to_the_same_weights(tiny: tuple[JbotConfig
 
     whole = pretrain(cfg, split, tmp_path / "whole", source=source())
 
-    def stop(i: int) -> None:
+    def stop(i: int, steps: int) -> None:
         if trainer.epoch == 1 and i == 3:
             raise KeyboardInterrupt
 
@@ -245,8 +245,8 @@ def test_torchrun_two_processes_train_like_one_and_resume_with_another_world_siz
     assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
     h2 = load_checkpoint(tmp_path / "two" / "checkpoint.pt")["history"]
     h1 = load_checkpoint(tmp_path / "one" / "checkpoint.pt")["history"]
-    for key in ("train/loss", "train/loss_part", "train/loss_cls", "train/loss_koleo", "train/masked_fraction",
-                "train/center_norm_cls"):
+    for key in ("train/loss", "train/loss_part", "train/loss_cls", "train/loss_koleo", "diag/masked_fraction",
+                "diag/center_norm_cls"):
         np.testing.assert_allclose(h2[key], h1[key], rtol=1e-4, err_msg=key)
 
     # resume the 2-process checkpoint in one process, for a third epoch

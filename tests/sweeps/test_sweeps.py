@@ -113,6 +113,15 @@ def test_resume_and_failed_trial_sqlite(inputs: tuple[Path, Path], tmp_path: Pat
         assert parent_run.data.tags[f"best.{key}"] == str(value)
 
 
+def test_a_default_study_name_reads_kind_data_and_objective(tmp_path: Path) -> None:
+    from jbot.config import load_config
+    from jbot.sweeps.study import Sweep
+
+    sweep = Sweep("anomaly", load_space("anomaly"), load_config(None), 3, {"data": "/x/my jets", "model": "m.pt"})
+    assert re.fullmatch(r"jbot-anomaly-my-jets-val-combined-auc-[0-9a-f]{8}", sweep.name), sweep.name
+    assert sweep.objective == "val/combined/auc, maximize"
+
+
 def test_conditional_space_is_validated(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     head = "objective: v\nparams:\n  anomaly.score: {type: categorical, choices: [knn, gmm]}\n"
@@ -149,6 +158,14 @@ def test_anomaly_sweep_samples_each_score_its_own_settings(inputs: tuple[Path, P
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
     exp = client.get_experiment_by_name("jbot-sweep-anomaly")
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    # the objective named everywhere: the runs' tags, the study's note, the plots' axes, a few-trials caveat
+    assert parent.data.tags["jbot.objective"] == "val/combined/auc, maximize"
+    assert all(c.data.tags["jbot.objective"] == "val/combined/auc, maximize" for c in children)
+    note = study._storage.get_study_system_attrs(study._study_id)  # where optuna-dashboard keeps the note
+    assert any("**Objective**: val/combined/auc, maximize" in str(v) for v in note.values())
+    plots = Path(client.download_artifacts(parent.info.run_id, "plots", str(tmp_path / "plots")))
+    assert "only 8 complete trials" in (plots / "param_importances.html").read_text()
+    assert "val/combined/auc" in (plots / "optimization_history.html").read_text().replace("\\u002f", "/")
     for child in children:  # the anomaly run's test/{score}/{signal}/{metric}, less the score (a param here)
         assert {"val/combined/auc", "val/W/auc", "val/t/tpr_at_fpr_0.1"} <= set(child.data.metrics)
         assert not any(k.count("/") != 2 for k in child.data.metrics if k.startswith("val/"))

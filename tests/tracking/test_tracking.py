@@ -45,7 +45,7 @@ def test_pretrain_and_finetune_are_readable_back(fake_data: Path, tmp_path: Path
     assert pre.info.status == "FINISHED"
     assert pre.data.params["model.d_model"] == "16" and pre.data.params["pretrain.epochs"] == "3"
     assert [m.step for m in client.get_metric_history(pre.info.run_id, "train/loss")] == [1, 2, 3]
-    assert {"val/knn_acc", "train/loss", "train/jets_per_s"} <= set(pre.data.metrics)
+    assert {"val/knn_acc", "train/loss", "system/jets_per_s"} <= set(pre.data.metrics)
     assert not any(k.startswith("final/") for k in pre.data.metrics), "no single-point copies of the last epoch"
     assert len(client.get_metric_history(pre.info.run_id, "val/knn_acc")) == 2  # epochs 2 and 3, logged once each
     for tag in ("jbot.version", "jbot.git_commit", "jbot.data_fingerprint", "jbot.device", "jbot.model_uri"):
@@ -100,7 +100,7 @@ def test_register_best_mode_idempotent_and_alias(tmp_path: Path, store: str) -> 
     text = card.description
     assert "**Input**: float jets (N, 30, 4): eta_rel, phi_rel, pt_rel, valid" in text
     assert "**Output**: float32 (N, 16): the [CLS] embedding" in text
-    assert f"the highest test/acc (0.61) of experiment reg-test, runs matching `attributes.run_id != '{run_ids[1]}'`" in text
+    assert f"the highest test/acc (0.61) of experiment reg-test, runs matching `` attributes.run_id != '{run_ids[1]}' ``" in text
     assert f"[{run_ids[0]}](http://127.0.0.1:5000/#/experiments/" in text and "models:/jbot-encoder/" in text
     assert card.tags["jbot.selected_by"].startswith("the highest test/acc (0.61)") and "jbot.verdicts" not in card.tags
     assert card.tags["jbot.input"].startswith("float jets (N, 30, 4)")
@@ -162,7 +162,7 @@ def test_rest_api_of_a_real_server_lists_runs_with_documented_metrics(fake_data:
     assert len(runs) == 1
     metric_names = {m["key"] for m in runs[0]["data"]["metrics"]}
     assert {"train/loss", "train/loss_part", "train/loss_cls", "train/loss_koleo", "val/knn_acc",
-            "train/wall_seconds"} <= metric_names
+            "system/wall_seconds"} <= metric_names
     assert runs[0]["info"]["status"] == "FINISHED"
 
 
@@ -175,11 +175,33 @@ def test_saved_runs_view_shows_headline_metrics_and_searched_params(store: str) 
     exp = client.create_experiment("jbot-view")
     run = client.create_run(exp)
     for key in ("test/acc", "val/knn_acc", "test/knn/combined/auc", "test/knn/W/auc", "test/acc_std",
-                "system/cpu_utilization_percentage", "train/lr"):
+                "system/cpu_utilization_percentage", "diag/lr"):
         client.log_metric(run.info.run_id, key, 0.5)
     client.log_param(run.info.run_id, "space.anomaly.score", "{}")
+    client.log_param(run.info.run_id, "sweep.objective", "val/knn_acc")
+    client.set_tag(run.info.run_id, "jbot.role", "sweep-parent")
     client.set_terminated(run.info.run_id)
+    for init in ("pretrained", "scratch"):  # children: told apart by a param, which becomes a column
+        child = client.create_run(exp, tags={"mlflow.parentRunId": run.info.run_id})
+        client.log_param(child.info.run_id, "finetune.init", init)
+        client.log_metric(child.info.run_id, "train/loss", 1.0, step=1)
+        client.set_terminated(child.info.run_id)
     key = save_runs_view(client, exp)
     state = json.loads(client.get_experiment(exp).tags[f"mlflow.sharedViewState.{key}"])
-    assert state["selectedColumns"] == ["metrics.`test/acc`", "metrics.`test/knn/combined/auc`",
-                                        "metrics.`val/knn_acc`", "params.`anomaly.score`"]
+    assert state["selectedColumns"] == ["params.`finetune.init`", "metrics.`test/acc`", "metrics.`test/acc_std`",
+                                        "metrics.`test/knn/combined/auc`", "metrics.`val/knn_acc`",
+                                        "metrics.`train/loss`", "params.`anomaly.score`"]
+    assert state["runsExpanded"] == {run.info.run_id: True} and state["runsHiddenMode"] == "SHOW_ALL"
+    assert state["columnWidths"]["attributes.`Run Name`"] >= 300
+    charts = {c["type"]: c for c in state["compareRunCharts"]}
+    assert charts["PARALLEL"]["selectedParams"] == ["anomaly.score"]
+    assert charts["PARALLEL"]["selectedMetrics"] == ["val/knn_acc"]
+    bars = [c["metricKey"] for c in state["compareRunCharts"] if c["type"] == "BAR"]
+    assert bars == ["test/acc", "test/knn/combined/auc"]
+    assert [c["metricKey"] for c in state["compareRunCharts"] if c["type"] == "LINE"] == ["train/loss", "val/knn_acc"]
+    assert {c["metricSectionId"] for c in state["compareRunCharts"]} == {state["compareRunSections"][0]["uuid"]}
+    # saved again unchanged: the store is not written (opening the UI twice writes nothing)
+    writes = []
+    real = client.set_experiment_tag
+    client.set_experiment_tag = lambda *a: writes.append(a) or real(*a)  # type: ignore[method-assign]
+    assert save_runs_view(client, exp) == key and writes == []

@@ -32,9 +32,9 @@ def test_pretrain_logs_monitors_and_checkpoints(tiny: tuple[JbotConfig, Split], 
     steps = [s for s, _ in tracker.metrics]
     assert steps == [1, 2, 3]
     first = tracker.metrics[0][1]
-    for key in ("train/loss", "train/loss_part", "train/loss_cls", "train/loss_koleo", "train/teacher_entropy",
-                "train/student_entropy", "train/center_norm_cls", "train/center_norm_part", "train/lr",
-                "train/teacher_momentum", "train/jets_per_s", "health/cls_rank", "health/teacher_occupancy"):
+    for key in ("train/loss", "train/loss_part", "train/loss_cls", "train/loss_koleo", "diag/teacher_entropy",
+                "diag/student_entropy", "diag/center_norm_cls", "diag/center_norm_part", "diag/lr",
+                "diag/teacher_momentum", "system/jets_per_s", "health/cls_rank", "health/teacher_occupancy"):
         assert key in first
     assert "val/knn_acc" in tracker.metrics[1][1] and "val/knn_acc" not in first
     assert 0.0 <= result.knn_acc <= 1.0
