@@ -43,7 +43,8 @@ def test_quickstart_notebook_runs_and_tracks_every_step(tmp_path: Path, monkeypa
                if cell.cell_type == "code" for o in cell.get("outputs", []))  # the t-SNE figure
     assert (work / "anomaly").is_dir() and any((work / "anomaly").glob("*.html"))
 
-    store = MlflowClient(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
+    uri = f"sqlite:///{work / 'mlruns' / 'mlflow.db'}"
+    store = MlflowClient(uri, registry_uri=uri)  # not the registry an earlier test of this process set
     kinds = {e.name: len(store.search_runs([e.experiment_id])) for e in store.search_experiments()
              if e.name.startswith("jbot-")}
     assert kinds == {"jbot-pretrain": 2, "jbot-probe": 1, "jbot-anomaly": 1}, kinds

@@ -248,9 +248,8 @@ def runs_view(runs: list[Any]) -> dict[str, Any]:
     keys = {k for r in runs for k in r.data.metrics}
     metrics = sorted({k for k in keys if _headline(k)}, key=lambda k: (order.get(k.split("/")[0], 4), k))
     with_std = [m for k in metrics for m in (k, f"{k}_std") if m == k or m in keys]
-    params = {k for r in runs for k in r.data.params}
     searched = sorted({k.removeprefix("space.") for r in runs for k in r.data.params if k.startswith("space.")})
-    telling = [k for k in DISTINGUISHING if k in params and len({r.data.params.get(k) for r in runs}) > 1]
+    telling = [k for k in DISTINGUISHING if len({r.data.params[k] for r in runs if k in r.data.params}) > 1]
     datasets = ["attributes.`Dataset`"] if any(r.inputs.dataset_inputs for r in runs if r.inputs) else []
     columns = (datasets + [f"params.`{k}`" for k in telling] + [f"metrics.`{k}`" for k in with_std]
                + [f"params.`{k}`" for k in searched])[:MAX_COLUMNS]
@@ -278,7 +277,8 @@ def runs_view(runs: list[Any]) -> dict[str, Any]:
     # they are saved for the UIs that read them
     state: dict[str, Any] = {
         "selectedColumns": columns, "columnWidths": {RUN_NAME_COLUMN: 300, **{c: 150 for c in columns}},
-        "runsExpanded": {p: True for p in parents}, "runsHiddenMode": "SHOW_ALL"}
+        "runsExpanded": {p: True for p in parents}, "runsHiddenMode": "SHOW_ALL",
+        "hideEmptyCharts": False}  # a sweep's chart has points once its parent is expanded
     if charts:
         state.update(compareRunCharts=charts, compareRunSections=[section])
     return state

@@ -166,8 +166,8 @@ def test_cli_end_to_end_on_jetnet150(folder_150: Path, tmp_path: Path, new_store
     ok("pretrain", *data, "--out", str(tmp_path / "pt"), *set_args(TINY + sizes + small + ["model.n_particles=150"]))
     (pre,) = client.search_runs([client.get_experiment_by_name("jbot-pretrain").experiment_id])
     assert pre.data.params["model.n_particles"] == "150"
-    signature = get_model_info(pre.data.tags["jbot.model_uri"]).signature
-    assert signature is not None and signature.inputs.inputs[0].shape == (-1, 150, 4), (
+    model_input = get_model_info(pre.data.tags["jbot.model_uri"]).metadata["jbot.input"]
+    assert model_input.startswith("float jets (N, 150, 4): "), (
         "pre-training read the split with model.n_particles slots per jet (jbot/commands/common.py load_split)")
     run = pre.info.run_id
 
