@@ -15,8 +15,8 @@ DEMO_JETS ?= 2000
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "torch==2.13.0" $(TORCH_PIP_ARGS)
-	$(BIN)/python -m pip install --quiet -e ".[generate,export,jetclass,dev]"
+	$(BIN)/python -m pip install --quiet --no-compile "torch==2.13.0" $(TORCH_PIP_ARGS)
+	$(BIN)/python -m pip install --quiet --no-compile -e ".[generate,export,jetclass,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -24,9 +24,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/jbot demo --out $(DEMO_DIR) --jets-per-class $(DEMO_JETS) --workers 2
 
-# every test but those that need a CUDA device (slow and integration ones included)
+# every test but those that need a CUDA device (slow and integration ones included), on two workers (a test
+# file stays on one: its fixtures and order as when run alone)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not gpu"
+	$(BIN)/python -m pytest -q -m "not gpu" -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu and not slow and not integration"

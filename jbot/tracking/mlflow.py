@@ -300,6 +300,14 @@ def experiment_link(base: str, experiment_id: str, view: str | None = VIEW_KEY) 
             + "workflowType=machine_learning")
 
 
+def compare_link(base: str, experiment_id: str, run_ids: list[str]) -> str:
+    """MLflow's side-by-side comparison of ``run_ids`` (params and metrics in one table)."""
+    from urllib.parse import quote
+
+    return (f"{base}/#/compare-runs?runs={quote(json.dumps(run_ids))}&experiments={quote(json.dumps([experiment_id]))}"
+            "&workflowType=machine_learning")
+
+
 def registry_link(base: str, name: str | None = None) -> str:
     return f"{base}/#/models" + (f"/{name}" if name else "") + "?workflowType=machine_learning"
 

@@ -10,10 +10,18 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from jbot import signals
 from jbot.config import ConfigError
-from jbot.tracking.mlflow import connect, experiment_link, jbot_experiments, registry_link, save_runs_view
+from jbot.tracking.mlflow import (
+    compare_link,
+    connect,
+    experiment_link,
+    jbot_experiments,
+    registry_link,
+    save_runs_view,
+)
 
 
 def require_free_port(host: str, port: int) -> None:
@@ -34,9 +42,25 @@ def experiment_links(uri: str, base: str) -> list[tuple[str, str]]:
     links = []
     for exp in jbot_experiments(client):
         links.append((exp.name, experiment_link(base, exp.experiment_id, save_runs_view(client, exp.experiment_id))))
+        links += comparison_links(client, exp.experiment_id, base)
     if client.search_registered_models(max_results=1):
         links.append(("model registry", registry_link(base)))
     return links
+
+
+def comparison_links(client: Any, experiment_id: str, base: str, newest: int = 3) -> list[tuple[str, str]]:
+    """For the newest reproductions and sweeps of an experiment: MLflow's comparison page of their child runs (the
+    runs table opens a parent collapsed; this shows its steps or trials side by side)."""
+    parents = client.search_runs([experiment_id], "tags.`jbot.role` IN ('reproduce-parent', 'sweep-parent')",
+                                 max_results=newest, order_by=["attributes.start_time DESC"])
+    out = []
+    for parent in parents:
+        children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                      max_results=100)
+        if children:
+            out.append((f"  {parent.info.run_name} ({len(children)} runs)",
+                        compare_link(base, experiment_id, [c.info.run_id for c in children])))
+    return out
 
 
 def serve_ui(uri: str, host: str, port: int, quiet: bool, on_ready: Callable[[str], None]) -> None:

@@ -200,6 +200,12 @@ def test_saved_runs_view_shows_headline_metrics_and_searched_params(store: str) 
     assert bars == ["test/acc", "test/knn/combined/auc"]
     assert [c["metricKey"] for c in state["compareRunCharts"] if c["type"] == "LINE"] == ["train/loss", "val/knn_acc"]
     assert {c["metricSectionId"] for c in state["compareRunCharts"]} == {state["compareRunSections"][0]["uuid"]}
+    # `jbot ui` also links MLflow's comparison of a sweep's (or reproduction's) children, shown side by side
+    from jbot.tracking.ui import comparison_links
+
+    ((label, link),) = comparison_links(client, exp, "http://127.0.0.1:5000")
+    assert "(2 runs)" in label and link.startswith("http://127.0.0.1:5000/#/compare-runs?runs=%5B%22")
+    assert all(c.info.run_id in link for c in client.search_runs([exp], f"tags.mlflow.parentRunId = '{run.info.run_id}'"))
     # saved again unchanged: the store is not written (opening the UI twice writes nothing)
     writes = []
     real = client.set_experiment_tag
