@@ -51,7 +51,7 @@ def experiment_links(uri: str, base: str) -> list[tuple[str, str]]:
 def comparison_links(client: Any, experiment_id: str, base: str, newest: int = 3) -> list[tuple[str, str]]:
     """For the newest reproductions and sweeps of an experiment: MLflow's comparison page of their child runs (the
     runs table opens a parent collapsed; this shows its steps or trials side by side)."""
-    parents = client.search_runs([experiment_id], "tags.`jbot.role` IN ('reproduce-parent', 'sweep-parent')",
+    parents = client.search_runs([experiment_id], "tags.`jbot.role` LIKE '%-parent'",  # reproduce- and sweep-
                                  max_results=newest, order_by=["attributes.start_time DESC"])
     out = []
     for parent in parents:
