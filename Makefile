@@ -24,10 +24,9 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/jbot demo --out $(DEMO_DIR) --jets-per-class $(DEMO_JETS) --workers 2
 
-# every test but those that need a CUDA device (slow and integration ones included), on two workers (a test
-# file stays on one: its fixtures and order as when run alone)
+# every test but those that need a CUDA device (slow and integration ones included)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not gpu" -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -m "not gpu"
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu and not slow and not integration"
