@@ -27,10 +27,6 @@ def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | 
                   run_name: str | None = None, on_phase: Callable[[str], None] | None = None
                   ) -> TrackedResult[ProbeResult]:
     """``on_phase`` hears each long phase as it starts (embedding, probes, clustering, the t-SNE map)."""
-    def phase(text: str) -> None:
-        if on_phase is not None:
-            on_phase(text)
-
     loaded = load_from_uri(source, str(cfg.tracking.uri))
     cfg = settings_used(cfg, preset, loaded)
     split = load_split(cfg)
@@ -43,7 +39,8 @@ def tracked_probe(cfg: JbotConfig, source: str, preset: str, *, out_dir: Path | 
         run.log_metrics(result.metrics)
         folder = out_dir or scratch_dir("probe-")
         log_json_and_curves(run, folder, "probe", result.metrics)
-        phase("t-SNE map of the test jets")
+        if on_phase is not None:
+            on_phase("t-SNE map of the test jets")
         fig = embedding_map(result.test_embedding, split.test.y, split.class_names, "frozen [CLS] (test jets)")
         run.log_artifact(write_html(fig, folder / "embedding_map.html"), "plots")
         run.log_artifact(write_map_points(fig, folder / MAP_POINTS.name), str(MAP_POINTS.parent))

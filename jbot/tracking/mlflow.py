@@ -422,11 +422,11 @@ COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def command_params(cfg: JbotConfig, command: str) -> dict[str, Any]:
-    """The flattened, redacted settings ``command`` reads (every section for a command not listed)."""
+def command_params(shown: JbotConfig, command: str) -> dict[str, Any]:
+    """The flattened settings of the (redacted) config ``shown`` that ``command`` reads (every section for a command
+    not listed)."""
     sections = COMMAND_SECTIONS.get(command)
-    flat = flatten(public_config(cfg))
-    return {k: v for k, v in flat.items() if sections is None or k.split(".", 1)[0] in sections}
+    return {k: v for k, v in flatten(shown).items() if sections is None or k.split(".", 1)[0] in sections}
 
 
 @contextlib.contextmanager
@@ -456,7 +456,7 @@ def tracked_run(cfg: JbotConfig, command: str, *, experiment: str | None = None,
     if parent_run_id:  # the tag MLflow nests by; works across processes (the parent need not be active here)
         all_tags["mlflow.parentRunId"] = parent_run_id
     shown = public_config(cfg)  # what is written: the config with every URI's password redacted
-    params = {**command_params(cfg, command), "tracking.uri": redact(uri)}
+    params = {**command_params(shown, command), "tracking.uri": redact(uri)}
     continued = _continuable(client, continue_run, exp_id)
     if continued is not None:
         logged = continued.data.params

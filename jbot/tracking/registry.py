@@ -101,10 +101,12 @@ class Selection:
     parent_run_id: str | None = None
 
     def text(self, value: float) -> str:
-        where = f"experiment {self.experiment}" + (f", runs matching `` {self.filter_string} ``" if self.filter_string
-                                                   else "") + (f", children of run {self.parent_run_id}"
-                                                               if self.parent_run_id else "")
-        return f"the {'highest' if self.mode == 'max' else 'lowest'} {self.metric} ({value:.4g}) of {where}"
+        where = [f"experiment {self.experiment}"]
+        if self.filter_string:
+            where.append(f"runs matching `` {self.filter_string} ``")
+        if self.parent_run_id:
+            where.append(f"children of run {self.parent_run_id}")
+        return f"the {'highest' if self.mode == 'max' else 'lowest'} {self.metric} ({value:.4g}) of {', '.join(where)}"
 
 
 def model_card(client: MlflowClient, run: mlflow.entities.Run, how: Selection,
