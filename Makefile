@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.jbot-installed
 # Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_PIP_ARGS ?=
+# pip compiles the bytecode at install (its default; keep it): where PYTHONDONTWRITEBYTECODE is set, as on CI, an
+# uncompiled torch and MLflow cost every jbot process some 15 s of compiling at import.
 DEMO_DIR ?= data/demo
 DEMO_JETS ?= 2000
 
@@ -15,8 +17,8 @@ DEMO_JETS ?= 2000
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --no-compile "torch==2.13.0" $(TORCH_PIP_ARGS)
-	$(BIN)/python -m pip install --quiet --no-compile -e ".[generate,export,jetclass,dev]"
+	$(BIN)/python -m pip install --quiet "torch==2.13.0" $(TORCH_PIP_ARGS)
+	$(BIN)/python -m pip install --quiet -e ".[generate,export,jetclass,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -10,6 +10,10 @@ Inside ``deferred()`` (pre-training's steps) a first signal, Ctrl-C included, is
 ``pending()`` at its next step boundary, writes a checkpoint there and calls ``raise_pending()``. A second signal
 raises at once.
 
+Outside ``deferred()`` a signal raises where the main thread is, and stays recorded as well: Python drops an
+exception raised inside a finaliser or a weakref callback (a garbage collection that runs inside SQLAlchemy, say)
+after printing "Exception ignored", and the next ``raise_pending()`` raises it again, so a stop is never lost.
+
 Exit codes follow the shell's convention, 128 + the signal's number: 130 for Ctrl-C (SIGINT), 143 for SIGTERM,
 138 for SIGUSR1 (on Linux). Torch-free and MLflow-free.
 """
@@ -45,6 +49,7 @@ def _handler(signum: int, frame: object) -> None:
     if _deferring and _pending is None:
         _pending = signum
         return
+    _pending = signum  # kept: if this raise lands in a finaliser, Python drops it, and raise_pending() raises it
     _raise(signum)
 
 
@@ -57,8 +62,10 @@ def _raise(signum: int) -> None:
 def install() -> None:
     """SIGTERM and SIGUSR1 raise ``Stopped`` from now on, and Ctrl-C is deferred like them inside ``deferred()``
     (in the main thread only; elsewhere nothing changes)."""
+    global _pending
     if threading.current_thread() is not threading.main_thread():
         return
+    _pending = None  # a stop handled by an earlier command of this process is over
     for sig in (*STOP_SIGNALS, signal.SIGINT):
         signal.signal(sig, _handler)
 
@@ -78,7 +85,7 @@ def deferred() -> Iterator[None]:
 
 
 def pending() -> int | None:
-    """The signal received inside ``deferred()`` and not yet raised, if any."""
+    """The signal received and not yet raised by ``raise_pending()``, if any."""
     return _pending
 
 
