@@ -51,6 +51,11 @@ def make_config(base: str | Path | None = None, *overrides: str, data: str | Pat
 
 
 def _cfg(cfg: JbotConfig | None, data: str | Path | None) -> JbotConfig:
+    from jbot.config import JbotConfig
+
+    if cfg is not None and not isinstance(cfg, JbotConfig):  # load_split("data/jets"): the folder is data=
+        raise TypeError(f"cfg is a {type(cfg).__name__}, not a config from jbot.make_config(); "
+                        "give a data folder as data=...")
     cfg = cfg if cfg is not None else make_config()
     if data is not None:
         cfg = with_overrides(cfg, {"data.dir": str(data)})

@@ -33,6 +33,8 @@ def test_make_config_takes_set_strings_fields_and_data(tmp_path: Path) -> None:
     assert cfg.tracking.uri == f"sqlite:///{tmp_path / 'm.db'}"
     with pytest.raises(ValueError, match="pretrain.epoch"):
         jbot.make_config(None, "pretrain.epoch=3")
+    with pytest.raises(TypeError, match="give a data folder as data="):
+        jbot.load_split(str(tmp_path))  # type: ignore[arg-type]  # the folder given where the config goes
 
 
 def test_encoder_embeds_numpy_of_any_float_and_awkward_jetclass_branches(tmp_path: Path) -> None:
