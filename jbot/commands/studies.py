@@ -123,17 +123,21 @@ def ablation_html(summary: dict[str, Any]) -> str:
         value, std = pair
         return f"{_num(value)} ± {_num(std)}"
 
+    rows = summary.get("ablation", [])
+    # the anomaly column only where a variant has an AUC (not with evaluate.ablation_anomaly=false)
+    anomaly = any(_num(row["anomaly_auc"][0]) != "-" for row in rows)
     head = ("<tr><th>variant</th><th>removes</th><th>k-NN acc</th><th>cost vs full</th><th>beyond fold std</th>"
             "<th>paired bootstrap</th><th>linear acc</th><th>purity</th><th>ARI</th><th>NMI</th>"
-            "<th>q+g anomaly AUC (k-NN, combined)</th><th>[CLS] rank</th><th>teacher occupancy</th></tr>")
+            + ("<th>q+g anomaly AUC (k-NN, combined)</th>" if anomaly else "")
+            + "<th>[CLS] rank</th><th>teacher occupancy</th></tr>")
     body = "".join(
         f"<tr><td>{esc(row['variant'])}</td><td>{esc(row['removes'])}</td><td>{pm(row['knn_acc'])}</td>"
         + (f"<td>{_num(row['cost'])}" + (f" (SE {_num(row['se'])})" if row.get("se") is not None else "")
            + f"</td><td>{'yes' if row['beyond_std'] else 'no'}</td><td>{esc(row['verdict'])}</td>"
            if "cost" in row else "<td>-</td><td>-</td><td>-</td>")
         + f"<td>{pm(row['linear_acc'])}</td><td>{_num(row['purity'][0])}</td><td>{_num(row['ari'][0])}</td>"
-        f"<td>{_num(row['nmi'][0])}</td><td>{pm(row['anomaly_auc'])}</td><td>{_num(row['cls_rank'], 2)}</td>"
-        f"<td>{_num(row['teacher_occupancy'], 2)}</td></tr>" for row in summary.get("ablation", []))
+        f"<td>{_num(row['nmi'][0])}</td>" + (f"<td>{pm(row['anomaly_auc'])}</td>" if anomaly else "")
+        + f"<td>{_num(row['cls_rank'], 2)}</td><td>{_num(row['teacher_occupancy'], 2)}</td></tr>" for row in rows)
     maps = summary.get("_maps") or {}
     figure = "" if not maps else maps_side_by_side(
         maps, "frozen [CLS] of the test jets per variant (t-SNE)").to_html(full_html=False, include_plotlyjs=False)

@@ -149,6 +149,16 @@ def test_ablation_runs_each_variant_once_and_resumes(tmp_path: Path, monkeypatch
     assert report.count("t-SNE") >= 1 and all(f"<td>{v}</td>" in report for v in rows)
 
 
+def test_the_ablation_table_has_an_anomaly_column_only_where_the_anomaly_steps_ran() -> None:
+    nan = float("nan")
+    row = {"variant": "full", "removes": "nothing", "knn_acc": [0.6, 0.02], "linear_acc": [0.59, 0.02],
+           "purity": [0.38, nan], "ari": [0.09, nan], "nmi": [0.13, nan], "cls_rank": 24.9, "teacher_occupancy": 0.88}
+    without = studies.ablation_html({"ablation": [{**row, "anomaly_auc": [nan, nan]}]})
+    assert "anomaly AUC" not in without and "<td>0.130</td><td>24.90</td>" in without
+    with_auc = studies.ablation_html({"ablation": [{**row, "anomaly_auc": [0.61, 0.04]}]})
+    assert "q+g anomaly AUC" in with_auc and "<td>0.610 ± 0.040</td>" in with_auc
+
+
 def test_crossover_names_where_pretraining_stops_helping() -> None:
     assert studies.crossover([(0.01, True), (0.1, True), (1.0, False)]) == (
         "pre-training helps clearly up to 10% of the labels; from 100% on it does not (the crossover)")
