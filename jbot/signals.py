@@ -46,11 +46,10 @@ _deferring = 0
 
 def _handler(signum: int, frame: object) -> None:
     global _pending
-    if _deferring and _pending is None:
-        _pending = signum
-        return
-    _pending = signum  # kept: if this raise lands in a finaliser, Python drops it, and raise_pending() raises it
-    _raise(signum)
+    first = _pending is None
+    _pending = signum  # kept when raised too: Python drops a raise inside a finaliser, raise_pending() raises it
+    if not (_deferring and first):
+        _raise(signum)
 
 
 def _raise(signum: int) -> None:

@@ -110,8 +110,12 @@ def ablation_section(got: Collected) -> dict[str, Any]:
     return {"claims": [combination], "ablation": rows, "_maps": maps}
 
 
+def _missing(value: Any) -> bool:
+    return value is None or value != value  # None or NaN
+
+
 def _num(value: Any, digits: int = 3) -> str:
-    return "-" if value is None or value != value else f"{value:.{digits}f}"
+    return "-" if _missing(value) else f"{value:.{digits}f}"
 
 
 def ablation_html(summary: dict[str, Any]) -> str:
@@ -125,7 +129,7 @@ def ablation_html(summary: dict[str, Any]) -> str:
 
     rows = summary.get("ablation", [])
     # the anomaly column only where a variant has an AUC (not with evaluate.ablation_anomaly=false)
-    anomaly = any(_num(row["anomaly_auc"][0]) != "-" for row in rows)
+    anomaly = not all(_missing(row["anomaly_auc"][0]) for row in rows)
     head = ("<tr><th>variant</th><th>removes</th><th>k-NN acc</th><th>cost vs full</th><th>beyond fold std</th>"
             "<th>paired bootstrap</th><th>linear acc</th><th>purity</th><th>ARI</th><th>NMI</th>"
             + ("<th>q+g anomaly AUC (k-NN, combined)</th>" if anomaly else "")
