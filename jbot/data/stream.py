@@ -9,7 +9,8 @@ random per-epoch rotation of the shard, K > 1 only); window k holds chunk k of *
 mixes all files (and classes) and is read as one contiguous range per file. A rank reads only its own sub-range
 of each chunk, permutes its rows of the window, and yields batches of B / world rows, carrying the remainder into
 the next window. Host memory holds about two windows (the one being trained on and the next, read by a
-background thread, one more in the queue between them) in buffers allocated once, whatever the dataset's size.
+background thread, one more in the queue between them; on CUDA one more, whose asynchronous copies to the GPU may
+still be waiting) in buffers allocated once, whatever the dataset's size.
 With one window and one process the order is exactly the in-memory path's.
 """
 
@@ -141,34 +142,48 @@ class StreamSource:
             skip, k0 = skip - size, k0 + 1
         cap = max(sizes)
         raw = np.empty((cap, self.n_particles, self.width), np.float32)  # the reader's, refilled for every window
-        # three windows' slots: the one being trained on, the one waiting in the queue, the one being read
-        # (page-locked on CUDA: batches are copied to the GPU asynchronously, the step does not wait for them)
+        # the slots of the windows: the one being trained on, the one waiting in the queue, the one being read; on
+        # CUDA page-locked (batches are copied to the GPU asynchronously, the step does not wait for them) and one
+        # more: a queued copy reads its slot when the GPU reaches it, which can be many steps after it was queued, so
+        # the slot of window k is refilled only once the copies out of it have run (an event recorded behind them,
+        # waited for here, one window later, before the reader is let on to refill it)
         pinned = self.device.type == "cuda"
-        slots = [torch.empty(cap, self.n_particles, self.width, pin_memory=pinned) for _ in range(3)]
-        windows = _Prefetch(lambda k: self.read_window(epoch, k, rank, world, raw, slots[k % 3]),
-                            range(k0, self.n_windows))
+        slots = [torch.empty(cap, self.n_particles, self.width, pin_memory=pinned) for _ in range(4 if pinned else 3)]
+        queued: list[torch.cuda.Event] = []  # behind the copies of the last two windows (CUDA)
+
+        def read(k: int) -> torch.Tensor:
+            return self.read_window(epoch, k, rank, world, raw, slots[k % len(slots)])
+
+        windows = _Prefetch(read, range(k0, self.n_windows))
         try:
             carry = torch.empty(0, self.n_particles, self.width)
             for i, x in enumerate(windows):
-                x = x[skip:] if i == 0 else x
-                if len(carry):  # the batch that straddles two windows (a small copy)
-                    head = torch.cat([carry, x[:b - len(carry)]])
-                    x = x[b - len(carry):]
-                    if len(head) < b:
-                        carry = head
-                        continue
-                    yield head.to(self.device)
-                    todo -= 1
+                try:
+                    x = x[skip:] if i == 0 else x
+                    if len(carry):  # the batch that straddles two windows (a small copy)
+                        head = torch.cat([carry, x[:b - len(carry)]])
+                        x = x[b - len(carry):]
+                        if len(head) < b:
+                            carry = head
+                            continue
+                        yield head.to(self.device)
+                        todo -= 1
+                        if todo == 0:
+                            return
+                    n_full = min(len(x) // b, todo)
+                    for j in range(n_full):
+                        # a batch of its own memory (the slot is refilled windows later)
+                        yield x[j * b:(j + 1) * b].to(self.device, non_blocking=pinned, copy=True)
+                    todo -= n_full
                     if todo == 0:
                         return
-                n_full = min(len(x) // b, todo)
-                for j in range(n_full):
-                    # a batch of its own memory (the slot is refilled two windows later)
-                    yield x[j * b:(j + 1) * b].to(self.device, non_blocking=pinned, copy=True)
-                todo -= n_full
-                if todo == 0:
-                    return
-                carry = x[n_full * b:].clone()
+                    carry = x[n_full * b:].clone()
+                finally:  # before the next window is taken: the reader then refills the slot of the one before this
+                    if pinned:
+                        queued.append(torch.cuda.Event())
+                        queued[-1].record()
+                        if len(queued) > 1:
+                            queued.pop(0).synchronize()
         finally:
             windows.close()
 

@@ -65,9 +65,11 @@ class GraphStep:
             self.eager_steps += 1
             return terms
         if self.graph is None:
+            draws = self.generator.get_state()  # a capture advances the views' generator without drawing
             try:
                 self._record(xb)
             except Exception as exc:  # noqa: BLE001 - whatever stopped the capture, the eager step still works
+                self.generator.set_state(draws)  # the eager step draws what it would have drawn without the try
                 if self.required:
                     raise GraphCaptureError(f"the pre-training step could not be recorded as a CUDA graph ({exc}); "
                                             "run with --set runtime.cuda_graphs=off") from exc

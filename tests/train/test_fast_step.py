@@ -1,6 +1,6 @@
 """The fast paths of the pre-training step give the plain step's numbers: heads on the tokens a loss reads only,
 the graph-ready step (device-side LR and momentum, data-independent shapes: what a CUDA graph replays) and
-torch.compile on the CPU; on a CUDA device, the recorded graph's replays."""
+torch.compile on the CPU. The recorded graph's replays on a CUDA device: tests/train/test_gpu.py."""
 
 from __future__ import annotations
 
@@ -111,25 +111,6 @@ def test_a_failed_capture_goes_on_eagerly_unless_graphs_were_required(tiny: tupl
     step.eager_steps = WARMUP_STEPS
     with pytest.raises(GraphCaptureError, match="runtime.cuda_graphs=off"):
         run_steps(strict)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("compile", ["off", "on"])
-def test_recorded_graph_replays_the_eager_step(tiny: tuple[JbotConfig, Split], tmp_path: Path, compile: str) -> None:
-    """On CUDA (static shapes there): warm-up steps, the capture, then replays train as the eager step does,
-    with the networks and losses compiled or not."""
-    cfg, split = tiny
-    base = TINY + [f"data.dir={cfg.data.dir}", *SETTINGS, "runtime.device=cuda", "runtime.precision=fp32"]
-    eager = Pretrainer(load_config(None, [*base, "runtime.compile=off", "runtime.cuda_graphs=off"]), split,
-                       tmp_path / "a")
-    graphed = Pretrainer(load_config(None, [*base, f"runtime.compile={compile}", "runtime.cuda_graphs=on"]), split,
-                         tmp_path / "b")
-    assert isinstance(graphed.step_fn, GraphStep) and graphed.method.static
-    steps = WARMUP_STEPS + 3  # the last two replay the recorded graph
-    a, b = run_steps(eager, steps), run_steps(graphed, steps)
-    assert graphed.step_fn.graph is not None and graphed.step_fn.capture
-    assert_same_training(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_cuda_graphs_setting() -> None:
