@@ -75,16 +75,22 @@ def _timed(fn, device: torch.device, warmup: int, steps: int) -> list[float]:  #
     return times
 
 
-def pretrain_step(cfg: JbotConfig, batch: int, heads: str = "auto") -> Callable[[], object]:
-    """One pre-training step per call on a fixed batch. ``heads``: auto (the device's default), all (the
-    projection head on every particle token, as before it ran only on the tokens a loss reads) or selected."""
+def bench_trainer(cfg: JbotConfig, batch: int,
+                  out_dir: str | Path = "/tmp/jbot-bench") -> tuple[Pretrainer, torch.Tensor]:
+    """A trainer on ``2 * batch`` synthetic jets (no validation) and one batch of them on its device."""
     x = synthetic_jets(batch * 2)
     part = Part(x, np.zeros((len(x), 4), np.float32), np.zeros(len(x), np.int64), np.zeros(len(x), np.int64))
     split = Split("5class", part, part.subset(np.arange(0)), part.subset(np.arange(0)), ("q",), 0, "bench")
-    trainer = Pretrainer(cfg, split, "/tmp/jbot-bench")
+    trainer = Pretrainer(cfg, split, out_dir)
+    return trainer, torch.as_tensor(x[:batch], device=trainer.device)
+
+
+def pretrain_step(cfg: JbotConfig, batch: int, heads: str = "auto") -> Callable[[], object]:
+    """One pre-training step per call on a fixed batch. ``heads``: auto (the device's default), all (the
+    projection head on every particle token, as before it ran only on the tokens a loss reads) or selected."""
+    trainer, xb = bench_trainer(cfg, batch)
     if heads != "auto":
         trainer.method.static = heads == "all"
-    xb = torch.as_tensor(x[:batch], device=trainer.device)
     counter = itertools.count()
     return lambda: trainer.train_step(xb, next(counter) % len(trainer.lr))
 

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The GPU run: everything a lent GPU can tell us, in one command of under 9 minutes, every result under $OUT.
+#
+#   bash benchmarks/gpu/run.sh                        # on the GPU machine (carry .whl/ from prepare.sh)
+#   bash benchmarks/gpu/run.sh --device cpu --tiny --out DIR --budget 240   # the dry run (tests/test_gpu_run.py)
+#
+# Options: --device cuda|cpu, --tiny (tiny models and sizes), --out DIR (default $OUT, else
+# benchmarks/results/gpu), --budget SECONDS (the whole run, default 540), --jets DIR (jets already made: no
+# generation), --jets-per-class N (default 62,000: 310,000 jets, 304,500 of them for training), --wheels (install
+# the carried wheels on a CPU too; on CUDA they always are).
+#
+# Parts, each its own process under `timeout`, so one that fails or overruns leaves the others' results:
+#   wheels    the carried wheels (.whl/) installed into a --target folder (GPU machine only)
+#   env       nvidia-smi, torch / CUDA versions, the commit                                  -> env.txt
+#   generate  Pythia8 + FastJet jets on all cores but two, in the background, niced, until 60 % of the budget
+#   pytest    the gpu-marked tests and the capture-failure test                             -> pytest.txt
+#   ddp       torchrun --nproc-per-node 1 (NCCL): DDP's path against one process's losses  -> ddp.json
+#   matrix    S, B x batch 1024, 8192 x bf16, fp32 x eager, compile, compile + CUDA graphs; the embedding;
+#             a profile of every setting that misses its target, until generation ends    -> matrix.json, profile.txt
+#   pretrain  100 epochs of jBOT-B (batch 1024, the CUDA defaults) on the generated jets, stopped after the
+#             epoch that would overrun the budget; its k-NN probe                            -> pretrain.json
+#   summary   every part's status and time, every target's verdict                          -> summary.json
+# All output also goes to run.log. Eight files in all (the device tool brings back at most eight).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+
+DEVICE=cuda TINY="" BUDGET=540 JETS="" PER_CLASS=62000 WHEELS=""
+OUTDIR="${OUT:-benchmarks/results/gpu}"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --device) DEVICE="$2"; shift 2 ;;
+        --tiny) TINY="--tiny"; shift ;;
+        --out) OUTDIR="$2"; shift 2 ;;
+        --budget) BUDGET="$2"; shift 2 ;;
+        --jets) JETS="$2"; shift 2 ;;
+        --jets-per-class) PER_CLASS="$2"; shift 2 ;;
+        --wheels) WHEELS=1; shift ;;
+        *) echo "run.sh: unknown option $1 (see the head of $0)" >&2; exit 2 ;;
+    esac
+done
+PY="${PYTHON:-python3}"
+mkdir -p "$OUTDIR"
+OUTDIR="$(cd "$OUTDIR" && pwd)"
+SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/jbot-gpu.XXXXXX")"
+PARTS="$SCRATCH/parts.tsv"
+LOG="$OUTDIR/run.log"
+: >"$LOG"
+START=$(date +%s)
+END=$((START + BUDGET - 10))
+GEN_END=$((START + BUDGET * 60 / 100))
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+BENCH=benchmarks/gpu/bench.py
+OPTS=(--device "$DEVICE" --scratch "$SCRATCH" $TINY)  # every subcommand's
+trap 'rm -rf "$SCRATCH"' EXIT
+
+now() { date +%s; }
+# part NAME SECONDS CMD...: run CMD under a time box of SECONDS (at least 5), log it, record rc and time
+part() {
+    local name="$1" limit="$2" t0 rc
+    shift 2
+    [ "$limit" -lt 5 ] && limit=5
+    t0=$(now)
+    echo "=== $name (time box ${limit} s, at +$((t0 - START)) s): $*" | tee -a "$LOG"
+    timeout -k 10 "$limit" "$@" >>"$LOG" 2>&1
+    rc=$?
+    printf '%s\t%s\t%s\n' "$name" "$rc" "$(($(now) - t0))" >>"$PARTS"
+    echo "=== $name: exit $rc after $(($(now) - t0)) s" | tee -a "$LOG"
+    return 0
+}
+
+if { [ "$DEVICE" = cuda ] || [ -n "$WHEELS" ]; } && compgen -G ".whl/*.whl" >/dev/null; then
+    part wheels 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$SCRATCH/site" .whl/*.whl
+    # PYTHONPATH comes before the machine's site-packages (typing-extensions, the one package both have, is newer
+    # here); Pythia looks for its settings under sys.prefix unless PYTHIA8DATA says where they are
+    export PYTHONPATH="$PYTHONPATH:$SCRATCH/site" PYTHIA8DATA="$SCRATCH/site/share/Pythia8/xmldoc"
+fi
+if [ -z "${JBOT_COMMIT:-}" ] && [ -f .whl/COMMIT ] && ! git rev-parse HEAD >/dev/null 2>&1; then
+    export JBOT_COMMIT="$(cat .whl/COMMIT)"
+fi
+
+part env 30 "$PY" "$BENCH" env "${OPTS[@]}" --out "$OUTDIR/env.txt"
+
+GEN_PID=""
+if [ -z "$JETS" ]; then
+    JETS="$SCRATCH/jets"
+    [ -n "$TINY" ] && PER_CLASS=100
+    part generate $((GEN_END - $(now) + 60)) "$PY" "$BENCH" generate "${OPTS[@]}" --out "$JETS" \
+        --jets-per-class "$PER_CLASS" --until "$GEN_END" $([ -n "$TINY" ] && echo "--workers 2 --chunk-size 25") &
+    GEN_PID=$!
+fi
+
+# the gpu-marked tests live in these files (tests/test_gpu_run.py keeps the list complete), and the test of a
+# failed capture runs where CUDA exists too
+export PY OUTDIR GPU_TESTS="tests/train/test_gpu.py tests/train/test_fast_step.py"
+part pytest 150 bash -c '"$PY" -m pytest -q -p no:cacheprovider -m gpu $GPU_TESTS >"$OUTDIR/pytest.txt" 2>&1
+    rc=$?
+    "$PY" -m pytest -q -p no:cacheprovider \
+        tests/train/test_fast_step.py::test_a_failed_capture_goes_on_eagerly_unless_graphs_were_required \
+        >>"$OUTDIR/pytest.txt" 2>&1 || rc=1
+    exit $rc'
+
+part ddp 90 "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 "$BENCH" ddp "${OPTS[@]}" \
+    --out "$OUTDIR/ddp.json"
+
+if [ -n "$TINY" ]; then
+    MATRIX=(--sizes S --batches 64 --precisions fp32 --round-s 0.2 --profile-all)
+else
+    MATRIX=()
+fi
+part matrix $((GEN_END - $(now) + 30)) "$PY" "$BENCH" matrix "${OPTS[@]}" --out "$OUTDIR/matrix.json" \
+    --profile "$OUTDIR/profile.txt" --until "$GEN_END" "${MATRIX[@]}"
+
+[ -n "$GEN_PID" ] && wait "$GEN_PID"
+if [ -n "$TINY" ]; then
+    PRETRAIN=(--epochs 3 --batch 64)
+else
+    PRETRAIN=()
+fi
+part pretrain $((END - $(now))) "$PY" "$BENCH" pretrain "${OPTS[@]}" --data "$JETS" --out "$OUTDIR/pretrain.json" \
+    --until "$((END - 5))" "${PRETRAIN[@]}"
+
+part summary 30 "$PY" "$BENCH" summary "${OPTS[@]}" --dir "$OUTDIR" --parts "$PARTS"
+sed -n '/^=== summary (/,/^=== summary:/p' "$LOG" | sed '1d;$d'
+echo "run.sh: $(($(now) - START)) s in all; results in $OUTDIR"
