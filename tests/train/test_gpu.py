@@ -162,7 +162,7 @@ def write_shards(folder: Path, x: np.ndarray, n_files: int) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("window", [10_000, 97])
+@pytest.mark.parametrize("window", [10_000, 41])
 def test_streamed_page_locked_batches_equal_the_files(tiny: tuple[list[str], Split], tmp_path: Path,
                                                       window: int) -> None:
     """Batches streamed to the GPU through page-locked slots (asynchronous copies) equal the same stream read on
