@@ -194,7 +194,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
                 stopped = True
                 break
             try:
-                chunk, p, j = results.next(timeout=wait)
+                chunk, p, j = results.next(timeout=None if wait == float("inf") else wait)
             except mp.TimeoutError:
                 stopped = True
                 break
@@ -216,6 +216,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     report = {"jets": counts, "total": sum(counts.values()), "seconds": seconds, "workers": args.workers,
               "stopped_at_deadline": stopped, "jets_per_s": sum(counts.values()) / seconds, "errors": errors[:20]}
     (args.out / "generated.json").write_text(json.dumps(report, indent=2))
+    if errors and not report["total"]:
+        sys.exit(f"generation failed: {errors[0]}")
     print(f"generated {report['total']} jets in {seconds:.0f} s with {args.workers} workers"
           f"{' (stopped at the deadline)' if stopped else ''}: {counts}")
 
