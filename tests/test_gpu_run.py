@@ -55,13 +55,14 @@ def test_the_dry_run_measures_every_part(tmp_path: Path) -> None:
 
     matrix = json.loads((out / "matrix.json").read_text())
     assert [(r["mode"], r["status"].split(":")[0]) for r in matrix["rows"]] == [
-        ("eager", "ok"), ("compile", "ok"), ("graphs", "skipped")]
-    assert all(r["jets_per_s"] > 0 for r in matrix["rows"][:2])
+        ("graphs", "skipped"), ("eager", "ok"), ("compile", "ok")]
+    assert all(r["jets_per_s"] > 0 and r["beside_generation"] in (True, False) for r in matrix["rows"][1:])
     assert [r["status"] for r in matrix["embed"]] == ["ok"] * 3
     ddp = json.loads((out / "ddp.json").read_text())
     assert ddp["backend"] == "gloo" and [r["ddp"] for r in ddp["runs"]] == [False, True]
     pretrain = json.loads((out / "pretrain.json").read_text())
     assert pretrain["epochs_done"] == 3 and 0 <= pretrain["knn"] <= 1 and pretrain["generation"]["total"] == 500
+    assert summary["verdicts"][-1]["setting"].startswith("measured: 3 epochs run on 350 jets")
     assert "ms per step" in (out / "profile.txt").read_text()
     assert "nvidia-smi:" in (out / "env.txt").read_text()
     log = (out / "run.log").read_text()
@@ -173,3 +174,7 @@ def test_the_matrix_measures_the_targets_first() -> None:
     assert [(v["met"], v["measured"]) for v in verdicts] == [(True, 160_000), (False, None), (False, None),
                                                             (False, 1_000_000)]
     assert verdicts[0]["setting"] == "bf16 graphs"
+    eager_only = bench.matrix_verdicts({"rows": [
+        {"size": "B", "batch": 8192, "precision": "bf16", "mode": "eager", "status": "ok", "jets_per_s": 40_000}],
+        "embed": []})
+    assert eager_only[0]["setting"] == "bf16 eager; compile + graph not measured"

@@ -4,19 +4,22 @@
 #   bash benchmarks/gpu/run.sh                        # on the GPU machine (carry .whl/ from prepare.sh)
 #   bash benchmarks/gpu/run.sh --device cpu --tiny --out DIR --budget 240   # the dry run (tests/test_gpu_run.py)
 #
-# Options: --device cuda|cpu, --tiny (tiny models and sizes), --out DIR (default $OUT, else
-# benchmarks/results/gpu), --budget SECONDS (the whole run, default 540), --jets DIR (jets already made: no
-# generation), --jets-per-class N (default 62,000: 310,000 jets, 304,500 of them for training), --wheels (install
-# the carried wheels on a CPU too; on CUDA they always are).
+# Options: --device cuda|cpu; --tiny (tiny models and sizes); --out DIR (default $OUT, else
+# benchmarks/results/gpu); --budget SECONDS (the whole run, default 540); --parts a,b,... (default all:
+# env,generate,pytest,ddp,matrix,pretrain; the summary always runs); --jets DIR (jets made already: no
+# generation); --keep-jets DIR (generate into DIR and leave them there, for a second call on the same warm machine:
+# --jets DIR --parts pretrain); --jets-per-class N (default 62,000: 310,000 jets, 304,500 of them for training);
+# --wheels (install the carried wheels on a CPU too; on CUDA they always are).
 #
 # Parts, each its own process under `timeout`, so one that fails or overruns leaves the others' results:
 #   wheels    the carried wheels (.whl/) installed into a --target folder (GPU machine only)
 #   env       nvidia-smi, torch / CUDA versions, the commit                                  -> env.txt
-#   generate  Pythia8 + FastJet jets on all cores but two, in the background, niced, until 60 % of the budget
-#   pytest    the gpu-marked tests and the capture-failure test                             -> pytest.txt
-#   ddp       torchrun --nproc-per-node 1 (NCCL): DDP's path against one process's losses  -> ddp.json
-#   matrix    S, B x batch 1024, 8192 x bf16, fp32 x eager, compile, compile + CUDA graphs; the embedding;
-#             a profile of every setting that misses its target, until generation ends    -> matrix.json, profile.txt
+#   generate  Pythia8 + FastJet jets on all cores but two, in the background, niced, until 55 % of the budget
+#   pytest    the gpu-marked tests and the capture-failure test (110 s)                     -> pytest.txt
+#   ddp       torchrun --nproc-per-node 1 (NCCL): DDP's path against one process's losses (60 s) -> ddp.json
+#   matrix    S, B x batch 1024, 8192 x bf16, fp32 x compile + CUDA graph, eager, compile (bf16 and the targets
+#             first, as time allows); the embedding; a profile of every setting that misses its target; until
+#             generation's deadline                                                         -> matrix.json, profile.txt
 #   pretrain  100 epochs of jBOT-B (batch 1024, the CUDA defaults) on the generated jets, stopped after the
 #             epoch that would overrun the budget; its k-NN probe                            -> pretrain.json
 #   summary   every part's status and time, every target's verdict                          -> summary.json
@@ -24,7 +27,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
-DEVICE=cuda TINY="" BUDGET=540 JETS="" PER_CLASS=62000 WHEELS=""
+DEVICE=cuda TINY="" BUDGET=540 JETS="" KEEP_JETS="" PER_CLASS=62000 WHEELS=""
+PARTS_WANTED=env,generate,pytest,ddp,matrix,pretrain
 OUTDIR="${OUT:-benchmarks/results/gpu}"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -33,6 +37,8 @@ while [ $# -gt 0 ]; do
         --out) OUTDIR="$2"; shift 2 ;;
         --budget) BUDGET="$2"; shift 2 ;;
         --jets) JETS="$2"; shift 2 ;;
+        --keep-jets) KEEP_JETS="$2"; shift 2 ;;
+        --parts) PARTS_WANTED="$2"; shift 2 ;;
         --jets-per-class) PER_CLASS="$2"; shift 2 ;;
         --wheels) WHEELS=1; shift ;;
         *) echo "run.sh: unknown option $1 (see the head of $0)" >&2; exit 2 ;;
@@ -47,13 +53,14 @@ LOG="$OUTDIR/run.log"
 : >"$LOG"
 START=$(date +%s)
 END=$((START + BUDGET - 10))
-GEN_END=$((START + BUDGET * 60 / 100))
+GEN_END=$((START + BUDGET * 55 / 100))
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 BENCH=benchmarks/gpu/bench.py
 OPTS=(--device "$DEVICE" --scratch "$SCRATCH" $TINY)  # every subcommand's
 trap 'rm -rf "$SCRATCH"' EXIT
 
 now() { date +%s; }
+wanted() { [[ ",$PARTS_WANTED," == *",$1,"* ]]; }
 # part NAME SECONDS CMD...: run CMD under a time box of SECONDS (at least 5), log it, record rc and time
 part() {
     local name="$1" limit="$2" t0 rc
@@ -79,11 +86,11 @@ if [ -z "${JBOT_COMMIT:-}" ] && [ -f .whl/COMMIT ] && ! git rev-parse HEAD >/dev
     export JBOT_COMMIT="$(cat .whl/COMMIT)"
 fi
 
-part env 30 "$PY" "$BENCH" env "${OPTS[@]}" --out "$OUTDIR/env.txt"
+wanted env && part env 30 "$PY" "$BENCH" env "${OPTS[@]}" --out "$OUTDIR/env.txt"
 
 GEN_PID=""
-if [ -z "$JETS" ]; then
-    JETS="$SCRATCH/jets"
+if [ -z "$JETS" ] && wanted generate; then
+    JETS="${KEEP_JETS:-$SCRATCH/jets}"
     [ -n "$TINY" ] && PER_CLASS=100
     part generate $((GEN_END - $(now) + 60)) "$PY" "$BENCH" generate "${OPTS[@]}" --out "$JETS" \
         --jets-per-class "$PER_CLASS" --until "$GEN_END" $([ -n "$TINY" ] && echo "--workers 2 --chunk-size 25") &
@@ -93,14 +100,14 @@ fi
 # the gpu-marked tests live in these files (tests/test_gpu_run.py keeps the list complete), and the test of a
 # failed capture runs where CUDA exists too
 export PY OUTDIR GPU_TESTS="tests/train/test_gpu.py tests/train/test_fast_step.py"
-part pytest 150 bash -c '"$PY" -m pytest -q -p no:cacheprovider -m gpu $GPU_TESTS >"$OUTDIR/pytest.txt" 2>&1
+wanted pytest && part pytest 110 bash -c '"$PY" -m pytest -q -p no:cacheprovider -m gpu $GPU_TESTS >"$OUTDIR/pytest.txt" 2>&1
     rc=$?
     "$PY" -m pytest -q -p no:cacheprovider \
         tests/train/test_fast_step.py::test_a_failed_capture_goes_on_eagerly_unless_graphs_were_required \
         >>"$OUTDIR/pytest.txt" 2>&1 || rc=1
     exit $rc'
 
-part ddp 90 "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 "$BENCH" ddp "${OPTS[@]}" \
+wanted ddp && part ddp 60 "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 "$BENCH" ddp "${OPTS[@]}" \
     --out "$OUTDIR/ddp.json"
 
 if [ -n "$TINY" ]; then
@@ -108,17 +115,20 @@ if [ -n "$TINY" ]; then
 else
     MATRIX=()
 fi
-part matrix $((GEN_END - $(now) + 30)) "$PY" "$BENCH" matrix "${OPTS[@]}" --out "$OUTDIR/matrix.json" \
-    --profile "$OUTDIR/profile.txt" --until "$GEN_END" "${MATRIX[@]}"
+wanted matrix && part matrix $((GEN_END - $(now) + 30)) "$PY" "$BENCH" matrix "${OPTS[@]}" \
+    --out "$OUTDIR/matrix.json" --profile "$OUTDIR/profile.txt" --until "$GEN_END" --jets "${JETS:-none}" \
+    "${MATRIX[@]}"
 
 [ -n "$GEN_PID" ] && wait "$GEN_PID"
 if [ -n "$TINY" ]; then
-    PRETRAIN=(--epochs 3 --batch 64)
+    PRETRAIN=(--epochs 3 --batch 64 --planned-jets 350)
 else
     PRETRAIN=()
 fi
-part pretrain $((END - $(now))) "$PY" "$BENCH" pretrain "${OPTS[@]}" --data "$JETS" --out "$OUTDIR/pretrain.json" \
-    --until "$((END - 5))" "${PRETRAIN[@]}"
+if wanted pretrain && [ -n "$JETS" ]; then
+    part pretrain $((END - $(now))) "$PY" "$BENCH" pretrain "${OPTS[@]}" --data "$JETS" \
+        --out "$OUTDIR/pretrain.json" --until "$((END - 5))" "${PRETRAIN[@]}"
+fi
 
 part summary 30 "$PY" "$BENCH" summary "${OPTS[@]}" --dir "$OUTDIR" --parts "$PARTS"
 sed -n '/^=== summary (/,/^=== summary:/p' "$LOG" | sed '1d;$d'

@@ -68,8 +68,10 @@ class MemorySource:
 
     def batches(self, epoch: int, start: int, batch: int, rank: int, world: int) -> Iterator[torch.Tensor]:
         first, b = _local_block(batch, rank, world)
-        perm = torch.randperm(self.n_jets, generator=order_generator(self.seed, epoch, 0, 0, self.device),
-                              device=self.device)
+        # drawn on the CPU on every device (a CUDA generator draws another permutation): the same order everywhere,
+        # and the streamed path's with one window
+        cpu = torch.device("cpu")
+        perm = torch.randperm(self.n_jets, generator=order_generator(self.seed, epoch, 0, 0, cpu)).to(self.device)
         for i in range(start, self.steps(batch, world)):
             yield self.x[perm[i * batch + first:i * batch + first + b]]
 

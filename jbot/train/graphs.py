@@ -8,12 +8,19 @@ graph. Without ``capture`` (the CPU) the same code runs eagerly: that is what th
 
 ``GraphStep`` knows the step only as a function, ``body(xb, lr, momentum, cache)`` (``jbot.train.pretrain``'s
 ``pretrain_step`` with its parts bound), and the generator that function draws from.
+
+A step that waits for the host (a ``.item()``, a shape read from the data) cannot be recorded. The last warm-up step
+runs under torch's sync debug mode: a wait found there means no capture is tried (a failed capture leaves CUDA's
+generators and the current stream in its own state; ``_recover`` puts back what it can, for failures of other
+kinds).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -59,30 +66,37 @@ class GraphStep:
         if self.eager_steps < WARMUP_STEPS:  # on a side stream, as capture requires
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            with torch.cuda.stream(side), host_waits(self.eager_steps == WARMUP_STEPS - 1) as waits:
                 terms = self._run(xb)
             torch.cuda.current_stream().wait_stream(side)
             self.eager_steps += 1
+            if waits:  # the step ran; the ones after it run eagerly
+                self._without_graph(f"the step waits for the host at {waits[0]}")
             return terms
         if self.graph is None:
+            stream = torch.cuda.current_stream() if torch.cuda.is_available() else None
             draws = self.generator.get_state()  # a capture advances the views' generator without drawing
             try:
                 self._record(xb)
             except Exception as exc:  # noqa: BLE001 - whatever stopped the capture, the eager step still works
-                self.generator.set_state(draws)  # the eager step draws what it would have drawn without the try
-                if self.required:
-                    raise GraphCaptureError(f"the pre-training step could not be recorded as a CUDA graph ({exc}); "
-                                            "run with --set runtime.cuda_graphs=off") from exc
-                sys.stderr.write(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); training goes on "
-                                 "without it (runtime.cuda_graphs=off silences this)\n")
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                self.capture = False
+                trouble = _recover(stream, self.generator, draws)
+                self._without_graph(f"{type(exc).__name__}: {exc}{trouble}", exc)
                 return self(xb, it)
         assert self.graph is not None and self.static_x is not None and self.static_terms is not None
         self.static_x.copy_(xb)
         self.graph.replay()
         return self.static_terms.clone()
+
+    def _without_graph(self, why: str, exc: Exception | None = None) -> None:
+        """Training goes on eagerly, saying why once; with ``required`` (runtime.cuda_graphs=on) an error."""
+        if self.required:
+            raise GraphCaptureError(f"the pre-training step could not be recorded as a CUDA graph ({why}); "
+                                    "run with --set runtime.cuda_graphs=off") from exc
+        sys.stderr.write(f"CUDA graph capture failed ({why}); training goes on without it "
+                         "(runtime.cuda_graphs=off silences this)\n")
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.capture = False
 
     def _record(self, xb: torch.Tensor) -> None:
         """Capture one step. The body clears the gradients (set to None) before its backward, so backward
@@ -93,3 +107,44 @@ class GraphStep:
         with torch.cuda.graph(graph):
             self.static_terms = self._run(self.static_x)
         self.graph = graph
+
+
+@contextlib.contextmanager
+def host_waits(watch: bool) -> Iterator[list[str]]:
+    """Where the work inside waits for the device (torch's sync debug mode, warning only: the work runs as
+    usual), as ``file:line`` of the Python line; an empty list when ``watch`` is off or there is no CUDA."""
+    found: list[str] = []
+    if not (watch and torch.cuda.is_available()):
+        yield found
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield found
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    for w in caught:
+        if "synchronizing CUDA operation" in str(w.message):
+            found.append(f"{w.filename}:{w.lineno}")
+        else:  # anyone else's warning, passed on
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _recover(stream: torch.cuda.Stream | None, generator: torch.Generator, draws: torch.Tensor) -> str:
+    """After a failed capture: the stream current before it (the capture's exit did not get to restore it) and
+    the generators it marked as capturing (the views' one at its state before; CUDA's default ones as they are),
+    each given a fresh state. Returns what could not be put back, as text for the message."""
+    generator.set_state(draws)
+    if stream is None or generator.device.type != "cuda":
+        return ""
+    try:
+        torch.cuda.set_stream(stream)
+        for gen in (generator, *torch.cuda.default_generators):
+            fresh = torch.Generator(device=gen.device)
+            fresh.set_state(draws if gen is generator else gen.get_state())
+            gen.graphsafe_set_state(fresh.graphsafe_get_state())
+    except Exception as exc:  # noqa: BLE001 - said in the message; eager training may still work
+        return f"; CUDA's state after it could not be restored: {type(exc).__name__}: {exc}"
+    return ""

@@ -122,3 +122,26 @@ def test_cuda_graphs_setting() -> None:
         use_cuda_graphs(torch.device("cuda"), "on", world=2)
     assert not use_cuda_graphs(torch.device("cuda"), "auto", world=2)
     assert load_config(None, ["runtime.cuda_graphs=off"]).runtime.cuda_graphs == "off"
+
+
+def test_host_waits_names_where_the_step_waits_and_passes_other_warnings_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check before a capture, its logic on the CPU: torch's sync debug mode set to warn and back, its warnings
+    turned into places, anyone else's warnings left alone (the GPU test makes a real one)."""
+    import warnings
+
+    from jbot.train.graphs import host_waits
+
+    modes: list[object] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    with warnings.catch_warnings(record=True) as outer:
+        warnings.simplefilter("always")
+        with host_waits(True) as waits:
+            warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+            warnings.warn("something else", DeprecationWarning, stacklevel=1)
+        with host_waits(False) as unwatched:
+            warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+    assert modes == ["warn", 0]
+    assert len(waits) == 1 and waits[0].startswith(__file__ + ":") and unwatched == []
+    assert [str(w.message) for w in outer] == ["something else", "called a synchronizing CUDA operation"]
