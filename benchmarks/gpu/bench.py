@@ -295,7 +295,7 @@ def cmd_matrix(args: argparse.Namespace) -> None:
     profiles: list[str] = []
     modes = args.modes.split(",")
     plan = groups(args.sizes.split(","), [int(b) for b in args.batches.split(",")], args.precisions.split(","))
-    compile_s = 10.0 if args.tiny else 45.0  # a first guess at one compilation (and capture); then the measured
+    compile_s = 10.0 if args.tiny else 60.0  # a first guess at one compilation and capture; then the measured
     generated = Path(args.jets) / "generated.json"  # written when generation ends
     for n, (size, batch, precision) in enumerate(plan):
         if n == min(3, len(plan)) and left(args.until) > 30:  # the embedding after the groups with targets
@@ -303,19 +303,17 @@ def cmd_matrix(args: argparse.Namespace) -> None:
         if left(args.until) < 20:
             payload["skipped"].append({"size": size, "batch": batch, "precision": precision, "why": "time box"})
             continue
-        # as many modes as the time left allows: each compiled one may compile (bf16: the graph's and the plain
-        # compiled step's are two compilations)
-        budget = left(args.until) - 20
-        group_modes = [m for m, need in (("graphs", compile_s), ("eager", 0.0), ("compile", 2 * compile_s))
-                       if m in modes and budget > need]
         cfg = load_config(SIZES[size], overrides(args, f"runtime.precision={precision}", "runtime.compile=off",
                                                  "runtime.cuda_graphs=off", f"pretrain.batch_size={batch}"))
         torch._dynamo.reset()  # each group compiles for its own shapes (no dynamic shapes, no cache limit)
         trainer, xb = bench_trainer(cfg, batch, args.scratch)
         target = TARGETS.get((size, batch))
-        best = 0.0
-        measured: dict[str, Callable[[], object]] = {}
-        for mode, step in mode_steps(trainer, xb, device, group_modes):
+        for mode, step in mode_steps(trainer, xb, device, modes):
+            # as time allows: a compiled mode may compile (in bf16 the plain compiled step compiles again)
+            if mode != "eager" and left(args.until) - 20 < compile_s:
+                payload["skipped"].append({"size": size, "batch": batch, "precision": precision, "mode": mode,
+                                           "why": "time box"})
+                continue
             row: dict[str, Any] = {"size": size, "batch": batch, "precision": precision, "mode": mode}
             if step is None:
                 row["status"] = "skipped: CUDA graphs need a CUDA device"
@@ -327,9 +325,7 @@ def cmd_matrix(args: argparse.Namespace) -> None:
                     row["peak_memory_gb"] = peak_gb(device)
                     row["status"] = "ok"
                     row["beside_generation"] = args.jets != "none" and not generated.exists()
-                    best = max(best, row["jets_per_s"])
-                    measured[mode] = step
-                    if mode != "eager":
+                    if mode == "graphs":  # a whole compilation and the capture: the next groups' estimate
                         compile_s = max(20.0, row["warmup_s"])
                 except Exception as exc:  # noqa: BLE001 - one setting's failure is a result; the others go on
                     row["status"] = f"failed: {type(exc).__name__}: {str(exc)[:500]}"
@@ -337,28 +333,25 @@ def cmd_matrix(args: argparse.Namespace) -> None:
             write_json(args.out, payload)
             print(f"jBOT-{size} batch {batch:5d} {precision} {mode:8s} "
                   + (f"{row['jets_per_s']:12,.0f} jets/s" if row["status"] == "ok" else row["status"]), flush=True)
-        # where a target is missed: the compiled step's kernels (a graph's replay hides them) and the graph's
-        # replay beside it (wall time against device time says whether the host or the device is the limit)
-        if args.profile_all or (target and best < target):
-            for mode in ("compile", "graphs"):
-                if mode in measured and left(args.until) > 15:
-                    profiles.append(profile_step(measured[mode], device, batch,
-                                                 f"jBOT-{size} batch {batch} {precision} {mode} "
-                                                 f"(best {best:,.0f} jets/s, target {target or '-'})"))
-                    args.profile.write_text("".join(profiles))
-        for mode in modes:
-            if mode not in group_modes:
-                payload["skipped"].append({"size": size, "batch": batch, "precision": precision, "mode": mode,
-                                           "why": "time box"})
-        del trainer, measured
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+            # a compiled mode that misses its target, profiled now (its memory is let go before the next mode):
+            # the compiled step shows its kernels, the graph (whose replay may hide them) its device time against
+            # the wall time, which says whether the host or the device is the limit
+            missed = target and row["status"] == "ok" and row["jets_per_s"] < target
+            if step is not None and mode != "eager" and (args.profile_all or missed) and left(args.until) > 15:
+                profiles.append(profile_step(step, device, batch, f"jBOT-{size} batch {batch} {precision} {mode} "
+                                             f"({row.get('jets_per_s', 0):,.0f} jets/s, target {target or '-'})"))
+                args.profile.write_text("".join(profiles))
+            del step
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        del trainer
+
     if not payload["embed"] and left(args.until) > 10:
         measure_embed(args, device, payload)
     payload["verdicts"] = matrix_verdicts(payload)
     write_json(args.out, payload)
     if not profiles:
-        args.profile.write_text("every pre-training target was met: nothing profiled\n")
+        args.profile.write_text("no compiled setting missed its target: nothing profiled\n")
 
 
 def measure_embed(args: argparse.Namespace, device: torch.device, payload: dict[str, Any]) -> None:

@@ -150,7 +150,8 @@ class StreamSource:
         # the slot of window k is refilled only once the copies out of it have run (an event recorded behind them,
         # waited for here, one window later, before the reader is let on to refill it)
         pinned = self.device.type == "cuda"
-        slots = [torch.empty(cap, self.n_particles, self.width, pin_memory=pinned) for _ in range(4 if pinned else 3)]
+        n_slots = max(1, min(4 if pinned else 3, self.n_windows - k0))  # no more than the windows left to read
+        slots = [torch.empty(cap, self.n_particles, self.width, pin_memory=pinned) for _ in range(n_slots)]
         queued: list[torch.cuda.Event] = []  # behind the copies of the last two windows (CUDA)
 
         def read(k: int) -> torch.Tensor:
@@ -168,7 +169,8 @@ class StreamSource:
                         if len(head) < b:
                             carry = head
                             continue
-                        yield head.to(self.device)
+                        # page-locked too on CUDA: queued like the others (the allocator keeps it until copied)
+                        yield (head.pin_memory() if pinned else head).to(self.device, non_blocking=pinned)
                         todo -= 1
                         if todo == 0:
                             return

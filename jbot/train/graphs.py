@@ -53,6 +53,7 @@ class GraphStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_x: torch.Tensor | None = None
         self.static_terms: torch.Tensor | None = None
+        self.pool: tuple[int, int] | None = None  # the graph's private memory pool
 
     def _run(self, xb: torch.Tensor) -> torch.Tensor:
         """The step body on the device-side LR and momentum (autocast's cache off under capture)."""
@@ -79,7 +80,7 @@ class GraphStep:
             try:
                 self._record(xb)
             except Exception as exc:  # noqa: BLE001 - whatever stopped the capture, the eager step still works
-                trouble = _recover(stream, self.generator, draws)
+                trouble = _recover(stream, self.generator, draws, self.pool)
                 self._without_graph(f"{type(exc).__name__}: {exc}{trouble}", exc)
                 return self(xb, it)
         assert self.graph is not None and self.static_x is not None and self.static_terms is not None
@@ -103,8 +104,9 @@ class GraphStep:
         allocates them in the graph's memory and every replay writes (not accumulates) them."""
         self.static_x = xb.clone()
         graph = torch.cuda.CUDAGraph()
+        self.pool = torch.cuda.graph_pool_handle()  # named, so that a failed capture can stop allocating from it
         graph.register_generator_state(self.generator)  # the views' draws advance with every replay
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=self.pool):
             self.static_terms = self._run(self.static_x)
         self.graph = graph
 
@@ -132,19 +134,28 @@ def host_waits(watch: bool) -> Iterator[list[str]]:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
-def _recover(stream: torch.cuda.Stream | None, generator: torch.Generator, draws: torch.Tensor) -> str:
-    """After a failed capture: the stream current before it (the capture's exit did not get to restore it) and
-    the generators it marked as capturing (the views' one at its state before; CUDA's default ones as they are),
-    each given a fresh state. Returns what could not be put back, as text for the message."""
-    generator.set_state(draws)
-    if stream is None or generator.device.type != "cuda":
-        return ""
+def _recover(stream: torch.cuda.Stream | None, generator: torch.Generator, draws: torch.Tensor,
+             pool: tuple[int, int] | None) -> str:
+    """After a failed capture, what its exit did not get to put back: the stream current before it, the
+    generators it marked as capturing (the views' one at its state before; CUDA's default ones as they are), each
+    given a fresh state, and the allocator's routing of new memory into the capture's pool (the pool itself stays
+    reserved: releasing it by hand would free it twice on a torch that does so itself). Returns what could not be
+    put back, as text for the message."""
     try:
-        torch.cuda.set_stream(stream)
+        if stream is not None:
+            torch.cuda.set_stream(stream)
+        generator.set_state(draws)
+        if stream is None or generator.device.type != "cuda":
+            return ""
         for gen in (generator, *torch.cuda.default_generators):
             fresh = torch.Generator(device=gen.device)
             fresh.set_state(draws if gen is generator else gen.get_state())
             gen.graphsafe_set_state(fresh.graphsafe_get_state())
     except Exception as exc:  # noqa: BLE001 - said in the message; eager training may still work
         return f"; CUDA's state after it could not be restored: {type(exc).__name__}: {exc}"
-    return ""
+    if pool is not None and stream is not None:
+        try:
+            torch._C._cuda_endAllocateToPool(stream.device_index, pool)
+        except RuntimeError:  # the capture's end got to it first
+            pass
+    return "; the failed capture's memory may stay reserved"
