@@ -57,6 +57,12 @@ def synthetic_jets(n: int, seed: int = 0) -> np.ndarray:
     return x
 
 
+def synthetic_split(x: np.ndarray) -> Split:
+    """``x`` as the training set of a one-class split without validation or test jets (no k-NN monitor)."""
+    part = Part(x, np.zeros((len(x), 4), np.float32), np.zeros(len(x), np.int64), np.zeros(len(x), np.int64))
+    return Split("5class", part, part.subset(np.arange(0)), part.subset(np.arange(0)), ("q",), 0, "bench")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -79,9 +85,7 @@ def bench_trainer(cfg: JbotConfig, batch: int,
                   out_dir: str | Path = "/tmp/jbot-bench") -> tuple[Pretrainer, torch.Tensor]:
     """A trainer on ``2 * batch`` synthetic jets (no validation) and one batch of them on its device."""
     x = synthetic_jets(batch * 2)
-    part = Part(x, np.zeros((len(x), 4), np.float32), np.zeros(len(x), np.int64), np.zeros(len(x), np.int64))
-    split = Split("5class", part, part.subset(np.arange(0)), part.subset(np.arange(0)), ("q",), 0, "bench")
-    trainer = Pretrainer(cfg, split, out_dir)
+    trainer = Pretrainer(cfg, synthetic_split(x), out_dir)
     return trainer, torch.as_tensor(x[:batch], device=trainer.device)
 
 

@@ -20,10 +20,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,13 +41,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path[:0] = [str(ROOT), str(HERE.parent)]  # jbot from the checkout; the CPU benchmark's helpers
 
-from pretrain_throughput import SIZES, bench_trainer, synthetic_jets  # noqa: E402
+from pretrain_throughput import SIZES, bench_trainer, synthetic_jets, synthetic_split  # noqa: E402
 
 from jbot.comm import SINGLE, Comm  # noqa: E402
 from jbot.config import GenerateConfig, load_config  # noqa: E402
-from jbot.data.classes import CLASSES  # noqa: E402
-from jbot.data.jetnet import class_file, write_jetnet  # noqa: E402
-from jbot.data.splits import Part, Split, make_split  # noqa: E402
+from jbot.data.shards import find_shards  # noqa: E402
+from jbot.data.splits import make_split  # noqa: E402
 from jbot.model.registry import build_encoder  # noqa: E402
 from jbot.train.device import autocast  # noqa: E402
 from jbot.train.graphs import WARMUP_STEPS, GraphStep  # noqa: E402
@@ -144,49 +145,37 @@ def cmd_env(args: argparse.Namespace) -> None:
             lines.append(f"{module}: {getattr(__import__(module), '__version__', '?')}")
         except ImportError as exc:
             lines.append(f"{module}: missing ({exc})")
-    smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True) if _has("nvidia-smi") else None
+    smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True) if shutil.which("nvidia-smi") else None
     lines += ["", "nvidia-smi:", smi.stdout if smi else "(not found)"]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:6]))
 
 
-def _has(program: str) -> bool:
-    import shutil
-
-    return shutil.which(program) is not None
-
-
-# ---------------------------------------------------------------------------------------------------- generate
-def _chunk(args: tuple[GenerateConfig, Any]) -> tuple[Any, np.ndarray, np.ndarray]:
-    from jbot.data.generate import generate_chunk
-
-    cfg, chunk = args
-    return (chunk, *generate_chunk(cfg, chunk))
-
-
 def _quiet_worker() -> None:
+    from jbot.data.generate import worker_init
+
+    worker_init()  # as jbot data generate's workers: banners to /dev/null, Ctrl-C left to the parent
     os.nice(10)  # the GPU parts beside it keep their cores
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)  # Pythia's and FastJet's banners
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     """``jbot data generate``'s chunks (the same seeds), taken round-robin over the classes so that a deadline
     leaves every class about as many jets; whatever is done at ``--until`` is written."""
-    from jbot.data.generate import plan_chunks, require_generator
+    from jbot.data.generate import plan_chunks, require_generator, run_chunk, write_classes
 
     require_generator()
     cfg = GenerateConfig(jets_per_class=args.jets_per_class, workers=args.workers, seed=args.seed,
                          chunk_size=args.chunk_size)
-    by_class = {c: [ch for ch in plan_chunks(cfg) if ch.cls == c] for c in cfg.classes}
-    order = [ch for row in zip(*by_class.values(), strict=False) for ch in row]
-    done: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {c: [] for c in cfg.classes}
+    chunks = plan_chunks(cfg)
+    by_class = [[ch for ch in chunks if ch.cls == c] for c in cfg.classes]
+    order = [ch for row in itertools.zip_longest(*by_class) for ch in row if ch is not None]
+    done: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     start = time.time()
     pool = mp.get_context("fork").Pool(args.workers, initializer=_quiet_worker)  # no CUDA in this process
     stopped = False
     errors: list[str] = []
     try:
-        results = pool.imap_unordered(_chunk, [(cfg, ch) for ch in order])
+        results = pool.imap_unordered(run_chunk, [(cfg, ch) for ch in order])
         for _ in order:
             wait = left(args.until)
             if wait <= 0:
@@ -200,17 +189,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
             except Exception as exc:  # noqa: BLE001 - a chunk that failed: the others still make jets
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
-            done[chunk.cls].append((p, j))
+            done[(chunk.cls, chunk.index)] = (p, j)
     finally:
         pool.terminate()
         pool.join()
     args.out.mkdir(parents=True, exist_ok=True)
-    counts = {}
-    for cls, parts in done.items():
-        if parts:
-            write_jetnet(class_file(args.out, cls), np.concatenate([p for p, _ in parts]),
-                         np.concatenate([j for _, j in parts]))
-        counts[cls] = sum(len(p) for p, _ in parts)
+    write_classes(args.out, chunks, done)
+    counts = {c: sum(len(p) for (cls, _), (p, _) in done.items() if cls == c) for c in cfg.classes}
     seconds = time.time() - start
     report = {"jets": counts, "total": sum(counts.values()), "seconds": seconds, "workers": args.workers,
               "stopped_at_deadline": stopped, "jets_per_s": sum(counts.values()) / seconds, "errors": errors[:20]}
@@ -433,9 +418,7 @@ def cmd_ddp(args: argparse.Namespace) -> None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     batch = 64 if args.tiny else 1024
-    x = synthetic_jets(batch * 8, seed=3)
-    part = Part(x, np.zeros((len(x), 4), np.float32), np.zeros(len(x), np.int64), np.zeros(len(x), np.int64))
-    split = Split("5class", part, part.subset(np.arange(0)), part.subset(np.arange(0)), ("q",), 0, "ddp")
+    split = synthetic_split(synthetic_jets(batch * 8, seed=3))
     payload: dict[str, Any] = {"benchmark": "gpu ddp", "device": device_name(device), "commit": commit(),
                                "world_size_env": os.environ.get("WORLD_SIZE"), "runs": []}
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -485,7 +468,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     start = time.time()
     payload: dict[str, Any] = {"benchmark": "gpu pretrain", "device": device_name(device), "commit": commit(),
                                "size": args.size, "batch": args.batch, "epochs_planned": args.epochs, "epochs": []}
-    counts = {c: int(len(h5_rows(class_file(args.data, c)))) for c in CLASSES if class_file(args.data, c).exists()}
+    counts = {s.path.stem: s.n for s in find_shards(args.data)}  # {class}.hdf5, rows from the metadata
     per_class = min(counts.values())
     n_val, n_test = (100, 50) if args.tiny else (5_000, 500)  # the k-NN monitor's queries; a token test set
     n_train = per_class * len(counts) - n_val - n_test

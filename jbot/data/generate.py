@@ -208,7 +208,7 @@ def generate_chunk(cfg: GenerateConfig, chunk: Chunk) -> tuple[np.ndarray, np.nd
     return np.stack(particles), np.stack(jets)
 
 
-def _worker_init() -> None:
+def worker_init() -> None:
     # Pythia and FastJet print banners on stdout; the parent owns the terminal (progress bar) and Ctrl-C: it ends
     # the pool (a worker's own KeyboardInterrupt would only print a traceback)
     import signal
@@ -218,7 +218,7 @@ def _worker_init() -> None:
     os.dup2(devnull, 1)
 
 
-def _run_chunk(args: tuple[GenerateConfig, Chunk]) -> tuple[Chunk, np.ndarray, np.ndarray]:
+def run_chunk(args: tuple[GenerateConfig, Chunk]) -> tuple[Chunk, np.ndarray, np.ndarray]:
     cfg, chunk = args
     p, j = generate_chunk(cfg, chunk)
     return chunk, p, j
@@ -232,15 +232,22 @@ def generate(
     chunks = plan_chunks(cfg)
     results: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     ctx = mp.get_context("spawn")
-    with ctx.Pool(processes=cfg.workers, initializer=_worker_init) as pool:
-        for chunk, p, j in pool.imap_unordered(_run_chunk, [(cfg, c) for c in chunks]):
+    with ctx.Pool(processes=cfg.workers, initializer=worker_init) as pool:
+        for chunk, p, j in pool.imap_unordered(run_chunk, [(cfg, c) for c in chunks]):
             results[(chunk.cls, chunk.index)] = (p, j)
             if on_chunk is not None:
                 on_chunk(chunk)
+    return write_classes(out_dir, chunks, results)
+
+
+def write_classes(out_dir: str | Path, chunks: list[Chunk],
+                  results: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]) -> dict[str, Path]:
+    """``{class}.hdf5`` of the chunks done (``results`` by (class, chunk index)), each class's in chunk order (the
+    output depends on the seed alone); a class with none done is not written."""
     written = {}
-    for cls in cfg.classes:
-        parts = [results[(c.cls, c.index)] for c in chunks if c.cls == cls]
-        particles = np.concatenate([p for p, _ in parts])
-        jets = np.concatenate([j for _, j in parts])
-        written[cls] = write_jetnet(class_file(out_dir, cls), particles, jets)
+    for cls in dict.fromkeys(c.cls for c in chunks):
+        parts = [results[(c.cls, c.index)] for c in chunks if c.cls == cls and (c.cls, c.index) in results]
+        if parts:
+            written[cls] = write_jetnet(class_file(out_dir, cls), np.concatenate([p for p, _ in parts]),
+                                        np.concatenate([j for _, j in parts]))
     return written

@@ -142,18 +142,17 @@ def _recover(stream: torch.cuda.Stream | None, generator: torch.Generator, draws
     reserved: releasing it by hand would free it twice on a torch that does so itself). Returns what could not be
     put back, as text for the message."""
     try:
-        if stream is not None:
-            torch.cuda.set_stream(stream)
-        generator.set_state(draws)
-        if stream is None or generator.device.type != "cuda":
+        if stream is None or generator.device.type != "cuda":  # no capture began (no CUDA)
+            generator.set_state(draws)
             return ""
+        torch.cuda.set_stream(stream)
         for gen in (generator, *torch.cuda.default_generators):
             fresh = torch.Generator(device=gen.device)
             fresh.set_state(draws if gen is generator else gen.get_state())
             gen.graphsafe_set_state(fresh.graphsafe_get_state())
     except Exception as exc:  # noqa: BLE001 - said in the message; eager training may still work
         return f"; CUDA's state after it could not be restored: {type(exc).__name__}: {exc}"
-    if pool is not None and stream is not None:
+    if pool is not None:
         try:
             torch._C._cuda_endAllocateToPool(stream.device_index, pool)
         except RuntimeError:  # the capture's end got to it first
