@@ -9,8 +9,10 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 from types import ModuleType
@@ -178,3 +180,34 @@ def test_the_matrix_measures_the_targets_first() -> None:
         {"size": "B", "batch": 8192, "precision": "bf16", "mode": "eager", "status": "ok", "jets_per_s": 40_000}],
         "embed": []})
     assert eager_only[0]["setting"] == "bf16 eager; compile + graph not measured"
+
+
+@pytest.mark.integration
+@pytest.mark.generate
+def test_a_stopped_run_ends_its_parts_and_removes_its_scratch(tmp_path: Path) -> None:
+    """SIGTERM to run.sh in the middle (generation in the background, a part in front): every part's processes end,
+    the scratch folder (jets, checkpoints, the installed wheels) is gone, the files written so far stay."""
+    pytest.importorskip("pythia8mc")
+    out, scratch = tmp_path / "out", tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(scratch)}
+    proc = subprocess.Popen(["bash", str(GPU / "run.sh"), "--device", "cpu", "--tiny", "--out", str(out),
+                             "--budget", "240", "--jets-per-class", "100000"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "=== pytest (" not in ((out / "run.log").read_text() if (out / "run.log").exists() else ""):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not reach its pytest part"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, output
+    assert "=== stopped by SIGTERM" in (out / "run.log").read_text()
+    assert list(scratch.iterdir()) == [], list(scratch.iterdir())
+    assert (out / "env.txt").exists()
+    left = subprocess.run(["pgrep", "-f", str(scratch)], capture_output=True, text=True).stdout.split()
+    assert left == [], f"processes of the run still running: {left}"

@@ -23,7 +23,8 @@
 #   pretrain  100 epochs of jBOT-B (batch 1024, the CUDA defaults) on the generated jets, stopped after the
 #             epoch that would overrun the budget; its k-NN probe                            -> pretrain.json
 #   summary   every part's status and time, every target's verdict                          -> summary.json
-# All output also goes to run.log. Eight files in all (the device tool brings back at most eight).
+# All output also goes to run.log. Eight files in all (the device tool brings back at most eight). SIGTERM or
+# Ctrl-C ends the running parts (what they wrote stays) and removes the scratch folder.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -58,6 +59,16 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 BENCH=benchmarks/gpu/bench.py
 OPTS=(--device "$DEVICE" --scratch "$SCRATCH" $TINY)  # every subcommand's
 trap 'rm -rf "$SCRATCH"' EXIT
+# SIGTERM or Ctrl-C: each running part stopped (timeout passes the signal on to it; what it wrote stays), the
+# scratch folder removed, exit 143 / 130
+stop() {
+    echo "=== stopped by $1: ending the running parts" | tee -a "$LOG"
+    [ -f "$SCRATCH/pids" ] && kill -TERM $(cat "$SCRATCH/pids") 2>/dev/null
+    wait
+    exit "$2"
+}
+trap 'stop SIGTERM 143' TERM
+trap 'stop SIGINT 130' INT
 
 now() { date +%s; }
 wanted() { [[ ",$PARTS_WANTED," == *",$1,"* ]]; }
@@ -68,7 +79,9 @@ part() {
     [ "$limit" -lt 5 ] && limit=5
     t0=$(now)
     echo "=== $name (time box ${limit} s, at +$((t0 - START)) s): $*" | tee -a "$LOG"
-    timeout -k 10 "$limit" "$@" >>"$LOG" 2>&1
+    timeout -k 10 "$limit" "$@" >>"$LOG" 2>&1 &  # waited for, so that a signal reaches stop() at once
+    echo $! >>"$SCRATCH/pids"
+    wait $!
     rc=$?
     printf '%s\t%s\t%s\n' "$name" "$rc" "$(($(now) - t0))" >>"$PARTS"
     echo "=== $name: exit $rc after $(($(now) - t0)) s" | tee -a "$LOG"
